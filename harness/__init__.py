@@ -1,0 +1,1 @@
+"""sopmoe harness: the CLI, configuration, evaluation runs, leaderboard and regression checks."""

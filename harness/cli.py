@@ -1,0 +1,100 @@
+"""The ``sopmoe`` command line: discovers ``harness.commands.*`` and dispatches to them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from harness import commands
+
+log = logging.getLogger("sopmoe")
+
+
+def discover_commands() -> list[ModuleType]:
+    mods = [importlib.import_module(f"{commands.__name__}.{m.name}") for m in pkgutil.iter_modules(commands.__path__)]
+    mods = [m for m in mods if hasattr(m, "NAME") and hasattr(m, "run")]
+    return sorted(mods, key=lambda m: (getattr(m, "ORDER", 100), m.NAME))
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config`` plus the model-path overrides every subcommand accepts."""
+    parser.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/config.yaml if present)")
+    parser.add_argument("--foundation", dest="models.foundation.path", default=None, help="foundation model folder")
+    parser.add_argument("--sft", dest="models.sft.path", default=None, help="SFT model folder")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def config_from_args(args: argparse.Namespace):
+    """Load the YAML named by ``--config`` and apply every dotted-dest flag that was given."""
+    from harness.config import load_config
+
+    overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
+    return load_config(args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    mods = discover_commands()
+    epilog = "examples:\n" + "\n".join(f"  {ex}" for m in mods for ex in getattr(m, "EXAMPLES", []))
+    parser = argparse.ArgumentParser(
+        prog="sopmoe",
+        description="Fuse a foundation LLM with its SFT fine-tune and measure which fusion wins.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for m in mods:
+        p = sub.add_parser(
+            m.NAME,
+            help=m.HELP,
+            description=m.HELP,
+            epilog="examples:\n" + "\n".join(f"  {ex}" for ex in getattr(m, "EXAMPLES", [])),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        add_common_arguments(p)
+        m.add_arguments(p)
+        p.set_defaults(_run=m.run)
+    return parser
+
+
+def setup_logging(level: str, log_file: str | None = None) -> None:
+    from rich.logging import RichHandler
+
+    handlers: list[logging.Handler] = [RichHandler(show_path=False, rich_tracebacks=False)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers.append(fh)
+    logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 0
+    setup_logging(args.log_level)
+    from harness.config import ConfigError
+    from sopmoe_models.data import DataError
+
+    try:
+        return int(args._run(args) or 0)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        # User errors: one line naming what is wrong, no traceback.
+        print(f"sopmoe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sopmoe {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

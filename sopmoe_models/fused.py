@@ -1,0 +1,204 @@
+"""The interface every fused model shares, and KV-cached generation written once for all of them.
+
+A fused model holds an :class:`~sopmoe_models.experts.ExpertPair` (frozen, not registered as submodules, so
+``parameters()`` and ``state_dict()`` hold only what the fusion itself learns) and implements one method::
+
+    forward(input_ids, attention_mask=None, state=None, use_cache=False, last_only=False) -> FusedOutput
+
+``input_ids`` (B, T_new) are the *new* tokens; ``attention_mask`` (B, T_past + T_new) covers past and new tokens
+(left padding = 0s on the left), exactly like transformers. ``state`` is whatever the previous call returned in
+``FusedOutput.state`` (per-expert KV caches, running likelihoods...), so decoding feeds one token per step and
+never re-runs the prefix. Output ``logprobs`` are next-token log-probabilities (B, T_new, V) in float32 over the
+usable vocabulary; ``gates`` (B, T_new, E) or (B, T_new, L, E) the weight each expert got (None when fixed).
+
+:func:`FusedLM.generate` reuses transformers' logits processors (temperature, top-p) and stopping criteria (EOS,
+stop strings) and adds only the loop over a fused model's cached forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sopmoe_models.experts import ExpertPair, cache_kwarg, output_cache
+
+
+@dataclass
+class FusedOutput:
+    logprobs: torch.Tensor  # (B, T_new, V) float32
+    state: Any = None  # pass back as forward(state=...) for incremental decoding
+    gates: torch.Tensor | None = None  # (B, T_new, E) or (B, T_new, L, E); weight on (foundation, sft)
+
+
+@dataclass
+class GenerationResult:
+    sequences: torch.Tensor  # (B, N) generated ids only, pad after a row finished
+    texts: list[str]  # decoded, cut at the first stop string
+    gates: torch.Tensor | None = None  # (B, N, ...) gate of each generated token, when the model routes
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """Positions of the last ``new_tokens`` columns, counting only real (mask = 1) tokens: (B, new_tokens)."""
+    pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return pos[:, -new_tokens:]
+
+
+def expert_logits(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    vocab_size: int,
+    *,
+    cache: Any = None,
+    use_cache: bool = False,
+    last_only: bool = False,
+    output_hidden_states: bool = False,
+) -> tuple[torch.Tensor, Any, Any]:
+    """Run one expert on new tokens; returns (logits (B, T, V) float32 on the input device, cache, hidden states)."""
+    device = model.get_output_embeddings().weight.device
+    ids, mask = input_ids.to(device), attention_mask.to(device)
+    kwargs: dict[str, Any] = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "position_ids": position_ids_from_mask(mask, ids.shape[1]),
+        "use_cache": use_cache,
+        "output_hidden_states": output_hidden_states,
+    }
+    if cache is not None:
+        kwargs[cache_kwarg(model)] = cache
+    if last_only:
+        kwargs["logits_to_keep"] = 1
+    out = model(**kwargs)
+    logits = out.logits[..., :vocab_size].float().to(input_ids.device)
+    return logits, output_cache(out) if use_cache else None, out.hidden_states if output_hidden_states else None
+
+
+class FusedLM(nn.Module):
+    """Base class: subclasses implement :meth:`forward`; generation and scoring helpers come for free."""
+
+    name = "fused"
+
+    def __init__(self, pair: ExpertPair):
+        super().__init__()
+        self.pair = pair  # a dataclass, not a Module: the experts stay out of parameters()/state_dict()
+
+    @property
+    def tokenizer(self):
+        return self.pair.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.pair.vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.pair.foundation.get_output_embeddings().weight.device
+
+    def forward(self, input_ids, attention_mask=None, state=None, use_cache=False, last_only=False) -> FusedOutput:
+        raise NotImplementedError
+
+    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-sequence next-token log-probs (B, T, V), as scoring and lm-eval need."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self(input_ids, attention_mask).logprobs
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: list[str] | tuple[str, ...] = (),
+        eos_token_id: int | list[int] | None = None,
+    ) -> GenerationResult:
+        """Batched, left-padded, KV-cached decoding; greedy when ``temperature == 0``."""
+        from transformers.generation import (
+            EosTokenCriteria,
+            LogitsProcessorList,
+            StoppingCriteriaList,
+            StopStringCriteria,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        tok = self.tokenizer
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
+            raise ValueError("batched generation needs left padding (the last column must be real tokens)")
+        eos = eos_token_id if eos_token_id is not None else tok.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+        sample = temperature > 0
+        warpers = LogitsProcessorList()
+        if sample:
+            warpers.append(TemperatureLogitsWarper(temperature))
+            if top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p))
+        criteria = StoppingCriteriaList()
+        if eos_ids:
+            criteria.append(EosTokenCriteria(eos_token_id=eos_ids))
+        if stop:
+            criteria.append(StopStringCriteria(tokenizer=tok, stop_strings=list(stop)))
+        gen = torch.Generator(device="cpu").manual_seed(seed) if (sample and seed is not None) else None
+
+        seq, mask = input_ids, attention_mask
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new_tokens, gate_steps = [], []
+        out = self(seq, mask, use_cache=True, last_only=True)  # prefill: the whole prompt once
+        for _ in range(max_new_tokens):
+            scores = out.logprobs[:, -1, :]  # (B, V)
+            if sample:
+                scores = warpers(seq, scores)
+                probs = F.softmax(scores, dim=-1)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(seq.device)
+            else:
+                nxt = scores.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            new_tokens.append(nxt)
+            if out.gates is not None:
+                gate_steps.append(out.gates[:, -1])
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
+            if len(criteria):
+                done = done | criteria(seq, scores).to(done.device)
+            if bool(done.all()):
+                break
+            out = self(nxt[:, None], mask, state=out.state, use_cache=True, last_only=True)  # one token per step
+        gen_ids = torch.stack(new_tokens, dim=1) if new_tokens else seq[:, :0]
+        texts = [cut_at_stop(t, stop) for t in self._decode(gen_ids, eos_ids, pad)]
+        gates = torch.stack(gate_steps, dim=1) if gate_steps else None
+        return GenerationResult(gen_ids, texts, gates)
+
+    def _decode(self, gen_ids: torch.Tensor, eos_ids: list[int], pad: int) -> list[str]:
+        texts = []
+        for row in gen_ids.tolist():
+            cut = next((row[:i] for i, t in enumerate(row) if t in eos_ids), row)
+            texts.append(self.tokenizer.decode(cut, skip_special_tokens=True))
+        return texts
+
+
+def cut_at_stop(text: str, stop: list[str] | tuple[str, ...]) -> str:
+    """Text up to (not including) the earliest stop string."""
+    idx = [text.find(s) for s in stop if s and s in text]
+    return text[: min(idx)] if idx else text
+
+
+def check_weights(foundation_weight: float, sft_weight: float) -> tuple[float, float]:
+    """Validate and normalise a pair of mixture weights."""
+    for name, w in (("foundation_weight", foundation_weight), ("sft_weight", sft_weight)):
+        if not isinstance(w, (int, float)) or w != w or w < 0 or w == float("inf"):
+            raise ValueError(f"{name} must be a finite number >= 0, got {w!r}")
+    total = float(foundation_weight) + float(sft_weight)
+    if total <= 0:
+        raise ValueError("foundation_weight and sft_weight are both 0; at least one must be positive")
+    return foundation_weight / total, sft_weight / total

@@ -1,0 +1,141 @@
+"""Data loading and metrics for sopmoe's lm-eval tasks (``sop_strict``, ``reasoning``, ``mixed``, ``eval`` and
+their ``*_gen`` generation variants).
+
+Data: ``custom_dataset`` resolves the folder from ``--metadata data_dir=DIR`` (or ``'{"data_dir": "DIR"}'``),
+then ``$SOPMOE_DATA_DIR``, then the shipped default ``tasks/data`` (the generator's eval split for seed 0), so the
+tasks work from any working directory. The prompt is built by :func:`sopmoe_models.prompt.format_prompt`, the
+same function training and generation use (``--metadata prompt_format=chat`` for chat checkpoints).
+
+Per-token perplexity: lm-eval's own ``perplexity`` is exp(-mean per-document log-likelihood). We want
+exp(-Σ ll / Σ n_tokens), so each doc carries the number of target tokens and ``process_results_ll`` returns
+``(ll, n_tokens)`` for lm-eval's ``weighted_perplexity`` aggregation. Counting needs the evaluated model's
+tokenizer: it is read (locally, never downloaded) from the model arguments lm-eval passes as metadata
+(``tokenizer``, ``pretrained``, ``foundation``, ``student``, a router's ``router.json``, or ``config``). Tokens are
+counted as lm-eval splits them: len(enc(prompt + target)) - len(enc(prompt)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+
+FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
+DEFAULT_DIR = Path(__file__).resolve().parent / "data"
+STEP = re.compile(r"步骤\s*(\d+)|[Ss]tep\s*(\d+)")
+
+
+def data_dir(meta: dict) -> Path:
+    d = meta.get("data_dir") or os.environ.get("SOPMOE_DATA_DIR") or DEFAULT_DIR
+    return Path(str(d)).expanduser()
+
+
+def _tokenizer_source(meta: dict) -> str | None:
+    for key in ("tokenizer", "pretrained", "foundation", "student"):
+        value = meta.get(key)
+        if isinstance(value, str) and Path(value).expanduser().is_dir():
+            return str(Path(value).expanduser())
+    router = meta.get("router")
+    if isinstance(router, str) and router:
+        p = Path(router).expanduser()
+        card = (p if p.is_dir() else p.parent) / "router.json"
+        if card.is_file():
+            path = json.loads(card.read_text()).get("experts", {}).get("foundation", {}).get("path")
+            if path and Path(path).is_dir():
+                return path
+    cfg = meta.get("config")
+    if isinstance(cfg, str) and Path(cfg).is_file():
+        from harness.config import load_config
+
+        path = load_config(cfg).models.foundation.path
+        if path and Path(path).is_dir():
+            return path
+    return None
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(source: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+
+
+def load(family: str, **meta):
+    """A ``DatasetDict`` with one ``test`` split; each doc has ``prompt``, ``output`` and ``n_target_tokens``."""
+    import datasets
+
+    from sopmoe_models.data import load_jsonl
+    from sopmoe_models.prompt import format_prompt
+
+    path = data_dir(meta) / f"{family}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"sopmoe task {family!r}: {path} not found; pass --metadata data_dir=DIR (a folder with "
+            f"{', '.join(f + '.jsonl' for f in FAMILIES)}) or set SOPMOE_DATA_DIR"
+        )
+    style = meta.get("prompt_format", "raw")
+    source = _tokenizer_source(meta)
+    tok = _tokenizer(source) if source else None
+    rows = []
+    for i, ex in enumerate(load_jsonl(path)):
+        prompt = format_prompt(ex.input, style, tok)
+        if tok is not None:
+            whole = tok(prompt + ex.output, add_special_tokens=False)["input_ids"]
+            n = len(whole) - len(tok(prompt, add_special_tokens=False)["input_ids"])
+        else:  # no local tokenizer known: count characters (stated in the result as n_target_tokens = chars)
+            n = len(ex.output)
+        rows.append(
+            {
+                "id": ex.id or f"{family}-{i}",
+                "category": ex.category or family,
+                "input": ex.input,
+                "prompt": prompt,
+                "output": ex.output,
+                "n_target_tokens": max(n, 1),
+            }
+        )
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def load_sop_strict(**meta):
+    return load("sop_strict", **meta)
+
+
+def load_reasoning(**meta):
+    return load("reasoning", **meta)
+
+
+def load_mixed(**meta):
+    return load("mixed", **meta)
+
+
+def load_eval(**meta):
+    return load("eval", **meta)
+
+
+def process_results_ll(doc: dict, results: list) -> dict:
+    """``acc``: the whole target is the greedy continuation; ``perplexity``: (ll, n_tokens) for per-token ppl."""
+    ll, is_greedy = results[0]
+    return {"acc": int(is_greedy), "perplexity": (ll, doc["n_target_tokens"])}
+
+
+def steps(text: str) -> list[str]:
+    """The step labels of an SOP answer, in order ("步骤1", "步骤2", ... or "Step 1", ...)."""
+    return [a or b for a, b in STEP.findall(text)]
+
+
+def format_ok(prediction: str, reference: str) -> int:
+    """1 when the prediction has exactly the reference's SOP steps in order (and at least one), else 0."""
+    ref = steps(reference)
+    return int(bool(ref) and steps(prediction) == ref)
+
+
+def process_results_gen_sop(doc: dict, results: list) -> dict:
+    pred = results[0].strip()
+    return {"exact_match": int(pred == doc["output"].strip()), "format_ok": format_ok(pred, doc["output"])}
+
+
+def process_results_gen_plain(doc: dict, results: list) -> dict:
+    return {"exact_match": int(results[0].strip() == doc["output"].strip())}

@@ -1,0 +1,1 @@
+"""sopmoe training: the test-bed builder, router and distillation trainers."""
