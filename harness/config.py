@@ -99,6 +99,7 @@ class DistillConfig(_Section):
     distill_loss_weight: float = Field(0.5, ge=0)
     task_loss_weight: float = Field(0.5, ge=0)
     kl: Literal["forward", "reverse", "jsd"] = "forward"
+    jsd_beta: float = Field(0.5, gt=0, lt=1, description="kl: jsd mixes beta*teacher + (1-beta)*student (GKD)")
     learning_rate: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, le=1)
@@ -107,6 +108,8 @@ class DistillConfig(_Section):
     gradient_accumulation_steps: int = Field(1, gt=0)
     gradient_checkpointing: bool = False
     teacher_cache_topk: int | None = Field(None, gt=0, description="cache the teacher's top-k log-probs once")
+    teacher_cache_dir: str | None = Field(None, description="where caches live (default <output_dir>/teacher_cache)")
+    save_steps: int = Field(50, gt=0, description="checkpoint for --resume every N optimizer steps and each epoch")
     lora: LoraConfig = LoraConfig()
     max_train_examples: int | None = Field(None, gt=0)
     seed: int = 0
