@@ -152,6 +152,7 @@ class FusedLM(nn.Module):
         gen = torch.Generator(device="cpu").manual_seed(seed) if (sample and seed is not None) else None
 
         seq, mask = input_ids, attention_mask
+        prompt_len = input_ids.shape[1]
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new_tokens, gate_steps = [], []
         out = self(seq, mask, use_cache=True, last_only=True)  # prefill: the whole prompt once
@@ -170,7 +171,9 @@ class FusedLM(nn.Module):
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
             if len(criteria):
-                done = done | criteria(seq, scores).to(done.device)
+                # Only the generated tokens: a stop string must not match across the prompt boundary (a chat
+                # prompt ending in "\n" plus a first "\n" is not "\n\n"), as lm-eval's own stop criteria.
+                done = done | criteria(seq[:, prompt_len:], scores).to(done.device)
             if bool(done.all()):
                 break
             out = self(nxt[:, None], mask, state=out.state, use_cache=True, last_only=True)  # one token per step
