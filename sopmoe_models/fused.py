@@ -156,7 +156,7 @@ class FusedLM(nn.Module):
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         new_tokens, gate_steps = [], []
         out = self(seq, mask, use_cache=True, last_only=True)  # prefill: the whole prompt once
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             scores = out.logprobs[:, -1, :]  # (B, V)
             if sample:
                 scores = warpers(seq, scores)
@@ -174,8 +174,8 @@ class FusedLM(nn.Module):
                 # Only the generated tokens: a stop string must not match across the prompt boundary (a chat
                 # prompt ending in "\n" plus a first "\n" is not "\n\n"), as lm-eval's own stop criteria.
                 done = done | criteria(seq[:, prompt_len:], scores).to(done.device)
-            if bool(done.all()):
-                break
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break  # no forward for a token nobody will read
             out = self(nxt[:, None], mask, state=out.state, use_cache=True, last_only=True)  # one token per step
         gen_ids = torch.stack(new_tokens, dim=1) if new_tokens else seq[:, :0]
         texts = [cut_at_stop(t, stop) for t in self._decode(gen_ids, eos_ids, pad)]
