@@ -1,0 +1,215 @@
+"""``FusedHFLM``: lm-eval's ``HFLM`` over any :class:`~sopmoe_models.fused.FusedLM` (the seam lm-eval's own
+``SteeredModel(HFLM)`` uses: change the forward pass, inherit everything else).
+
+Only two methods are ours: :meth:`FusedHFLM._model_call` returns the fused next-token log-probs and
+:meth:`FusedHFLM._model_generate` runs the fused model's KV-cached generation. Batching, request sorting, rolling
+log-likelihood, multiple choice, ``--batch_size auto``, stop-string post-processing and result bookkeeping are
+HFLM's. HFLM receives the already-loaded foundation model object and the shared tokenizer, so no throwaway model is
+ever loaded; the foundation's config gives HFLM its max length and device.
+
+Model arguments come from ``config=PATH`` (a sopmoe YAML), overridden by explicit arguments::
+
+    foundation=DIR, sft=DIR, device=cpu|cuda:0|auto, dtype=auto|float32|bfloat16|float16, sft_device=, sft_dtype=
+
+plus each subclass's own (:attr:`FusedHFLM.MODEL_ARGS`, e.g. ``foundation_weight`` -> ``ensemble.foundation_weight``).
+A subclass implements one hook, :meth:`FusedHFLM.build_fused`, that builds its fused model from the resolved config.
+In-process callers (``sopmoe sweep``) may pass a ready ``fused=`` model to reuse loaded experts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from sopmoe_models.experts import ExpertPair, fingerprint
+from sopmoe_models.fused import FusedLM
+
+log = logging.getLogger(__name__)
+
+# model_args every fused adapter accepts -> the config keys they set (later entries override earlier ones).
+COMMON_ARGS: dict[str, tuple[str, ...]] = {
+    "foundation": ("models.foundation.path",),
+    "sft": ("models.sft.path",),
+    "device": ("models.foundation.device", "models.sft.device"),
+    "dtype": ("models.foundation.dtype", "models.sft.dtype"),
+    "sft_device": ("models.sft.device",),
+    "sft_dtype": ("models.sft.dtype",),
+}
+# HFLM's own options that still mean something for a pre-loaded model.
+HFLM_ARGS = ("max_length", "truncation", "logits_cache", "add_bos_token", "prefix_token_id", "softmax_dtype")
+# Task metadata (read by tasks/utils.py from model_args), not model options: accepted and ignored here.
+TASK_ARGS = ("data_dir", "prompt_format", "tokenizer")
+# Generation kwargs a task may set that are no-ops for greedy/top-p decoding at these values.
+NEUTRAL_GEN_KWARGS: dict[str, tuple[Any, ...]] = {
+    "top_k": (None, 0),
+    "num_beams": (None, 1),
+    "repetition_penalty": (None, 1, 1.0),
+    "use_cache": (None, True),
+    "min_p": (None, 0, 0.0),
+}
+
+
+@contextmanager
+def _quiet_preloaded_warnings():
+    """HFLM warns twice that a model object was passed; that is the design here, not a user mistake."""
+    hf_log = logging.getLogger("lm_eval.models.huggingface")
+
+    def drop(record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return "already-initialized model" not in msg and "not of type `str`" not in msg
+
+    hf_log.addFilter(drop)
+    try:
+        yield
+    finally:
+        hf_log.removeFilter(drop)
+
+
+class FusedHFLM(HFLM):
+    """Base lm-eval adapter for any fused model; subclasses set :attr:`MODEL_ARGS` and :meth:`build_fused`."""
+
+    #: extra model_args of this adapter: name -> dotted config key, or None (passed to build_fused in ``options``)
+    MODEL_ARGS: ClassVar[dict[str, str | None]] = {}
+
+    def __init__(
+        self,
+        fused: FusedLM | None = None,
+        *,
+        pair: ExpertPair | None = None,
+        config: str | None = None,
+        batch_size: int | str = 1,
+        max_batch_size: int = 64,
+        **model_args: Any,
+    ) -> None:
+        hf_kwargs = {k: model_args.pop(k) for k in HFLM_ARGS if k in model_args}
+        self.options: dict[str, Any] = {}
+        if fused is None:
+            cfg, self.options = self.resolve_config(config, model_args)
+            fused = self.build_fused(cfg, self.options, pair)
+        elif model_args or config is not None:
+            raise ValueError(f"{type(self).__name__}: pass either a built fused model or model arguments, not both")
+        self.fused = fused
+        with _quiet_preloaded_warnings():
+            super().__init__(
+                pretrained=fused.pair.foundation,
+                tokenizer=fused.tokenizer,
+                backend="causal",
+                batch_size=batch_size,
+                max_batch_size=max_batch_size,
+                **hf_kwargs,
+            )
+
+    # -- construction ------------------------------------------------------------------------------------------
+    @classmethod
+    def accepted_args(cls) -> list[str]:
+        return ["config", *COMMON_ARGS, *cls.MODEL_ARGS, *HFLM_ARGS, "batch_size", "max_batch_size"]
+
+    @classmethod
+    def resolve_config(cls, config: str | None, model_args: dict[str, Any]):
+        """(SopmoeConfig, options): the YAML named by ``config`` with the explicit ``model_args`` applied on top."""
+        from harness.config import load_config  # lazy: the YAML schema lives with the CLI
+
+        overrides: dict[str, Any] = {}
+        options: dict[str, Any] = {}
+        for key, value in model_args.items():
+            if key in TASK_ARGS or (key == "trust_remote_code" and not value):
+                continue
+            if key == "trust_remote_code":
+                raise ValueError("sopmoe never enables trust_remote_code; load local transformers checkpoints")
+            if key == "pretrained":
+                raise ValueError(f"{cls.__name__} takes foundation=DIR,sft=DIR (or config=YAML), not pretrained=")
+            if key in COMMON_ARGS:
+                for dotted in COMMON_ARGS[key]:
+                    overrides[dotted] = str(value) if value is not None else None
+            elif key in cls.MODEL_ARGS:
+                if cls.MODEL_ARGS[key] is None:
+                    options[key] = value
+                else:
+                    overrides[cls.MODEL_ARGS[key]] = value
+            else:
+                raise ValueError(
+                    f"{cls.__name__}: unknown model argument {key!r}; accepted: {', '.join(cls.accepted_args())}"
+                )
+        return load_config(config, overrides), options
+
+    @classmethod
+    def build_fused(cls, cfg, options: dict[str, Any], pair: ExpertPair | None) -> FusedLM:
+        """Build the fused model from the resolved config (reuse ``pair`` when given instead of loading)."""
+        raise NotImplementedError(f"{cls.__name__} must implement build_fused(cfg, options, pair)")
+
+    def describe(self) -> dict[str, Any]:
+        """The fusion's settings, recorded in lm-eval's results under ``config.sopmoe``."""
+        return {}
+
+    # -- the two seams -----------------------------------------------------------------------------------------
+    def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
+        """Fused next-token log-probs (B, T, V) float32; HFLM's log_softmax on them is a no-op (idempotent)."""
+        if attn_mask is not None or labels is not None:
+            raise NotImplementedError("fused models are decoder-only; seq2seq calls are not supported")
+        with torch.inference_mode():
+            return self.fused.logprobs(inps)
+
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
+        """HFLM's contract: return context + continuation ids (B, T_ctx + N); HFLM decodes and cuts at ``stop``."""
+        attention_mask = generation_kwargs.pop("attention_mask", None)
+        do_sample = generation_kwargs.pop("do_sample", None)
+        temperature = float(generation_kwargs.pop("temperature", 0.0) or 0.0)
+        top_p = generation_kwargs.pop("top_p", None)
+        top_p = 1.0 if top_p is None else float(top_p)
+        seed = generation_kwargs.pop("seed", None)
+        for key, value in generation_kwargs.items():
+            if value not in NEUTRAL_GEN_KWARGS.get(key, ()):
+                raise ValueError(
+                    f"{type(self).__name__}: generation kwarg {key}={value!r} is not supported "
+                    "(supported: until, max_gen_toks, do_sample, temperature, top_p)"
+                )
+        if not do_sample:
+            temperature = 0.0
+        elif temperature <= 0 or math.isnan(temperature):
+            temperature = 1.0  # transformers' default when sampling without a temperature
+        max_new_tokens = max_length - context.shape[1]
+        if max_new_tokens <= 0:
+            return context
+        eos_ids = self._eos_ids()
+        eos_texts = {self.tokenizer.decode([i], skip_special_tokens=False) for i in eos_ids}
+        result = self.fused.generate(
+            context,
+            attention_mask,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=[s for s in stop if s not in eos_texts],  # EOS ids stop rows already
+            eos_token_id=eos_ids,
+        )
+        return torch.cat([context, result.sequences.to(context.device)], dim=1)
+
+    def _eos_ids(self) -> list[int]:
+        """The tokenizer's EOS plus the foundation's generation-config EOS ids (chat models have several)."""
+        ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        for i in [gen_eos] if isinstance(gen_eos, int) else list(gen_eos or []):
+            if i not in ids and i < self.fused.vocab_size:
+                ids.append(i)
+        return ids
+
+    # -- provenance --------------------------------------------------------------------------------------------
+    def get_model_info(self) -> dict:
+        pair = self.fused.pair
+        n_params = sum(p.numel() for m in pair.experts for p in m.parameters())
+        n_params += sum(p.numel() for p in self.fused.parameters())
+        experts = {}
+        for name, path in (("foundation", pair.foundation_path), ("sft", pair.sft_path)):
+            experts[name] = {"path": path, "fingerprint": fingerprint(path) if path else None}
+        return {
+            "model_num_parameters": n_params,
+            "model_dtype": str(pair.foundation.dtype),
+            "model_revision": None,
+            "model_sha": "",
+            "sopmoe": {"method": self.fused.name, **self.describe(), "experts": experts},
+        }

@@ -1,0 +1,35 @@
+"""``sopmoe_ensemble``: the weighted ensemble of foundation and sft as an lm-eval model (DESIGN §4–5).
+
+    lm_eval --model sopmoe_ensemble \\
+        --model_args foundation=DIR,sft=DIR,foundation_weight=0.5,sft_weight=0.5,mix=prob --tasks sopmoe
+    lm_eval --model sopmoe_ensemble --model_args config=configs/config.yaml --tasks sopmoe
+
+``mix=prob`` scores with log(w_f p_f + w_s p_s), ``mix=logit`` with log_softmax(w_f z_f + w_s z_s)
+(:mod:`sopmoe_models.ensemble`). Weights (1, 0) give exactly ``--model hf`` on the foundation, (0, 1) on the sft.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from sopmoe_models.adapters.base import FusedHFLM
+from sopmoe_models.ensemble import EnsembleLM
+from sopmoe_models.experts import ExpertPair, load_experts_from_config
+
+
+class EnsembleLMEval(FusedHFLM):
+    MODEL_ARGS: ClassVar[dict[str, str | None]] = {
+        "foundation_weight": "ensemble.foundation_weight",
+        "sft_weight": "ensemble.sft_weight",
+        "mix": "ensemble.mix",
+    }
+
+    @classmethod
+    def build_fused(cls, cfg, options: dict[str, Any], pair: ExpertPair | None) -> EnsembleLM:
+        pair = pair if pair is not None else load_experts_from_config(cfg)
+        e = cfg.ensemble
+        return EnsembleLM(pair, e.foundation_weight, e.sft_weight, e.mix)
+
+    def describe(self) -> dict[str, Any]:
+        w_f, w_s = self.fused.weights
+        return {"foundation_weight": w_f, "sft_weight": w_s, "mix": self.fused.mix}
