@@ -62,6 +62,7 @@ class GenerationConfig(_Section):
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int = 0
     stop: list[str] = Field(default_factory=list, description="stop strings (EOS always stops)")
+    batch_size: int = Field(8, gt=0, description="prompts per left-padded batch in `sopmoe generate --eval_file`")
 
 
 class BtmConfig(_Section):
