@@ -1,0 +1,223 @@
+"""``sopmoe evaluate``: run lm-eval on the sopmoe tasks for each named model and keep its own results.
+
+Each model is one in-process ``lm_eval.simple_evaluate`` call through the same registered models as the CLI
+(``hf``, ``sopmoe_ensemble``, ``sopmoe_btm``, ``sopmoe_distill``, ``sopmoe_merge``); which model and arguments a
+``--models`` entry means is :mod:`harness.model_specs`. The run folder layout is in :mod:`harness.runs`.
+
+Inference cost is recorded two ways in ``meta.json``: ``expert_forwards_per_token`` (by construction: 1 for
+``hf``/``sopmoe_merge``/``sopmoe_distill``, 2 for ``sopmoe_ensemble``/``sopmoe_btm``) and ``requests_s``, the seconds
+spent inside the model's lm-eval request methods (loglikelihood / generate_until; no task building or loading),
+whose ratio to ``foundation``'s in the same run is the measured cost (``requests_s_vs_foundation``).
+Training cost is the wall-clock recorded by the artefact that produced the model
+(:func:`harness.model_specs.training_cost`).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.model_specs import Planned, device_for, parse_model_spec, plan, training_cost
+from harness.runs import META, RESULTS, ROUTING, RUN_FORMAT, SUMMARY, write_json
+
+log = logging.getLogger(__name__)
+REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+
+def _timed(fn, clock: dict[str, float], counts: dict[str, int], name: str):
+    def wrapper(requests, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(requests, *args, **kwargs)
+        finally:
+            clock[name] = clock.get(name, 0.0) + time.perf_counter() - t
+            counts[name] = counts.get(name, 0) + len(requests)
+
+    return wrapper
+
+
+def _routing_statistics(lm) -> dict | None:
+    """Routing statistics of an adapter that keeps them: ``routing_statistics()`` / a ``routing_statistics`` dict,
+    or a ``routing_stats`` :class:`~sopmoe_models.routers.stats.RoutingStats` (its ``summary()``)."""
+    stats = getattr(lm, "routing_statistics", None)
+    stats = stats() if callable(stats) else stats
+    if stats is None and hasattr(getattr(lm, "routing_stats", None), "summary"):
+        stats = lm.routing_stats.summary()
+    return stats if isinstance(stats, dict) and stats else None
+
+
+def _task_manager(task_manager_cls, tasks: list[str], meta: dict[str, Any]):
+    """lm-eval's TaskManager with the model args in the tasks' metadata (as ``simple_evaluate`` does for a model
+    given by name: the per-token perplexity finds the tokenizer there). Indexing lm-eval's ~15k built-in tasks
+    costs ~12 s per model, so they are left out when every requested task is one of ours."""
+    ours = task_manager_cls(include_defaults=False, metadata=meta)
+    if all(t in ours.all_tasks for t in tasks):
+        return ours
+    return task_manager_cls(metadata=meta)
+
+
+def evaluate_one(p: Planned, out: Path, *, tasks: list[str], limit: int | None, batch_size: int | str,
+                 device: str, task_metadata: dict[str, Any], log_samples: bool = False) -> dict[str, Any]:
+    """Evaluate one planned model with lm-eval in-process; write ``results.json`` and ``meta.json`` under ``out``."""
+    import lm_eval
+    from lm_eval.api.registry import get_model
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    from sopmoe_models.lm_eval_plugin import register_all
+
+    register_all()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    lm = get_model(p.lm_eval_model).create_from_arg_obj(
+        dict(p.model_args), {"batch_size": batch_size, "device": device})
+    load_s = time.perf_counter() - wall0
+    clock: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for name in REQUEST_TYPES:
+        setattr(lm, name, _timed(getattr(lm, name), clock, counts, name))
+    tm = _task_manager(TaskManager, tasks, {**p.model_args, **task_metadata})
+    results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, batch_size=batch_size, device=device,
+                                      task_manager=tm, log_samples=log_samples)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    results["config"]["model"] = p.lm_eval_model  # what lm-eval records when given the model by name
+    results["config"]["model_args"] = dict(p.model_args)
+    samples = results.pop("samples", None)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / RESULTS, json.loads(json.dumps(results, default=handle_non_serializable, ensure_ascii=False)))
+    if samples:
+        for task, rows in samples.items():
+            lines = (json.dumps(r, default=handle_non_serializable, ensure_ascii=False) for r in rows)
+            (out / "samples").mkdir(exist_ok=True)
+            (out / "samples" / f"{task}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    routing = _routing_statistics(lm)
+    if routing:
+        write_json(out / ROUTING, json.loads(json.dumps(routing, default=handle_non_serializable)))
+    meta = {
+        "name": p.spec.name,
+        "spec": p.spec.text or p.spec.name,
+        "kind": p.spec.kind,
+        "lm_eval_model": p.lm_eval_model,
+        "model_args": p.model_args,
+        "tasks": list(tasks),
+        "limit": limit,
+        "batch_size": batch_size,
+        "device": device,
+        "time": {"load_s": round(load_s, 3), "evaluate_s": round(wall - load_s, 3), "wall_s": round(wall, 3),
+                 "cpu_s": round(cpu, 3), "requests_s": round(sum(clock.values()), 3),
+                 "requests": {k: {"n": counts[k], "s": round(clock[k], 3)} for k in sorted(clock)}},
+        "inference_cost": {"expert_forwards_per_token": p.forwards_per_token, "requests_s_vs_foundation": None},
+        "training": training_cost(p, load_s),
+        "routing_statistics": ROUTING if routing else None,
+    }
+    write_json(out / META, meta)
+    del lm
+    gc.collect()
+    return meta
+
+
+def evaluate_models(cfg, models: list[str] | None = None, output_dir: str | Path | None = None, *,
+                    tasks: list[str] | None = None, limit: int | None = None, batch_size: int | str | None = None,
+                    btm_router: str | None = None, distill_model: str | None = None, device: str | None = None,
+                    log_samples: bool = False, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """Evaluate every model spec; missing inputs are skipped and reported; returns (and writes) ``summary.json``.
+
+    Arguments left None come from ``cfg.evaluation``. A model that fails while running is recorded as ``failed``
+    with its error, and the rest still run.
+    """
+    ev = cfg.evaluation
+    models = list(models or ev.models)
+    tasks = list(tasks or ev.tasks)
+    limit = limit if limit is not None else ev.limit
+    batch_size = batch_size or ev.batch_size
+    out = Path(output_dir or ev.output_dir)
+    device = device or device_for(cfg.models.foundation.device)
+    specs = [parse_model_spec(m) for m in models]
+    dupes = sorted({s.name for s in specs if [t.name for t in specs].count(s.name) > 1})
+    if dupes:
+        raise ValueError(f"--models: label(s) {', '.join(dupes)} given twice; name variants LABEL=KIND:...")
+    task_metadata: dict[str, Any] = {}
+    if cfg.data.task_data_dir:
+        task_metadata["data_dir"] = cfg.data.task_data_dir
+    if cfg.data.prompt_format != "raw":
+        task_metadata["prompt_format"] = cfg.data.prompt_format
+    plans = [plan(s, cfg, btm_router=btm_router, distill_model=distill_model, device=device) for s in specs]
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    summary: dict[str, Any] = {
+        "format": RUN_FORMAT, "command": command, "tasks": tasks, "limit": limit, "batch_size": batch_size,
+        "device": device, "task_metadata": task_metadata, "models": [],
+    }
+    metas: dict[str, dict] = {}
+    with _progress(progress) as bar:
+        job = bar.add_task("evaluate", total=len(plans))
+        for p in plans:
+            entry = {"name": p.spec.name, "spec": p.spec.text or p.spec.name, "lm_eval_model": p.lm_eval_model,
+                     "model_args": p.model_args}
+            if p.problem:
+                log.warning("skip %s: %s", p.spec.name, p.problem)
+                entry.update(status="skipped", reason=p.problem)
+            else:
+                bar.update(job, description=f"evaluate {p.spec.name} ({p.lm_eval_model})")
+                try:
+                    metas[p.spec.name] = evaluate_one(p, out / p.spec.name, tasks=tasks, limit=limit,
+                                                      batch_size=batch_size, device=device,
+                                                      task_metadata=task_metadata, log_samples=log_samples)
+                    entry.update(status="ran", wall_s=metas[p.spec.name]["time"]["wall_s"])
+                    log.info("%s done in %.1f s", p.spec.name, entry["wall_s"])
+                except Exception as e:  # one broken model must not cost the others their results
+                    log.exception("%s failed", p.spec.name)
+                    entry.update(status="failed", reason=f"{type(e).__name__}: {e}")
+            summary["models"].append(entry)
+            write_json(out / SUMMARY, _finish(summary))
+            bar.advance(job)
+    _relative_costs(out, metas)
+    return _finish(summary)
+
+
+def _finish(summary: dict[str, Any]) -> dict[str, Any]:
+    by = {s: [m["name"] for m in summary["models"] if m["status"] == s] for s in ("ran", "skipped", "failed")}
+    return {**summary, **by}
+
+
+def _relative_costs(out: Path, metas: dict[str, dict]) -> None:
+    """Record each model's request seconds relative to ``foundation``'s in this run (when foundation ran)."""
+    base = metas.get("foundation", {}).get("time", {}).get("requests_s")
+    if not base:
+        return
+    for name, meta in metas.items():
+        meta["inference_cost"]["requests_s_vs_foundation"] = round(meta["time"]["requests_s"] / base, 3)
+        write_json(out / name / META, meta)
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def advance(self, *a, **k):
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True))
+
+

@@ -1,0 +1,326 @@
+"""``sopmoe leaderboard``: markdown tables and a PNG chart from ``sopmoe evaluate`` run folders, and nothing else.
+
+Layout follows the seed's evaluate.py: per family (sop_strict, reasoning, mixed, eval) a table of Perplexity and
+Accuracy per model (its 评估结果对比), then a summary (its 性能对比参考): per-family accuracy, inference cost and
+training cost. Definitions (also written into the page):
+
+- Perplexity is per target token: exp(-Σ log p(target) / Σ target tokens) over the family's examples (the
+  tasks' ``weighted_perplexity``; lm-eval's plain ``perplexity`` would be per document).
+- Accuracy is lm-eval's ``acc`` for a loglikelihood task: the share of examples whose whole target is the
+  model's greedy continuation. Exact match / format OK come from the ``*_gen`` generation tasks when they ran.
+- ± is lm-eval's standard error for one run; for several runs (seeds) the cell is the mean ± the sample
+  standard deviation across runs.
+
+Deterministic: the same run folders give the same bytes (markdown and PNG: no timestamps, fixed PNG metadata).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.runs import Metric, Run, collect, mean_spread, model_order, read_runs
+
+FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
+FAMILY_TITLES = {"sop_strict": "SOP", "reasoning": "Reasoning", "mixed": "Mixed", "eval": "General (eval)"}
+# (header, task suffix, metric)
+FAMILY_COLUMNS = (
+    ("Perplexity ↓", "", "perplexity"),
+    ("Accuracy ↑", "", "acc"),
+    ("Exact match ↑", "_gen", "exact_match"),
+    ("Format OK ↑", "_gen", "format_ok"),
+)
+DEFINITIONS = (
+    "Perplexity is per target token: exp(−Σ log p(target) / Σ target tokens) over the family's examples "
+    "(lower is better). Accuracy is lm-eval's `acc`: the share of examples whose whole target is the model's "
+    "greedy continuation. Exact match and format OK (the SOP steps, in order) come from the generation tasks "
+    "(`*_gen`, greedy decoding) when they were run. ± is lm-eval's standard error (one run) or the sample standard "
+    "deviation across runs (several runs); no ± where lm-eval gives none (e.g. per-token perplexity). "
+    "**Bold**: best in its column."
+)
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    bold: set[tuple[int, int]] = field(default_factory=set)
+    align: list[str] | None = None  # "l" | "r" per column
+
+
+@dataclass
+class Leaderboard:
+    command: str
+    sources: list[str]
+    header: list[str]
+    families: list[Table]
+    summary: Table
+    models: Table
+    routing: Table | None
+    notes: list[str]
+    chart: dict[str, dict[str, Metric]]  # family -> model -> accuracy
+
+
+def _fmt(m: Metric | None, metric: str) -> str:
+    if m is None:
+        return "–"
+    digits = 3 if metric != "perplexity" or m.value < 100 else 1
+    s = f"{m.value:.{digits}f}"
+    return s + (f" ± {m.stderr:.{digits}f}" if m.stderr is not None else "")
+
+
+def _fmt_plain(m: Metric | None, digits: int, unit: str = "") -> str:
+    if m is None:
+        return "–"
+    return f"{m.value:.{digits}f}{unit}" + (f" ± {m.stderr:.{digits}f}" if m.stderr is not None else "")
+
+
+def _mark_best(table: Table, col: int, values: list[float | None], higher: bool, digits: int = 3) -> None:
+    shown = [round(v, digits) if v is not None else None for v in values]
+    present = [v for v in shown if v is not None]
+    if len(present) < 2 or len(set(present)) < 2:
+        return
+    best = max(present) if higher else min(present)
+    for r, v in enumerate(shown):
+        if v == best:
+            table.bold.add((r, col))
+
+
+def _family_table(fam: str, names: list[str], cells, hib, n_by: dict[str, dict[str, str]]) -> Table | None:
+    cols = [(h, fam + suffix, metric) for h, suffix, metric in FAMILY_COLUMNS
+            if any(cells.get(n, {}).get(fam + suffix, {}).get(metric) for n in names)]
+    rows_for = [n for n in names if any(cells.get(n, {}).get(t, {}).get(m) for _, t, m in cols)]
+    if not cols:
+        return None
+    table = Table(fam, ["Model", *(h for h, _, _ in cols), "n"], align=["l"] + ["r"] * (len(cols) + 1))
+    for name in rows_for:
+        row = [name]
+        for _, task, metric in cols:
+            vals = cells.get(name, {}).get(task, {}).get(metric)
+            row.append(_fmt(mean_spread(vals) if vals else None, metric))
+        row.append(n_by.get(name, {}).get(fam, "–"))
+        table.rows.append(row)
+    for c, (_, task, metric) in enumerate(cols, start=1):
+        vals = [cells.get(n, {}).get(task, {}).get(metric) for n in rows_for]
+        _mark_best(table, c, [mean_spread(v).value if v else None for v in vals], hib.get(metric, True))
+    return table
+
+
+def _mean(xs: list[float]) -> Metric | None:
+    xs = [x for x in xs if x is not None]
+    return mean_spread([Metric(x) for x in xs]) if xs else None
+
+
+def _costs(runs: list[Run], name: str) -> tuple[str, Metric | None, Metric | None]:
+    forwards, ratios, train = set(), [], []
+    for run in runs:
+        mr = run.models.get(name)
+        if mr is None:
+            continue
+        forwards.add(mr.meta.get("inference_cost", {}).get("expert_forwards_per_token"))
+        base = run.models.get("foundation")
+        mine = mr.meta.get("time", {}).get("requests_s")
+        base_s = base.meta.get("time", {}).get("requests_s") if base else None
+        if mine is not None and base_s:
+            ratios.append(mine / base_s)
+        train.append(mr.meta.get("training", {}).get("wall_s"))
+    fw = "–" if forwards in (set(), {None}) else " / ".join(f"{f}×" for f in sorted(x for x in forwards if x))
+    return fw, _mean(ratios), _mean(train)
+
+
+def _summary_table(runs: list[Run], names: list[str], cells) -> Table:
+    fams = [f for f in FAMILIES if any(cells.get(n, {}).get(f, {}).get("acc") for n in names)]
+    cols = [f"{FAMILY_TITLES[f]} acc ↑" for f in fams]
+    core = [f for f in ("sop_strict", "reasoning", "mixed") if f in fams]
+    has_mean = len(core) > 1
+    if has_mean:
+        cols.append(f"Mean acc ({', '.join(FAMILY_TITLES[f] for f in core)}) ↑")
+    cols += ["Inference cost (expert forwards / token)", "Scoring time (× foundation)", "Training cost (wall s)"]
+    table = Table("summary", ["Model", *cols], align=["l"] + ["r"] * len(cols))
+    accs: list[list[float | None]] = []
+    for name in names:
+        per = [mean_spread(v) if (v := cells.get(name, {}).get(f, {}).get("acc")) else None for f in fams]
+        row = [name, *(_fmt(m, "acc") for m in per)]
+        values = [m.value if m else None for m in per]
+        if has_mean:
+            # mean over the core families, per run, then across runs (so the spread is the runs')
+            lists = [cells.get(name, {}).get(f, {}).get("acc") or [] for f in core]
+            mean = _mean([sum(m.value for m in ms) / len(ms) for ms in zip(*lists)])
+            row.append(_fmt(mean, "acc"))
+            values.append(mean.value if mean else None)
+        fw, ratio, train = _costs(runs, name)
+        row += [fw, _fmt_plain(ratio, 2, "×"), _fmt_plain(train, 1)]
+        table.rows.append(row)
+        accs.append(values)
+    for c in range(len(fams) + int(has_mean)):
+        _mark_best(table, c + 1, [v[c] for v in accs], True)
+    return table
+
+
+def build(run_dirs: list[str | Path], command: str | None = None) -> Leaderboard:
+    """Read the run folders and build every table (no files written)."""
+    runs = read_runs(run_dirs)
+    names = model_order(runs)
+    cells = collect(runs)
+    hib: dict[str, bool] = {}
+    n_by: dict[str, dict[str, str]] = {}
+    for run in runs:
+        for mr in run.models.values():
+            for task, metrics in mr.metrics.items():
+                for metric in metrics:
+                    hib.setdefault(metric, mr.higher_is_better(task, metric))
+            n = n_by.setdefault(mr.name, {})
+            for fam in FAMILIES:
+                k = mr.n_samples(fam) or mr.n_samples(fam + "_gen")
+                if k is not None:
+                    n.setdefault(fam, str(k))
+    sources = [str(p) for p in run_dirs]
+    command = command or "sopmoe leaderboard " + " ".join(sources)
+    families = [t for f in FAMILIES if (t := _family_table(f, names, cells, hib, n_by)) is not None]
+    first = {}
+    for run in runs:
+        for name, mr in run.models.items():
+            first.setdefault(name, mr)
+    models = Table("models", ["Model", "lm-eval model", "model_args"], align=["l", "l", "l"])
+    for name in names:
+        meta = first[name].meta
+        cfg = first[name].results.get("config", {})
+        args = meta.get("model_args", cfg.get("model_args", {}))
+        args_s = ",".join(f"{k}={v}" for k, v in args.items()) if isinstance(args, dict) else str(args)
+        models.rows.append([name, meta.get("lm_eval_model", cfg.get("model", "?")), f"`{args_s}`"])
+    r0 = runs[0]
+    versions = sorted({mr.results.get("lm_eval_version", "?") for run in runs for mr in run.models.values()})
+    tasks = r0.summary.get("tasks") or sorted({t for mr in r0.models.values() for t in mr.metrics})
+    limit = r0.summary.get("limit")
+    header = [
+        f"Source: {len(runs)} run{'s' if len(runs) > 1 else ''} ({', '.join(f'`{s}`' for s in sources)}); "
+        f"lm-eval {', '.join(versions)}; tasks {', '.join(tasks)}; "
+        f"{'all examples' if limit is None else f'limit {limit} examples per task'}.",
+        DEFINITIONS,
+    ]
+    notes = []
+    for src, run in zip(sources, runs):
+        for name, reason in run.skipped.items():
+            notes.append(f"`{name}` not evaluated in `{src}`: {reason}")
+    chart = {t.title: {n: mean_spread(cells[n][t.title]["acc"]) for n in names
+                       if cells.get(n, {}).get(t.title, {}).get("acc")} for t in families}
+    return Leaderboard(command, sources, header, families, _summary_table(runs, names, cells), models,
+                       _routing_table(runs, names), notes, chart)
+
+
+def _routing_table(runs: list[Run], names: list[str]) -> Table | None:
+    """Mean gate on sft per task for models whose adapter kept routing statistics (``routing.json``:
+    ``{"tasks": {task: {"foundation": share, "sft": share, ...}}}``), averaged over runs."""
+    shares: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for name, mr in run.models.items():
+            for task, entry in ((mr.routing or {}).get("tasks") or {}).items():
+                if isinstance(entry, dict) and isinstance(entry.get("sft"), (int, float)):
+                    shares.setdefault(name, {}).setdefault(task, []).append(float(entry["sft"]))
+    if not shares:
+        return None
+    seen = {t for per in shares.values() for t in per}
+    tasks = [f for f in FAMILIES if f in seen] + sorted(seen - set(FAMILIES))
+    table = Table("routing", ["Model", *(f"{t}: sft share" for t in tasks)], align=["l"] + ["r"] * len(tasks))
+    for name in (n for n in names if n in shares):
+        table.rows.append([name, *(_fmt(_mean(shares[name].get(t, [])), "acc") for t in tasks)])
+    return table
+
+
+def _md_table(t: Table) -> list[str]:
+    def cell(r: int, c: int, text: str) -> str:
+        text = text.replace("|", "\\|")
+        return f"**{text}**" if (r, c) in t.bold else text
+
+    align = t.align or ["l"] * len(t.columns)
+    lines = ["| " + " | ".join(t.columns) + " |", "|" + "|".join(" ---: " if a == "r" else " --- " for a in align) + "|"]
+    lines += ["| " + " | ".join(cell(r, c, x) for c, x in enumerate(row)) + " |" for r, row in enumerate(t.rows)]
+    return lines
+
+
+def to_markdown(lb: Leaderboard) -> str:
+    out = [f"<!-- generated by `{lb.command}` — do not edit -->", "# sopmoe leaderboard", ""]
+    for para in lb.header:
+        out += [para, ""]
+    out += ["## Per family (评估结果对比)", ""]
+    for t in lb.families:
+        out += [f"### {t.title}", "", *_md_table(t), ""]
+    out += ["## Summary (性能对比参考)", "", *_md_table(lb.summary), "",
+            "Inference cost: expert forward passes per generated/scored token by construction (1 = one model), and "
+            "the measured seconds inside the model's lm-eval requests relative to `foundation` in the same run. "
+            "Training cost: wall-clock seconds of the step that produced the model from its inputs (test bed "
+            "pretraining / fine-tuning, router training, distillation, merge), as its own record states; the "
+            "ensemble is training-free.", ""]
+    if lb.routing is not None:
+        out += ["## Routing", "", "Mean gate on the sft expert over the scored tokens, per task (foundation = 1 − "
+                "sft; per-layer detail in the run's `routing.json`).", "", *_md_table(lb.routing), ""]
+    out += ["## Models", "", *_md_table(lb.models), ""]
+    if lb.notes:
+        out += ["## Not evaluated", "", *(f"- {n}" for n in lb.notes), ""]
+    return "\n".join(out)
+
+
+def to_png(lb: Leaderboard) -> bytes:
+    """Grouped bar chart of accuracy per family per model (error bars: the ± of the table). Stable bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = list(lb.chart)
+    names = [row[0] for row in lb.summary.rows if any(row[0] in lb.chart[f] for f in fams)]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(fams) * max(1, len(names)) / 2), 4.0), dpi=100)
+    width = 0.8 / max(1, len(names))
+    cmap = plt.get_cmap("tab10")
+    for i, name in enumerate(names):
+        xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(fams))]
+        ms = [lb.chart[f].get(name) for f in fams]
+        ax.bar(xs, [m.value if m else 0.0 for m in ms], width, label=name, color=cmap(i % 10),
+               yerr=[(m.stderr or 0.0) if m else 0.0 for m in ms], capsize=2, error_kw={"linewidth": 0.8})
+    ax.set_xticks(range(len(fams)), fams)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (lm-eval acc)")
+    runs = f"{len(lb.sources)} runs: mean ± std" if len(lb.sources) > 1 else "1 run: ± stderr"
+    ax.set_title(f"sopmoe: accuracy per family ({runs})")
+    ax.legend(fontsize=8, ncols=min(len(names), 4) or 1, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+              frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def write_leaderboard(run_dirs: list[str | Path], out: str | Path, png: str | Path | None = None,
+                      command: str | None = None) -> Leaderboard:
+    """Build the leaderboard from the run folders and write the markdown (and the PNG) atomically."""
+    lb = build(run_dirs, command)
+    _write_atomic(Path(out), to_markdown(lb).encode("utf-8"))
+    if png is not None:
+        _write_atomic(Path(png), to_png(lb))
+    return lb
+
+
+def print_rich(lb: Leaderboard, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+
+    console = console or Console()
+    for t in [*lb.families, lb.summary, *([lb.routing] if lb.routing else [])]:
+        rt = RichTable(title=t.title)
+        for c, col in enumerate(t.columns):
+            rt.add_column(col, justify="right" if (t.align or [])[c:c + 1] == ["r"] else "left")
+        for r, row in enumerate(t.rows):
+            rt.add_row(*(f"[bold green]{x}[/]" if (r, c) in t.bold else x for c, x in enumerate(row)))
+        console.print(rt)
+    for n in lb.notes:
+        console.print(f"[yellow]{n}[/]")

@@ -1,0 +1,226 @@
+"""Model specs for ``sopmoe evaluate``: which lm-eval model and arguments each ``--models`` entry means, whether its
+inputs exist, its inference cost by construction, and the training cost its artefact records.
+
+Specs, simplest first:
+
+- ``foundation`` | ``sft`` | ``ensemble`` | ``btm`` | ``distill`` | ``merge``: the built-in kinds, arguments from
+  the config (``btm``: ``--btm_router``; ``distill``: ``--distill_model``).
+- ``ensemble@0.7``: the ensemble with foundation_weight 0.7 and sft_weight 0.3 (label ``ensemble@0.7``).
+- ``LABEL=KIND:key=value,...``: kind is a built-in kind (its arguments, then these in lm-eval's ``--model_args``
+  syntax on top) or any registered lm-eval model (then exactly these arguments). E.g. ``btm_token=btm:router=DIR``,
+  ``student_sft=distill:pretrained=DIR``, ``ties=merge:method=ties,density=0.3``, ``mine=hf:pretrained=DIR``.
+
+The label names the leaderboard row and the run's sub-folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+BUILTIN = {  # kind -> lm-eval model
+    "foundation": "hf",
+    "sft": "hf",
+    "ensemble": "sopmoe_ensemble",
+    "btm": "sopmoe_btm",
+    "distill": "sopmoe_distill",
+    "merge": "sopmoe_merge",
+}
+FORWARDS_PER_TOKEN = {"hf": 1, "sopmoe_merge": 1, "sopmoe_distill": 1, "sopmoe_ensemble": 2, "sopmoe_btm": 2}
+LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+PATH_ARGS = ("pretrained", "foundation", "sft", "student", "router")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``--models`` entry: ``name`` labels the row and the folder; ``kind`` is built-in or an lm-eval model."""
+
+    name: str
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+
+@dataclass
+class Planned:
+    spec: ModelSpec
+    lm_eval_model: str
+    model_args: dict[str, Any]
+    forwards_per_token: int | None
+    problem: str | None = None  # why it cannot run (missing input, adapter not importable)
+
+
+def parse_model_spec(text: str) -> ModelSpec:
+    """``foundation`` | ``ensemble@0.7`` | ``LABEL=KIND[:key=value,...]`` (see the module docstring)."""
+    from lm_eval.utils import simple_parse_args_string
+
+    text = text.strip()
+    if "=" in text.split(":", 1)[0]:
+        name, rest = text.split("=", 1)
+        kind, _, argstr = rest.partition(":")
+        args = simple_parse_args_string(argstr) if argstr else {}
+    elif "@" in text:
+        name, kind, weight = text, *text.split("@", 1)
+        if kind != "ensemble":
+            raise ValueError(f"--models {text}: NAME@W is the ensemble shorthand only (ensemble@0.7)")
+        try:
+            w = float(weight)
+        except ValueError:
+            raise ValueError(f"--models {text}: {weight!r} is not a number (ensemble@0.7)") from None
+        if not 0 <= w <= 1:
+            raise ValueError(f"--models {text}: foundation weight must be in [0, 1]")
+        args = {"foundation_weight": w, "sft_weight": round(1 - w, 10)}
+    else:
+        name, kind, args = text, text, {}
+    if not LABEL.match(name or ""):
+        raise ValueError(f"--models {text}: label {name!r} must be letters, digits or _.@+- (it names a folder)")
+    if not kind:
+        raise ValueError(f"--models {text}: missing model kind after '=' (e.g. {name}=btm:router=DIR)")
+    return ModelSpec(name, kind, args, text)
+
+
+def device_for(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype(setting: str, device: str) -> str:
+    if setting != "auto":
+        return setting
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def builtin_args(kind: str, cfg, *, btm_router: str | None, distill_model: str | None, device: str) -> dict[str, Any]:
+    """lm-eval model_args of a built-in kind, from the config."""
+    m, e, g = cfg.models, cfg.ensemble, cfg.merge
+    if kind in ("foundation", "sft"):
+        expert = getattr(m, kind)
+        return {"pretrained": expert.path, "dtype": _dtype(expert.dtype, device)}
+    experts = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype}
+    if m.sft.dtype != m.foundation.dtype:
+        experts["sft_dtype"] = m.sft.dtype
+    if kind == "ensemble":
+        return {**experts, "foundation_weight": e.foundation_weight, "sft_weight": e.sft_weight, "mix": e.mix}
+    if kind == "btm":
+        router = btm_router or cfg.distill.btm_router or str(Path(cfg.btm.output_dir) / "best_router.safetensors")
+        return {"router": router}
+    if kind == "distill":
+        return {"pretrained": distill_model or str(Path(cfg.distill.output_dir) / "best_student"),
+                "dtype": _dtype(m.foundation.dtype, device)}
+    if kind == "merge":
+        args = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype, "method": g.method}
+        if g.method == "linear":
+            args["weight"] = g.weight
+        else:
+            args["scale"] = g.scale
+            if g.method in ("ties", "dare"):
+                args["density"] = g.density
+            if g.method == "dare":
+                args["seed"] = g.seed
+        return args
+    raise ValueError(f"unknown built-in model kind {kind!r}")
+
+
+HINTS = {"distill": "train one with `sopmoe distill`, or pass --distill_model",
+         "merge": "set models.*.path", "ensemble": "set models.*.path"}
+
+
+def _input_problem(args: dict[str, Any], kind: str) -> str | None:
+    """Why a model's inputs are missing (None when every path argument exists)."""
+    for key in PATH_ARGS:
+        if key not in args:
+            continue
+        value = args[key]
+        if not value:
+            return f"{key} is not set (set it in the config or on the command line)"
+        p = Path(str(value)).expanduser()
+        if key == "router":
+            card = (p if p.is_dir() else p.parent) / "router.json"
+            if not p.exists() or not card.is_file():
+                return f"no router checkpoint at {p} (train one with `sopmoe train-router`, or pass --btm_router)"
+        elif not (p / "config.json").is_file():
+            hint = HINTS.get(kind, "expected a transformers folder with config.json")
+            return f"no model folder at {p} ({key}=; {hint})"
+    return None
+
+
+def _adapter_problem(lm_eval_model: str) -> str | None:
+    """Why lm-eval cannot build this model here (adapter module missing or broken), else None."""
+    for ep in importlib_metadata.entry_points(group="lm_eval.models"):
+        if ep.name == lm_eval_model:
+            try:
+                ep.load()
+                return None
+            except Exception as e:  # an adapter still being written must not stop the other models
+                return f"adapter {ep.value} not importable ({type(e).__name__}: {e})"
+    from lm_eval.api.registry import get_model
+
+    try:
+        get_model(lm_eval_model)
+    except Exception:
+        return f"unknown lm-eval model {lm_eval_model!r}"
+    return None
+
+
+def plan(spec: ModelSpec, cfg, *, btm_router=None, distill_model=None, device="cpu") -> Planned:
+    if spec.kind in BUILTIN:
+        lm_model = BUILTIN[spec.kind]
+        args = builtin_args(spec.kind, cfg, btm_router=btm_router, distill_model=distill_model, device=device)
+        args.update(spec.args)
+    else:
+        lm_model, args = spec.kind, dict(spec.args)
+    p = Planned(spec, lm_model, args, FORWARDS_PER_TOKEN.get(lm_model))
+    p.problem = _input_problem(args, spec.kind) or _adapter_problem(lm_model)
+    return p
+
+
+def _wall_in(record: dict) -> float | None:
+    """The training wall-clock seconds an artefact JSON records: ``distill.json`` ``wall_time_s``, ``router.json``
+    ``metrics.train_seconds``, ``testbed.json`` ``times.total.wall_s`` (first match)."""
+    for path in (("wall_time_s",), ("metrics", "train_seconds"), ("train_seconds",), ("times", "total", "wall_s"),
+                 ("training", "wall_s"), ("wall_s",)):
+        d: Any = record
+        for k in path:
+            d = d.get(k) if isinstance(d, dict) else None
+        if isinstance(d, (int, float)) and not isinstance(d, bool):
+            return float(d)
+    return None
+
+
+def training_cost(p: Planned, load_s: float) -> dict[str, Any]:
+    """Wall-clock of the step that made this model from its inputs, read from that step's JSON record.
+
+    foundation / sft: ``testbed.json`` stage ``pretrain`` / ``sft`` (test bed only); ensemble: 0 (training-free);
+    btm: ``router.json``; distill: ``distill.json`` (student folder or its parent); merge: ``merge.json`` of a
+    merged folder, else the in-memory merge happens while loading, so its cost is at most ``load_s``.
+    """
+    a, kind = p.model_args, p.spec.kind
+    if kind in ("foundation", "sft") and a.get("pretrained"):
+        card = Path(a["pretrained"]).parent / "testbed.json"
+        if card.is_file():
+            stage = "pretrain" if kind == "foundation" else "sft"
+            wall = json.loads(card.read_text(encoding="utf-8")).get("times", {}).get(stage, {}).get("wall_s")
+            return {"wall_s": wall, "source": f"{card} times.{stage}"}
+        return {"wall_s": None, "source": "given checkpoint (no testbed.json beside it)"}
+    if p.lm_eval_model == "sopmoe_ensemble":
+        return {"wall_s": 0.0, "source": "training-free"}
+    candidates: list[Path] = []
+    if a.get("router"):
+        r = Path(a["router"])
+        candidates.append((r if r.is_dir() else r.parent) / "router.json")
+    if a.get("pretrained"):
+        d = Path(a["pretrained"])
+        candidates += [d / "distill.json", d.parent / "distill.json", d / "merge.json"]
+    for card in candidates:
+        if card.is_file():
+            return {"wall_s": _wall_in(json.loads(card.read_text(encoding="utf-8"))), "source": str(card)}
+    if p.lm_eval_model == "sopmoe_merge":
+        return {"wall_s": round(load_s, 3), "source": "in-memory merge at load (load_s, experts' loading included)"}
+    return {"wall_s": None, "source": "unknown"}
