@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.model_specs import Planned, device_for, parse_model_spec, plan, training_cost
+from harness.model_specs import ModelSpec, Planned, device_for, parse_model_spec, plan, training_cost
 from harness.runs import META, RESULTS, ROUTING, RUN_FORMAT, SUMMARY, write_json
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def evaluate_one(p: Planned, out: Path, *, tasks: list[str], limit: int | None, 
     return meta
 
 
-def evaluate_models(cfg, models: list[str] | None = None, output_dir: str | Path | None = None, *,
+def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir: str | Path | None = None, *,
                     tasks: list[str] | None = None, limit: int | None = None, batch_size: int | str | None = None,
                     btm_router: str | None = None, distill_model: str | None = None, device: str | None = None,
                     log_samples: bool = False, progress: bool = True, command: str | None = None) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def evaluate_models(cfg, models: list[str] | None = None, output_dir: str | Path
     batch_size = batch_size or ev.batch_size
     out = Path(output_dir or ev.output_dir)
     device = device or device_for(cfg.models.foundation.device)
-    specs = [parse_model_spec(m) for m in models]
+    specs = [m if isinstance(m, ModelSpec) else parse_model_spec(m) for m in models]
     dupes = sorted({s.name for s in specs if [t.name for t in specs].count(s.name) > 1})
     if dupes:
         raise ValueError(f"--models: label(s) {', '.join(dupes)} given twice; name variants LABEL=KIND:...")

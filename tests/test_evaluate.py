@@ -65,11 +65,11 @@ def test_evaluate_skips_missing_models_and_writes_the_others(tiny_config, tiny_p
     (broken / "config.json").write_text("{}", encoding="utf-8")  # passes the input check, fails in transformers
     out = tmp_path / "run"
     rc = main(["evaluate", "--config", str(tiny_config), "--models", "foundation", "sft", "ensemble", "btm",
-               f"broken=hf:pretrained={broken}", "--tasks", "sop_strict", "reasoning", "--limit", "1",
+               "merge", f"student=distill:pretrained={tiny_pair_dirs[1]}", f"broken=hf:pretrained={broken}", "--tasks", "sop_strict", "reasoning", "--limit", "1",
                "--batch_size", "2", "--output_dir", str(out), "--log-file", str(tmp_path / "eval.log")])
     assert rc == 1  # one model failed
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert summary["ran"] == ["foundation", "sft", "ensemble"]
+    assert summary["ran"] == ["foundation", "sft", "ensemble", "merge", "student"]
     assert summary["skipped"] == ["btm"] and summary["failed"] == ["broken"]
     reasons = {m["name"]: m.get("reason", "") for m in summary["models"]}
     assert "no router checkpoint" in reasons["btm"] and reasons["broken"]
@@ -91,6 +91,12 @@ def test_evaluate_skips_missing_models_and_writes_the_others(tiny_config, tiny_p
     f = json.loads((out / "foundation" / "results.json").read_text(encoding="utf-8"))
     assert f["config"]["model_args"]["pretrained"] == str(tiny_pair_dirs[0])
     assert "btm" in capsys.readouterr().out
+    # the student is the sft folder through sopmoe_distill: the same numbers as the plain hf run of sft
+    s = json.loads((out / "student" / "results.json").read_text(encoding="utf-8"))["results"]
+    h = json.loads((out / "sft" / "results.json").read_text(encoding="utf-8"))["results"]
+    assert s["sop_strict"]["perplexity,none"] == pytest.approx(h["sop_strict"]["perplexity,none"], rel=1e-5)
+    merge = json.loads((out / "merge" / "meta.json").read_text(encoding="utf-8"))
+    assert merge["model_args"]["method"] == "linear" and merge["inference_cost"]["expert_forwards_per_token"] == 1
 
     # and the leaderboard reads the run
     assert main(["leaderboard", str(out), "--out", str(tmp_path / "LB.md"), "--quiet"]) == 0
