@@ -1,0 +1,199 @@
+"""``sopmoe merge``: merge foundation and sft in weight space and save a plain HF folder (1x-cost baselines).
+
+Methods (:mod:`sopmoe_models.merges`): ``linear`` (WiSE-FT, ``--weight`` α: 0 = foundation, 1 = sft),
+``task_arithmetic`` (``--scale`` λ on sft − foundation), ``ties`` and ``dare`` (``--scale``, ``--density``; DARE also
+``--seed``). ``--auto`` picks the method's parameter on a few dev examples (LM-Cocktail weights and a small grid
+search, :mod:`sopmoe_models.merges.auto`) and prints the table it searched.
+
+The folder (``save_pretrained`` safetensors, config, tokenizer) is written to ``DIR.tmp`` and renamed into place,
+with ``merge.json`` (method, parameters, input fingerprints, versions, the search when ``--auto``) and
+``sopmoe_config.yaml`` (the resolved config, merge section = the parameters used). Evaluate it with
+``lm_eval --model hf --model_args pretrained=DIR`` or merge in memory with ``--model sopmoe_merge``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+NAME = "merge"
+HELP = "merge foundation and sft in weight space (linear, task_arithmetic, ties, dare) into a plain HF folder"
+EXAMPLES = [
+    "sopmoe merge --config configs/config.yaml --method ties --density 0.5 --out models/merged/ties",
+    "sopmoe merge --foundation F --sft S --method linear --weight 0.3 --out merged",
+    "sopmoe merge --config configs/config.yaml --method dare --auto --dev_file data/dev.jsonl --out merged/dare",
+]
+ORDER = 50
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", dest="merge.method", choices=["linear", "task_arithmetic", "ties", "dare"],
+                   help="merge method (default: merge.method)")
+    p.add_argument("--out", dest="merge.output_dir", help="output folder (default: merge.output_dir)")
+    p.add_argument("--weight", dest="merge.weight", type=float, help="linear α in [0, 1]: 0 = foundation, 1 = sft")
+    p.add_argument("--scale", dest="merge.scale", type=float, help="λ on the task vector sft − foundation")
+    p.add_argument("--density", dest="merge.density", type=float, help="fraction of the task vector kept (ties/dare)")
+    p.add_argument("--seed", dest="merge.seed", type=int, help="seed of DARE's drop masks and of the dev sample")
+    p.add_argument("--auto", action="store_true", help="choose the method's parameter on dev data (cocktail + grid)")
+    p.add_argument("--dev_file", type=Path, default=None, help="dev JSONL for --auto (default: data.eval_file)")
+    p.add_argument("--dev_examples", type=int, default=32, help="dev examples used by --auto (seeded sample)")
+    p.add_argument("--grid", default=None, help="comma-separated values of the searched parameter (--auto)")
+    p.add_argument("--temperature", type=float, default=5.0, help="LM-Cocktail temperature T (--auto)")
+    p.add_argument("--batch_size", type=int, default=16, help="dev scoring batch size (--auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--log-file", default="logs/merge.log", help="log file (default: logs/merge.log)")
+
+
+def _grid(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--grid {text!r}: expected comma-separated numbers, e.g. 0.1,0.3,0.5") from None
+    if not values:
+        raise ValueError("--grid is empty")
+    return values
+
+
+def dev_examples(path: str | Path | None, n: int, seed: int) -> tuple[list, list[int]]:
+    """A seeded sample of ``n`` examples of ``path`` (all of them when it has fewer) and their 0-based indices."""
+    from sopmoe_models.data import load_jsonl
+
+    if path is None:
+        raise ValueError("--auto needs dev data: set data.eval_file in the config or pass --dev_file")
+    if n <= 0:
+        raise ValueError(f"--dev_examples {n} must be > 0")
+    examples = load_jsonl(path)
+    idx = sorted(random.Random(seed).sample(range(len(examples)), n)) if len(examples) > n else list(range(len(examples)))
+    return [examples[i] for i in idx], idx
+
+
+def _print_search(result, method: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    best, searched = result.best, result.parameter
+    table = Table(title=f"sopmoe merge --auto: {method}, searched {searched} (dev loss = per-token NLL of outputs)")
+    for col in ("source", searched, "other parameters", "dev loss", "dev ppl", "dev acc", ""):
+        table.add_column(col, justify="right" if col in (searched, "dev loss", "dev ppl", "dev acc") else "left")
+    c = result.cocktail
+    for name in ("foundation", "sft"):
+        loss = c["dev_loss"][name]
+        table.add_row(name, "", "(expert)", f"{loss:.4f}", f"{math.exp(loss):.3f}", f"{c['dev_acc'][name]:.3f}",
+                      f"cocktail weight {c['weights'][name]:.3f}")
+    for row in result.rows:
+        used = row.params.used()
+        others = ", ".join(f"{k}={v:g}" for k, v in used.items() if k != searched)
+        table.add_row(row.source, f"{used[searched]:g}", others, f"{row.score.loss:.4f}",
+                      f"{row.score.perplexity:.3f}", f"{row.score.acc:.3f}",
+                      "[bold green]<- chosen[/]" if row is best else "")
+    Console().print(table)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` (``--overwrite``) is moved aside first, then deleted."""
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_merged(model, tokenizer, out: Path, record: dict[str, Any], cfg) -> None:
+    """Write the HF folder, ``merge.json`` and ``sopmoe_config.yaml`` to ``out.tmp``, then rename it to ``out``."""
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)  # safetensors (transformers 5 default), config.json, generation_config.json
+    tokenizer.save_pretrained(tmp)
+    (tmp / "merge.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    cfg.save(tmp / "sopmoe_config.yaml")
+    _swap_into_place(tmp, out)
+
+
+def run(args: argparse.Namespace) -> int:
+    import peft
+    import torch
+    import transformers
+
+    import sopmoe_models
+    from harness.cli import config_from_args
+    from sopmoe_models.experts import load_experts_from_config
+    from sopmoe_models.merges import METHODS, PEFT_FUNCTIONS, MergeParams, merge_models
+
+    cfg = config_from_args(args)
+    m = cfg.merge
+    params = MergeParams(m.method, m.weight, m.scale, m.density, m.seed)
+    grid = _grid(args.grid)
+    out = Path(m.output_dir).expanduser()
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
+    searched = params.module.SEARCH[0]
+    if args.auto and getattr(args, f"merge.{searched}") is not None:
+        log.warning("--%s is what --auto searches for %s; the value given is ignored", searched, params.method)
+    examples, dev_idx = dev_examples(args.dev_file or cfg.data.eval_file, args.dev_examples, m.seed) if args.auto \
+        else ([], [])
+
+    Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
+    log_file = logging.FileHandler(args.log_file, encoding="utf-8")
+    log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(log_file)
+    try:
+        pair = load_experts_from_config(cfg)
+        fingerprints = pair.fingerprints()
+        search = None
+        if args.auto:
+            from rich.progress import Progress
+
+            from sopmoe_models.merges.auto import auto_merge
+
+            n = len(grid or params.module.SEARCH[1]) + 1
+            with Progress(transient=True) as progress:
+                task = progress.add_task(f"--auto: {params.method} on {len(examples)} dev examples", total=n)
+                model, search = auto_merge(pair, params, examples, grid=grid, temperature=args.temperature,
+                                           style=cfg.data.prompt_format, batch_size=args.batch_size,
+                                           on_row=lambda row: progress.advance(task))
+            _print_search(search, params.method)
+            params = search.best.params
+        else:
+            model = merge_models(pair, **vars(params), inplace=True)
+        record = {
+            "method": params.method,
+            "parameters": params.used(),
+            "reference": METHODS[params.method].REFERENCE_URL,
+            "tensor_maths": PEFT_FUNCTIONS[params.method],
+            "inputs": {
+                "foundation": {"path": str(Path(pair.foundation_path).resolve()),
+                               "fingerprint": fingerprints["foundation"]},
+                "sft": {"path": str(Path(pair.sft_path).resolve()), "fingerprint": fingerprints["sft"]},
+            },
+            "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "auto": None if search is None else {
+                "dev_file": str(Path(args.dev_file or cfg.data.eval_file).resolve()), "dev_indices": dev_idx,
+                **search.to_json(),
+            },
+            "versions": {"sopmoe": sopmoe_models.__version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__, "peft": peft.__version__},
+        }
+        resolved = cfg.model_copy(update={"merge": m.model_copy(update={**params.used(), "method": params.method})})
+        save_merged(model, pair.tokenizer, out, record, resolved)
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+    used = ", ".join(f"{k}={v:g}" for k, v in params.used().items())
+    print(f"merged ({params.method}: {used}) -> {out}")
+    return 0
+
