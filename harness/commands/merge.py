@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         pair = load_experts_from_config(cfg)
         fingerprints = pair.fingerprints()
-        search = None
+        search, t0 = None, time.perf_counter()
         if args.auto:
             from rich.progress import Progress
 
@@ -170,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             params = search.best.params
         else:
             model = merge_models(pair, **vars(params), inplace=True)
+        wall = round(time.perf_counter() - t0, 3)
         record = {
             "method": params.method,
             "parameters": params.used(),
@@ -181,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 "sft": {"path": str(Path(pair.sft_path).resolve()), "fingerprint": fingerprints["sft"]},
             },
             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+            "wall_time_s": wall,  # the merge (and --auto search), loading and saving excluded
             "auto": None if search is None else {
                 "dev_file": str(Path(args.dev_file or cfg.data.eval_file).resolve()), "dev_indices": dev_idx,
                 **search.to_json(),
