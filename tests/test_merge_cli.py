@@ -99,8 +99,11 @@ def test_adapter_reads_config(tmp_path, tiny_pair_dirs):
     cfg.write_text(f"models:\n  foundation: {{path: {f}}}\n  sft: {{path: {s}}}\nmerge: {{method: ties, density: 0.3}}\n")
     lm = MergeLMEval(config=str(cfg), scale=0.5, device="cpu")
     assert (lm.merge_params.method, lm.merge_params.density, lm.merge_params.scale) == ("ties", 0.3, 0.5)
+    assert lm.get_model_info()["merge"] == {"method": "ties", "scale": 0.5, "density": 0.3}
     with pytest.raises(ValueError, match="foundation=DIR"):
         MergeLMEval(method="ties")
+    with pytest.raises(ValueError, match="unknown model argument 'alpha'"):
+        MergeLMEval(config=str(cfg), alpha=0.5)
 
 
 @pytest.mark.slow

@@ -2,14 +2,16 @@
 
     lm_eval --model sopmoe_merge \\
         --model_args foundation=DIR,sft=DIR,method=ties,density=0.5 --tasks sopmoe
+    lm_eval --model sopmoe_merge --model_args config=configs/config.yaml,method=dare,seed=1 --tasks sopmoe
 
-A merge is a single ordinary causal LM, so nothing of HFLM is overridden: the merged module and the shared
-tokenizer are handed to ``HFLM.__init__`` (no folder written, no throwaway model loaded). Model args: ``foundation``,
-``sft`` or ``config`` (a sopmoe YAML: models and merge sections; explicit args win), ``method``, ``weight``,
-``scale``, ``density``, ``seed`` (see :mod:`sopmoe_models.merges`), ``dtype``, ``device``, ``batch_size``. The
-experts load through :func:`sopmoe_models.experts.load_experts` and the merge is written into the foundation in
-place, so peak memory is two models, not three. The same merge saved by ``sopmoe merge`` and evaluated with
-``--model hf`` gives the same log-likelihoods (tests/test_merge_cli.py).
+A merge is one ordinary causal LM, so nothing of HFLM is overridden: the merged module and the shared tokenizer are
+handed to ``HFLM.__init__`` (no folder written, no throwaway model loaded). Model args are those of the other sopmoe
+adapters (``config``, ``foundation``, ``sft``, ``device``, ``dtype``, ``sft_device``, ``sft_dtype``, HFLM's
+``batch_size``/``max_length``/...) plus the ``merge`` section: ``method``, ``weight``, ``scale``, ``density``,
+``seed`` (:mod:`sopmoe_models.merges`); explicit args override the YAML. The experts load through
+:func:`sopmoe_models.experts.load_experts_from_config` and the merge is written into the foundation in place, so
+peak memory is two models, not three. The same merge saved by ``sopmoe merge`` and evaluated with ``--model hf``
+gives the same log-likelihoods (tests/test_merge_cli.py).
 """
 
 from __future__ import annotations
@@ -19,62 +21,62 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
-from sopmoe_models.experts import load_experts
+from sopmoe_models.adapters.base import COMMON_ARGS, HFLM_ARGS, TASK_ARGS, _quiet_preloaded_warnings
+from sopmoe_models.experts import load_experts_from_config
 from sopmoe_models.merges import MergeParams, merge_models
 
 log = logging.getLogger(__name__)
 
+MODEL_ARGS = {"method": "merge.method", "weight": "merge.weight", "scale": "merge.scale",
+              "density": "merge.density", "seed": "merge.seed"}
 
-def _from_config(path: str | None) -> dict[str, Any]:
-    """Defaults from a sopmoe YAML (validated by the harness's loader, relative paths resolved)."""
-    if not path:
-        return {}
-    from harness.config import load_config  # the one YAML loader; only needed when config= is given
 
-    cfg = load_config(path)
-    m = cfg.merge
-    return {
-        "foundation": cfg.models.foundation.path, "sft": cfg.models.sft.path,
-        "dtype": cfg.models.foundation.dtype, "device": cfg.models.foundation.device,
-        "method": m.method, "weight": m.weight, "scale": m.scale, "density": m.density, "seed": m.seed,
-    }
+def resolve_config(config: str | None, model_args: dict[str, Any]):
+    """The YAML named by ``config`` (as the other adapters read it) with explicit ``model_args`` applied on top."""
+    from harness.config import load_config  # lazy: the YAML schema lives with the CLI
+
+    overrides: dict[str, Any] = {}
+    for key, value in model_args.items():
+        if key in TASK_ARGS:
+            continue
+        if key in COMMON_ARGS:
+            for dotted in COMMON_ARGS[key]:
+                overrides[dotted] = str(value) if value is not None else None
+        elif key in MODEL_ARGS:
+            overrides[MODEL_ARGS[key]] = value
+        else:
+            accepted = ["config", *COMMON_ARGS, *MODEL_ARGS, *HFLM_ARGS, "batch_size", "max_batch_size"]
+            raise ValueError(f"sopmoe_merge: unknown model argument {key!r}; accepted: {', '.join(accepted)}")
+    return load_config(config, overrides)
 
 
 class MergeLMEval(HFLM):
     """``HFLM`` over the weight-space merge of foundation and sft."""
 
-    def __init__(
-        self,
-        foundation: str | None = None,
-        sft: str | None = None,
-        config: str | None = None,
-        method: str | None = None,
-        weight: float | None = None,
-        scale: float | None = None,
-        density: float | None = None,
-        seed: int | None = None,
-        dtype: str | None = None,
-        device: str | None = None,
-        batch_size: int | str = 1,
-        **kwargs: Any,
-    ) -> None:
-        given = {"foundation": foundation, "sft": sft, "method": method, "weight": weight, "scale": scale,
-                 "density": density, "seed": seed, "dtype": dtype, "device": device}
-        args = {**MergeParams().__dict__, "dtype": "auto", "device": "auto", **_from_config(config),
-                **{k: v for k, v in given.items() if v is not None}}
-        if not args.get("foundation") or not args.get("sft"):
+    def __init__(self, config: str | None = None, batch_size: int | str = 1, max_batch_size: int = 64,
+                 **model_args: Any) -> None:
+        hf_kwargs = {k: model_args.pop(k) for k in HFLM_ARGS if k in model_args}
+        cfg = resolve_config(config, model_args)
+        if not cfg.models.foundation.path or not cfg.models.sft.path:
             raise ValueError("sopmoe_merge needs foundation=DIR and sft=DIR (or config=PATH) in --model_args")
-        dev = args["device"]
-        if isinstance(dev, str) and dev.startswith("cuda"):
-            import torch
+        for expert in (cfg.models.foundation, cfg.models.sft):
+            if expert.device.startswith("cuda"):
+                import torch
 
-            if not torch.cuda.is_available():
-                raise ValueError(f"sopmoe_merge: device={dev} but CUDA is not available; use device=cpu or auto")
-        params = MergeParams(str(args["method"]), float(args["weight"]), float(args["scale"]),
-                             float(args["density"]), int(args["seed"]))
-        pair = load_experts(str(args["foundation"]), str(args["sft"]), dtype=args["dtype"], device=dev)
-        merged, tokenizer = merge_models(pair, **params.__dict__, inplace=True), pair.tokenizer
+                if not torch.cuda.is_available():
+                    raise ValueError(f"sopmoe_merge: device={expert.device} but CUDA is not available; "
+                                     "use device=cpu or auto")
+        g = cfg.merge
+        self.merge_params = MergeParams(g.method, g.weight, g.scale, g.density, g.seed)
+        pair = load_experts_from_config(cfg)
+        merged, tokenizer = merge_models(pair, **self.merge_params.__dict__, inplace=True), pair.tokenizer
         del pair  # drop the sft: only the merged module is kept
-        self.merge_params = params
-        log.info("sopmoe_merge: %s %s of %s and %s", params.method, params.used(), args["foundation"], args["sft"])
-        super().__init__(pretrained=merged, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
+        log.info("sopmoe_merge: %s %s of %s and %s", g.method, self.merge_params.used(),
+                 cfg.models.foundation.path, cfg.models.sft.path)
+        with _quiet_preloaded_warnings():
+            super().__init__(pretrained=merged, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
+                             max_batch_size=max_batch_size, **hf_kwargs)
+
+    def get_model_info(self) -> dict:
+        return {**super().get_model_info(), "merge": {"method": self.merge_params.method,
+                                                      **self.merge_params.used()}}
