@@ -1,0 +1,354 @@
+"""Distil the fused teacher into one student (DESIGN §6): KD + task loss, full fine-tune or LoRA, under accelerate.
+
+Loss per optimizer step (training/kd_losses.py): ``distill_loss_weight · T² · D(p_T^(T) ‖ p_S^(T)) +
+task_loss_weight · CE``, each averaged over the output tokens of the whole step (all micro-batches of the gradient
+accumulation window, all processes), so the result does not depend on how a batch is split across devices.
+
+Data parallel: ``distill.batch_size`` is the *global* batch. Every process builds the same seeded order for an
+epoch and takes its contiguous slice of each batch (an empty slice becomes a dummy example with no output tokens,
+so every rank joins every all-reduce); the teacher runs on each process's slice (or reads the cache). Each rank's
+loss is normalised by the global token count of the step and multiplied by the number of processes because DDP
+averages gradients. Dropout (LoRA dropout) is reseeded at each step from (seed, step, rank), so a run resumed from
+a checkpoint continues exactly as an uninterrupted one would.
+
+Entry point: :func:`train` (``sopmoe distill``; several processes with ``accelerate launch -m harness.cli distill``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_jsonl
+from sopmoe_models.experts import check_same_tokenizer, load_tokenizer
+from training import distill_checkpoint as ckpt
+from training.distill_teacher import (
+    LiveTeacher,
+    build_teacher,
+    get_cache,
+    n_output_tokens,
+    teacher_fingerprint,
+)
+from training.kd_losses import distill_loss
+
+log = logging.getLogger(__name__)
+
+DUMMY = -1  # index of the placeholder example of a process whose slice of a batch is empty
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+# --- pieces ----------------------------------------------------------------------------------------------------
+
+
+def student_path(cfg) -> str:
+    init = cfg.distill.student_init
+    path = {"foundation": cfg.models.foundation.path, "sft": cfg.models.sft.path}.get(init, init)
+    if not path:
+        raise ValueError(f"student_init {init!r}: models.{init}.path is not set (config or --{init})")
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"--student_init {init}: {p} is not a model folder (no config.json)")
+    return str(p)
+
+
+def load_student(cfg, teacher_tokenizer, device: torch.device) -> torch.nn.Module:
+    """A trainable copy of the chosen init (never the teacher's expert objects); LoRA-wrapped when enabled."""
+    from transformers import AutoModelForCausalLM
+
+    d = cfg.distill
+    path = student_path(cfg)
+    check_same_tokenizer(load_tokenizer(path), teacher_tokenizer, "student", "teacher")
+    dtype = torch.bfloat16 if (d.lora.enabled and d.bf16) else torch.float32  # full FT keeps fp32 master weights
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False).to(device)
+    if d.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if d.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lc = d.lora
+        model = get_peft_model(
+            model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
+                              task_type="CAUSAL_LM")
+        )
+    model.train()
+    return model
+
+
+def encode_file(path: str, tokenizer, cfg, limit: int | None = None) -> list[dict[str, list[int]]]:
+    examples = load_jsonl(path)[:limit] if limit else load_jsonl(path)
+    return [encode_example(tokenizer, ex, style=cfg.data.prompt_format, max_length=cfg.data.max_length) for ex in examples]
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def rank_slice(indices: list[int], world: int, rank: int) -> list[int]:
+    per = -(-len(indices) // world)
+    return indices[rank * per : (rank + 1) * per] or [DUMMY]
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total`` (step counts from 0)."""
+    return base * max(0.0, min((step + 1) / max(warmup, 1), (total - step) / max(total - warmup, 1)))
+
+
+def make_batch(features: list[dict], indices: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
+    dummy = {"input_ids": [pad_id], "labels": [IGNORE_INDEX]}
+    rows = [features[i] if i != DUMMY else dummy for i in indices]
+    return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+
+
+def _loss_kwargs(cfg, vocab_size: int) -> dict[str, Any]:
+    d = cfg.distill
+    return dict(temperature=d.temperature, distill_loss_weight=d.distill_loss_weight, task_loss_weight=d.task_loss_weight,
+                kind=d.kl, beta=d.jsd_beta, vocab_size=vocab_size)
+
+
+@torch.no_grad()
+def evaluate(model, targets, features, cfg, accelerator, vocab_size: int, pad_id: int) -> dict[str, float]:
+    """Per-token KD, CE and weighted loss on ``features`` (each process scores its slice; sums are all-reduced)."""
+    model.eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    mine = rank_slice(list(range(len(features))), world, rank)
+    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)  # kd, ce, tokens
+    for start in range(0, len(mine), cfg.distill.batch_size):
+        idx = mine[start : start + cfg.distill.batch_size]
+        batch = make_batch(features, idx, pad_id, accelerator.device)
+        with accelerator.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        out = distill_loss(logits, batch["labels"], targets(idx, batch), normalizer=1.0, **_loss_kwargs(cfg, vocab_size))
+        sums += torch.tensor([out.kd.item(), out.ce.item(), out.n_tokens], device=sums.device, dtype=sums.dtype)
+    sums = accelerator.reduce(sums, "sum")
+    model.train()
+    n = max(float(sums[2]), 1.0)
+    kd, ce = float(sums[0]) / n, float(sums[1]) / n
+    d = cfg.distill
+    return {"loss": d.distill_loss_weight * kd + d.task_loss_weight * ce, "kd": kd, "ce": ce, "tokens": int(sums[2])}
+
+
+def _teacher_targets(teacher, features, data_file, cfg, accelerator, out_dir: Path, fp: dict, what: str):
+    k = cfg.distill.teacher_cache_topk
+    if not k:
+        return LiveTeacher(teacher), None
+    root = Path(cfg.distill.teacher_cache_dir) if cfg.distill.teacher_cache_dir else out_dir / "teacher_cache"
+    t0 = time.time()
+    cache = get_cache(teacher, features, data_file=data_file, k=k, temperature=cfg.distill.temperature, cache_root=root,
+                      pad_id=teacher.tokenizer.pad_token_id, batch_size=cfg.distill.batch_size, accelerator=accelerator,
+                      teacher_fp=fp)
+    info = {"path": str(cache.path), "built": cache.built, "seconds": round(time.time() - t0, 3), "rows": len(cache.tail)}
+    log.info("teacher cache (%s): %s %s in %.1fs", what, "built" if cache.built else "reused", cache.path, info["seconds"])
+    return cache, info
+
+
+def _same_run(saved: dict, cfg) -> None:
+    """Refuse to resume a checkpoint written under other settings (it would not continue the same run)."""
+    now = cfg.to_dict()
+    for section in ("models", "data", "ensemble", "distill"):
+        a, b = dict(saved.get(section, {})), dict(now.get(section, {}))
+        for volatile in ("output_dir", "save_steps", "task_data_dir"):
+            a.pop(volatile, None), b.pop(volatile, None)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        if diff:
+            raise ValueError(f"--resume: the checkpoint was written with other {section}.{diff[0]} "
+                             f"({a.get(diff[0])!r} vs {b.get(diff[0])!r}); use the same config or drop --resume")
+
+
+# --- the run -----------------------------------------------------------------------------------------------------
+
+
+def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) distillation as configured; returns the ``distill.json`` card of the best student."""
+    from accelerate import Accelerator
+
+    d = cfg.distill
+    wall0, cpu0 = time.time(), time.process_time()
+    # Several processes without CUDA (torchrun / accelerate launch on a CPU machine): DDP over gloo on the CPU.
+    cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(mixed_precision="bf16" if d.bf16 else "no", cpu=cpu_ddp)
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if d.batch_size < world:
+        raise ValueError(f"distill.batch_size ({d.batch_size}) is the global batch; it must be >= the {world} processes")
+    if not cfg.data.train_file:
+        raise ValueError("data.train_file is not set (a JSONL of {input, output} to distil on)")
+    out_dir = Path(d.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(d.seed)
+
+    # setup: teacher, student, data, teacher targets
+    teacher = build_teacher(cfg, accelerator.device)
+    fp = teacher_fingerprint(teacher)
+    tok, vocab, pad_id = teacher.tokenizer, teacher.vocab_size, teacher.tokenizer.pad_token_id
+    student = load_student(cfg, tok, accelerator.device)
+    train_feats = encode_file(cfg.data.train_file, tok, cfg, d.max_train_examples)
+    eval_feats = encode_file(cfg.data.eval_file, tok, cfg) if cfg.data.eval_file else []
+    if not eval_feats:
+        log.warning("data.eval_file is not set: the best student is chosen by training loss")
+    train_targets, train_cache = _teacher_targets(teacher, train_feats, cfg.data.train_file, cfg, accelerator, out_dir, fp, "train")
+    eval_targets, eval_cache = (
+        _teacher_targets(teacher, eval_feats, cfg.data.eval_file, cfg, accelerator, out_dir, fp, "eval") if eval_feats else (None, None)
+    )
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=d.learning_rate, weight_decay=d.weight_decay)
+    n_batches = math.ceil(len(train_feats) / d.batch_size)
+    steps_per_epoch = math.ceil(n_batches / d.gradient_accumulation_steps)
+    total_steps = steps_per_epoch * d.num_epochs
+    warmup = math.ceil(d.warmup_ratio * total_steps)
+
+    state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "sums": [0.0, 0.0, 0.0, 0], "history": [],
+                             "best": None, "wall_s": 0.0, "cpu_s": 0.0, "done": False, "config": cfg.to_dict()}
+    if resume:
+        loaded = ckpt.load_checkpoint(out_dir, student, optimizer)
+        if loaded is None:
+            log.warning("--resume: no checkpoint in %s; starting from the beginning", out_dir)
+        else:
+            _same_run(loaded["config"], cfg)
+            state = loaded
+            log.info("resumed from %s: epoch %d, batch %d, step %d", out_dir / ckpt.CHECKPOINT, state["epoch"] + 1,
+                     state["batch"], state["step"])
+    model, optimizer = accelerator.prepare(student, optimizer)
+    writer = None
+    if main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path("outputs/tensorboard") / f"distill-{out_dir.name}"))
+    log.info("distilling %s teacher into %s (%s, %d trainable params) on %d process(es): %d examples, %d steps",
+             d.teacher_type, d.student_init, "LoRA" if d.lora.enabled else "full", sum(p.numel() for p in params),
+             world, len(train_feats), total_steps)
+    loss_kw = _loss_kwargs(cfg, vocab)
+
+    def save(wall_base: float, cpu_base: float) -> None:
+        state["wall_s"], state["cpu_s"] = wall_base + time.time() - wall0, cpu_base + time.process_time() - cpu0
+        if main:
+            ckpt.save_checkpoint(out_dir, accelerator.unwrap_model(model), optimizer, state)
+        accelerator.wait_for_everyone()
+
+    wall_base, cpu_base = state["wall_s"], state["cpu_s"]
+    from rich.progress import Progress
+
+    with Progress(disable=not main, transient=False) as progress:
+        while state["epoch"] < d.num_epochs and not state["done"]:
+            epoch = state["epoch"]
+            batches = epoch_batches(len(train_feats), d.batch_size, d.seed, epoch)
+            bar = progress.add_task(f"epoch {epoch + 1}/{d.num_epochs}", total=len(batches), completed=state["batch"])
+            t_epoch = time.time()
+            while state["batch"] < len(batches):
+                window = batches[state["batch"] : state["batch"] + d.gradient_accumulation_steps]
+                n_window = sum(n_output_tokens(train_feats[i]) for b in window for i in b)
+                torch.manual_seed(d.seed * 1_000_003 + state["step"] * 9973 + rank)  # dropout: a function of the step
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_at(state["step"], total_steps, warmup, d.learning_rate)
+                acc = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
+                for j, global_batch in enumerate(window):
+                    idx = rank_slice(global_batch, world, rank)
+                    batch = make_batch(train_feats, idx, pad_id, accelerator.device)
+                    sync = nullcontext() if j == len(window) - 1 else accelerator.no_sync(model)
+                    with sync:
+                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                        out = distill_loss(logits, batch["labels"], train_targets(idx, batch), normalizer=max(n_window, 1), **loss_kw)
+                        accelerator.backward(out.loss * world)  # DDP averages over ranks; the loss is already global
+                    acc += torch.tensor([out.loss.item(), out.kd.item(), out.ce.item()], device=acc.device, dtype=acc.dtype)
+                acc = accelerator.reduce(acc, "sum")
+                if not bool(torch.isfinite(acc).all()):
+                    where = f"epoch {epoch + 1}, step {state['step'] + 1}"
+                    log.error("non-finite loss (%s) at %s; stopping. Last good checkpoint kept in %s", acc[0].item(), where,
+                              out_dir / ckpt.CHECKPOINT)
+                    raise TrainingDiverged(f"loss became {acc[0].item()} at {where}; last good checkpoint kept in "
+                                           f"{out_dir / ckpt.CHECKPOINT} (lower distill.learning_rate and rerun)")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                state["batch"] += len(window)
+                s = state["sums"]
+                state["sums"] = [s[0] + float(acc[0]), s[1] + float(acc[1]), s[2] + float(acc[2]), s[3] + 1]
+                progress.update(bar, completed=state["batch"], description=f"epoch {epoch + 1}/{d.num_epochs} loss {float(acc[0]):.4f}")
+                if writer:
+                    writer.add_scalar("train/loss", float(acc[0]), state["step"])
+                    writer.add_scalar("train/kd", float(acc[1]), state["step"])
+                    writer.add_scalar("train/ce", float(acc[2]), state["step"])
+                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state["step"])
+                if state["step"] % d.save_steps == 0 and state["batch"] < len(batches):
+                    save(wall_base, cpu_base)
+                if on_step is not None:
+                    on_step(state["step"])
+            # end of epoch: eval, best, checkpoint
+            s = state["sums"]
+            train_m = {"loss": s[0] / max(s[3], 1), "kd": s[1] / max(s[3], 1), "ce": s[2] / max(s[3], 1)}
+            eval_m = evaluate(accelerator.unwrap_model(model), eval_targets, eval_feats, cfg, accelerator, vocab, pad_id) if eval_feats else None
+            score = eval_m["loss"] if eval_m else train_m["loss"]
+            rec = {"epoch": epoch + 1, "step": state["step"], "train": train_m, "eval": eval_m,
+                   "lr": optimizer.param_groups[0]["lr"], "epoch_wall_s": round(time.time() - t_epoch, 3)}
+            state["history"].append(rec)
+            log.info("epoch %d: train loss %.4f (kd %.4f, ce %.4f)%s", epoch + 1, train_m["loss"], train_m["kd"], train_m["ce"],
+                     f"; eval loss {eval_m['loss']:.4f} (kd {eval_m['kd']:.4f}, ce {eval_m['ce']:.4f})" if eval_m else "")
+            if writer and eval_m:
+                for k_ in ("loss", "kd", "ce"):
+                    writer.add_scalar(f"eval/{k_}", eval_m[k_], epoch + 1)
+            if state["best"] is None or score < state["best"]["score"]:
+                state["best"] = {"epoch": epoch + 1, "score": score, "metric": "eval_loss" if eval_m else "train_loss"}
+                if main:
+                    _save_best(accelerator.unwrap_model(model), tok, out_dir, cfg, state, fp)
+            state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0])
+            save(wall_base, cpu_base)
+
+    # final: write the best student (LoRA merged) with its card
+    state["done"] = True
+    save(wall_base, cpu_base)
+    card = _card(cfg, state, fp, world, {"train": train_cache, "eval": eval_cache})
+    if main:
+        unwrapped = accelerator.unwrap_model(model)
+        final = ckpt.merged_student(unwrapped, out_dir / ckpt.BEST_ADAPTER) if d.lora.enabled else None
+        if final is not None:
+            ckpt.save_student(final, tok, out_dir, card)
+        else:
+            ckpt.write_json(out_dir / ckpt.BEST_STUDENT / ckpt.CARD, card)
+        ckpt.write_json(out_dir / ckpt.CARD, card)
+        cfg.save(out_dir / "config.yaml")
+        writer.close()
+    accelerator.wait_for_everyone()
+    log.info("best student (epoch %d, %s %.4f) in %s", state["best"]["epoch"], state["best"]["metric"],
+             state["best"]["score"], out_dir / ckpt.BEST_STUDENT)
+    return card
+
+
+def _save_best(model, tok, out_dir: Path, cfg, state: dict, fp: dict) -> None:
+    if cfg.distill.lora.enabled:  # keep the LoRA tensors; merged into the base once, when the run ends
+        from safetensors.torch import save_file
+
+        tmp = out_dir / (ckpt.BEST_ADAPTER + ".tmp")
+        save_file(ckpt.trainable_state(model), str(tmp))
+        tmp.replace(out_dir / ckpt.BEST_ADAPTER)
+    else:
+        ckpt.save_student(model, tok, out_dir, _card(cfg, state, fp, None, None))
+
+
+def _card(cfg, state: dict, fp: dict, world: int | None, caches: dict | None) -> dict[str, Any]:
+    d = cfg.distill
+    return {
+        "kind": "sopmoe_distill",
+        "teacher": {"type": d.teacher_type, "btm_router": d.btm_router, "fingerprint": fp},
+        "student_init": d.student_init,
+        "student_init_path": student_path(cfg),
+        "finetuning": "lora" if d.lora.enabled else "full",
+        "inference_cost": 1.0,
+        "best": state["best"],
+        "epochs": state["history"],
+        "wall_time_s": round(state["wall_s"], 3),
+        "cpu_time_s": round(state["cpu_s"], 3),
+        "num_processes": world,
+        "teacher_cache": caches,
+        "config": cfg.to_dict(),
+    }

@@ -1,0 +1,188 @@
+"""Knowledge-distillation losses as pure functions, averaged per output token.
+
+Notation, per output position (a token the student must predict; prompt and padding are masked out):
+``s`` student logits, ``p`` the teacher's next-token distribution (given as log-probs), ``T`` the temperature,
+``p^(T) = softmax(log p / T)`` and ``q^(T) = softmax(s / T)`` the tempered distributions.
+
+- forward KL (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network", eq. 2 and the T² remark):
+  ``KD_fwd = T² · Σ_v p^(T)_v (log p^(T)_v − log q^(T)_v)``. The T² keeps the gradient magnitude independent of T
+  (the soft-target gradients scale as 1/T²).
+- reverse KL: ``KD_rev = T² · Σ_v q^(T)_v (log q^(T)_v − log p^(T)_v)`` (mode seeking).
+- generalised JSD (GKD, Agarwal et al. 2024, "On-Policy Distillation of Language Models", eq. 1), 0 < β < 1:
+  ``m = β p^(T) + (1−β) q^(T)``, ``KD_jsd = T² · [β KL(p^(T) ‖ m) + (1−β) KL(q^(T) ‖ m)]``.
+  Its limits: ``KD_jsd/β → KD_fwd`` as β → 0 and ``KD_jsd/(1−β) → KD_rev`` as β → 1.
+- task cross-entropy: ``CE = −log softmax(s)_y`` for the reference token ``y``.
+- total: ``L = distill_loss_weight · mean_tokens(KD) + task_loss_weight · mean_tokens(CE)``, where the mean is over
+  output tokens (Σ over masked-in positions / their count), never ``batchmean`` over padded positions.
+
+Top-k teacher (what the offline cache stores): the tempered teacher's ``k`` most likely tokens with their
+log-probs plus the log of the remaining (tail) mass ``log(1 − Σ_k p^(T))``. The divergence is then taken between
+the two (k+1)-bucket distributions — the top-k tokens and one bucket for the rest — with the student's buckets
+computed exactly from its full tempered distribution. By the data-processing inequality this lower-bounds the full
+divergence, and it equals it when ``k = V``.
+
+Student logits may cover more rows than the teacher's usable vocabulary (padded lm_head); callers slice them to
+the teacher's ``V`` first (:func:`select_output_positions` does), as every fused model does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from sopmoe_models.data import IGNORE_INDEX
+
+Divergence = Literal["forward", "reverse", "jsd"]
+# log(0) stand-in: finite so that 0·(log a − log b) and its gradient stay 0 instead of NaN, and so small that
+# exp() of it is exactly 0 in every floating type.
+NEG = -1e30
+
+
+@dataclass
+class TopKTeacher:
+    """A tempered teacher truncated to its top-k tokens; rows are output positions (N of them)."""
+
+    logprobs: torch.Tensor  # (N, K) log p^(T) of the top-k tokens
+    ids: torch.Tensor  # (N, K) int64 token ids
+    tail: torch.Tensor  # (N,) log(1 − Σ_k p^(T)) (−inf / NEG when k = V)
+
+    def __len__(self) -> int:
+        return self.ids.shape[0]
+
+
+@dataclass
+class DistillLoss:
+    loss: torch.Tensor  # distill_loss_weight · kd + task_loss_weight · ce (what backward() is called on)
+    kd: torch.Tensor  # mean KD per output token (detached)
+    ce: torch.Tensor  # mean CE per output token (detached)
+    n_tokens: int  # output tokens in this batch
+
+
+def output_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) bool: position t predicts labels[t+1], an output token (not prompt, not padding)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def select_output_positions(
+    logits: torch.Tensor, labels: torch.Tensor, vocab_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``logits`` (B, T, V') that predict an output token: ((N, V) float32, targets (N,)), row-major.
+
+    ``vocab_size`` slices padded lm_head rows away (the usable vocabulary, as in every fused model).
+    """
+    mask = output_mask(labels)  # (B, T-1)
+    rows = logits[:, :-1][mask]  # (N, V')
+    if vocab_size is not None:
+        rows = rows[:, :vocab_size]
+    return _f(rows), labels[:, 1:][mask]
+
+
+def _f(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (bf16/fp16 logits are upcast; float64 stays float64 for reference computations)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def temper(logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p^(T) = log_softmax(log p / T) (also right for logits: softmax is shift invariant)."""
+    return F.log_softmax(logprobs / temperature, dim=-1)
+
+
+def topk_teacher(teacher_logprobs: torch.Tensor, k: int, temperature: float) -> TopKTeacher:
+    """Truncate a teacher given as log-probs (N, V) at T = 1 to its tempered top-k plus tail mass."""
+    lp = temper(_f(teacher_logprobs), temperature)
+    k = min(k, lp.shape[-1])
+    vals, ids = lp.topk(k, dim=-1)  # tempering is monotone: same ids as the untempered top-k
+    return TopKTeacher(vals, ids, _tail_logmass(lp, ids))
+
+
+def _tail_logmass(logprobs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log Σ_{v ∉ ids} exp(logprobs_v), computed directly (no cancellation in 1 − Σ top-k)."""
+    rest = logprobs.scatter(-1, ids, NEG)
+    return torch.logsumexp(rest, dim=-1)
+
+
+def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a ‖ b) = Σ a (log a − log b) over the last dim, with 0 · log 0 = 0."""
+    log_a, log_b = log_a.clamp(min=NEG), log_b.clamp(min=NEG)
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def _divergence(log_p: torch.Tensor, log_q: torch.Tensor, kind: Divergence, beta: float) -> torch.Tensor:
+    """Per-row divergence between teacher ``log_p`` and student ``log_q`` (both normalised over the last dim)."""
+    if kind == "forward":
+        return _kl(log_p, log_q)
+    if kind == "reverse":
+        return _kl(log_q, log_p)
+    if kind == "jsd":
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"jsd_beta must be strictly between 0 and 1 (got {beta}); use kl: forward or reverse")
+        log_m = torch.logsumexp(
+            torch.stack([log_p.clamp(min=NEG) + math.log(beta), log_q.clamp(min=NEG) + math.log(1 - beta)]), dim=0
+        )
+        return beta * _kl(log_p, log_m) + (1 - beta) * _kl(log_q, log_m)
+    raise ValueError(f"unknown divergence {kind!r}; choose forward, reverse or jsd")
+
+
+def kd_per_token(
+    student_logits: torch.Tensor,
+    teacher: torch.Tensor | TopKTeacher,
+    temperature: float,
+    kind: Divergence = "forward",
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """T² · D(p^(T), q^(T)) per row: (N,). ``teacher`` is log-probs (N, V) at T = 1, or a :class:`TopKTeacher`."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_q = temper(_f(student_logits), temperature)  # (N, V)
+    if isinstance(teacher, TopKTeacher):
+        # (N, K+1) buckets: the top-k tokens and the rest, for both distributions.
+        log_p = torch.cat([_f(teacher.logprobs), _f(teacher.tail)[:, None]], dim=-1).to(log_q.dtype)
+        log_q = torch.cat([log_q.gather(-1, teacher.ids), _tail_logmass(log_q, teacher.ids)[:, None]], dim=-1)
+    else:
+        if teacher.shape != log_q.shape:
+            raise ValueError(f"teacher log-probs {tuple(teacher.shape)} and student logits {tuple(log_q.shape)} differ")
+        log_p = temper(_f(teacher), temperature)
+    return temperature**2 * _divergence(log_p, log_q, kind, beta)
+
+
+def ce_per_token(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """−log softmax(s)_y per row: (N,)."""
+    return F.cross_entropy(_f(student_logits), targets, reduction="none")
+
+
+def distill_loss(
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: torch.Tensor | TopKTeacher,
+    *,
+    temperature: float = 2.0,
+    distill_loss_weight: float = 0.5,
+    task_loss_weight: float = 0.5,
+    kind: Divergence = "forward",
+    beta: float = 0.5,
+    vocab_size: int | None = None,
+    normalizer: float | None = None,
+) -> DistillLoss:
+    """``distill_loss_weight · KD + task_loss_weight · CE``, each averaged per output token.
+
+    ``student_logits`` (B, T, V') and ``labels`` (B, T) with prompt/padding = IGNORE_INDEX. ``teacher`` is either
+    log-probs (B, T, V) aligned with the student (selected here with the same mask) or already one row per output
+    token: (N, V) log-probs or a :class:`TopKTeacher`, rows in row-major order of :func:`select_output_positions`.
+    ``normalizer`` divides the sums instead of this batch's token count (the trainer passes the token count of
+    the whole accumulation window over all processes, so the result does not depend on how a batch is split).
+    """
+    s, targets = select_output_positions(student_logits, labels, vocab_size)
+    n = s.shape[0]
+    if isinstance(teacher, torch.Tensor) and teacher.dim() == 3:
+        teacher, _ = select_output_positions(teacher, labels, vocab_size)
+    if len(teacher) != n:
+        raise ValueError(f"teacher has {len(teacher)} rows but the batch has {n} output tokens")
+    kd_sum = kd_per_token(s, teacher, temperature, kind, beta).sum()
+    ce_sum = ce_per_token(s, targets).sum()
+    denom = float(normalizer) if normalizer is not None else float(max(n, 1))
+    kd, ce = kd_sum / denom, ce_sum / denom
+    return DistillLoss(distill_loss_weight * kd + task_loss_weight * ce, kd.detach(), ce.detach(), n)
