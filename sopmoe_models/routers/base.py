@@ -1,0 +1,228 @@
+"""The router interface, its registry and its checkpoint format (DESIGN §4 "Routers").
+
+A router is a :class:`~sopmoe_models.fused.FusedLM` whose ``forward`` also returns ``gates``: the weight of
+(foundation, sft) per position, (B, T, 2), or per position and layer, (B, T, L, 2). A new router type is one class
+in one file decorated with :func:`register_router`; it implements ``forward`` and may override
+:meth:`Router.target_logprobs` (the training path) when it can be computed more cheaply than the full mixture.
+
+Checkpoint (``save_router``): ``<name>.safetensors`` holds the router's own tensors only (the experts are never
+copied); ``router.json`` beside it holds ``type``, ``kwargs`` (sizes), ``training`` (config), ``metrics``, ``gate_names``
+and ``experts`` = ``{foundation: {path, fingerprint}, sft: {path, fingerprint}}``. :func:`load_router` refuses to load
+beside experts whose fingerprints differ, naming both.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sopmoe_models.experts import ExpertMismatchError, ExpertPair, load_experts
+from sopmoe_models.fused import FusedLM
+
+log = logging.getLogger(__name__)
+
+ROUTERS: dict[str, type[Router]] = {}
+CARD = "router.json"
+BEST = "best_router.safetensors"
+
+
+def register_router(name: str):
+    """Class decorator: make a :class:`Router` subclass buildable as ``router_type: name``."""
+
+    def deco(cls: type[Router]) -> type[Router]:
+        if name in ROUTERS and ROUTERS[name] is not cls:
+            raise ValueError(f"router type {name!r} is already registered by {ROUTERS[name].__qualname__}")
+        cls.router_type = name
+        cls.name = name
+        ROUTERS[name] = cls
+        return cls
+
+    return deco
+
+
+def router_class(router_type: str) -> type[Router]:
+    if router_type not in ROUTERS:
+        raise ValueError(f"unknown router type {router_type!r}; registered: {', '.join(sorted(ROUTERS))}")
+    return ROUTERS[router_type]
+
+
+def router_kwargs(router_type: str, available: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``available`` that ``router_type``'s constructor accepts (e.g. ``hidden_size``)."""
+    params = inspect.signature(router_class(router_type).__init__).parameters
+    return {k: v for k, v in available.items() if k in params and k != "pair"}
+
+
+def build_router(router_type: str, pair: ExpertPair, **kwargs: Any) -> Router:
+    """A fresh (untrained) router of the registered ``router_type`` over ``pair``."""
+    return router_class(router_type)(pair, **kwargs)
+
+
+class Router(FusedLM):
+    """Base of every router: forced gates, statistics names, the training path and checkpointing."""
+
+    router_type = "router"
+    trainable = True  # False: nothing to learn by gradient (posterior)
+
+    def __init__(self, pair: ExpertPair, **kwargs: Any):
+        super().__init__(pair)
+        self.kwargs = dict(kwargs)  # what the constructor needs to rebuild this router (saved in router.json)
+        self.forced_gate: tuple[float, float] | None = None
+
+    # --- gates ---------------------------------------------------------------------------------------------
+    def force_gate(self, gate: tuple[float, float] | None) -> Router:
+        """Fix every gate to ``gate`` = (foundation, sft) (e.g. (1, 0) reproduces the foundation); None = learned."""
+        if gate is not None:
+            f, s = (float(x) for x in gate)
+            if f < 0 or s < 0 or abs(f + s - 1.0) > 1e-6:
+                raise ValueError(f"a forced gate must be two weights >= 0 summing to 1, got {gate!r}")
+            gate = (f, s)
+        self.forced_gate = gate
+        return self
+
+    def _forced(self, gates: torch.Tensor) -> torch.Tensor:
+        """Replace computed gates (..., 2) by the forced ones when set."""
+        if self.forced_gate is None:
+            return gates
+        return torch.tensor(self.forced_gate, dtype=gates.dtype, device=gates.device).expand_as(gates)
+
+    def gate_names(self) -> list[str] | None:
+        """Names of the L gate rows of per-layer gates (B, T, L, 2); None for one gate per position."""
+        return None
+
+    # --- training ------------------------------------------------------------------------------------------
+    def target_logprobs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p_mix(y_{t+1}) (B, T-1) and gates (B, T-1, ...) with autograd through the router's parameters.
+
+        ``targets`` (B, T-1) are the next tokens (any valid id where masked out). Default: the full forward.
+        """
+        out = self(input_ids, attention_mask)
+        lp = out.logprobs[:, :-1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return lp, out.gates[:, :-1]
+
+    # --- checkpoint ----------------------------------------------------------------------------------------
+    def card(self, *, training: dict | None = None, metrics: dict | None = None) -> dict[str, Any]:
+        fps = self.pair.fingerprints()
+        return {
+            "type": self.router_type,
+            "kwargs": self.kwargs,
+            "gate_names": self.gate_names(),
+            "n_parameters": sum(p.numel() for p in self.parameters()),
+            "training": training or {},
+            "metrics": metrics or {},
+            "experts": {
+                "foundation": {"path": self.pair.foundation_path, "fingerprint": fps["foundation"]},
+                "sft": {"path": self.pair.sft_path, "fingerprint": fps["sft"]},
+            },
+        }
+
+    def save_router(
+        self,
+        out_dir: str | Path,
+        *,
+        training: dict | None = None,
+        metrics: dict | None = None,
+        filename: str = BEST,
+    ) -> Path:
+        """Write ``<out_dir>/<filename>`` (router tensors only) and ``<out_dir>/router.json``, atomically."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        weights = out_dir / filename
+        tmp = weights.with_name(weights.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt", "router_type": self.router_type})
+        tmp.replace(weights)
+        card = self.card(training=training, metrics=metrics)
+        card["weights"] = filename
+        write_json(out_dir / CARD, card)
+        return weights
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(weights file, router.json) for a ``.safetensors`` file or a checkpoint folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        card = path / CARD
+        name = json.loads(card.read_text()).get("weights", BEST) if card.is_file() else BEST
+        weights = path / name
+    else:
+        weights, card = path, path.parent / CARD
+    if not weights.is_file():
+        raise FileNotFoundError(f"router checkpoint {weights} not found (train one with `sopmoe train-router`)")
+    if not card.is_file():
+        raise FileNotFoundError(f"router checkpoint {weights} has no {CARD} beside it; it was not saved by sopmoe")
+    return weights, card
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    _, card = resolve_checkpoint(path)
+    try:
+        return json.loads(card.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{card}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def check_fingerprints(card: dict[str, Any], pair: ExpertPair, source: str) -> None:
+    """Refuse a router trained beside other experts: names both fingerprints of the first expert that differs."""
+    now = pair.fingerprints()
+    for role in ("foundation", "sft"):
+        want = card.get("experts", {}).get(role, {}).get("fingerprint")
+        have = now[role]
+        if want is None or have is None:
+            log.warning("cannot verify the %s expert of %s (no fingerprint recorded or no path)", role, source)
+            continue
+        if want != have:
+            path = getattr(pair, f"{role}_path")
+            raise ExpertMismatchError(
+                f"router {source} was trained with a {role} expert of fingerprint {want} "
+                f"({card['experts'][role].get('path')}), but the {role} given ({path}) has fingerprint {have}; "
+                f"pass the experts it was trained with or retrain the router"
+            )
+
+
+def load_router(
+    path: str | Path,
+    pair: ExpertPair | None = None,
+    *,
+    foundation: str | None = None,
+    sft: str | None = None,
+    device: str | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    check: bool = True,
+) -> Router:
+    """Rebuild a saved router; experts come from ``pair``, else ``foundation``/``sft``, else router.json."""
+    from safetensors.torch import load_file
+
+    weights, card_path = resolve_checkpoint(path)
+    card = read_card(path)
+    if pair is None:
+        experts = card.get("experts", {})
+        f = foundation or experts.get("foundation", {}).get("path")
+        s = sft or experts.get("sft", {}).get("path")
+        if not f or not s:
+            raise ValueError(f"{card_path}: no expert paths recorded; pass foundation= and sft=")
+        pair = load_experts(f, s, dtype=dtype, device=device)
+    if check:
+        check_fingerprints(card, pair, str(weights))
+    router = build_router(card["type"], pair, **card.get("kwargs", {}))
+    state = load_file(str(weights), device="cpu")
+    missing, unexpected = router.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: tensors do not fit a {card['type']} router (missing {missing}, unexpected {unexpected})")
+    router.to(router.device)
+    router.card_data = card
+    return router.eval()

@@ -1,0 +1,158 @@
+"""Layer-level routing: per decoder layer a gate mixes the two experts' layer outputs on one shared residual stream.
+
+BTX / Branch-Train-Stitch in spirit (Sukhbaatar et al. 2024; whole decoder layers as the experts): with h_0 the
+mixed embedding, for each layer l = 1..L::
+
+    g_l(t) = softmax(MLP_l(rms(h_{l-1}(t))))                                          (2 gates per position)
+    h_l    = g_{l,f} · Layer^f_l(h_{l-1}) + g_{l,s} · Layer^s_l(h_{l-1})              (one shared stream)
+    h_0    = g_{0,f} · Embed^f(x) + g_{0,s} · Embed^s(x),       g_0 from rms((Embed^f(x) + Embed^s(x)) / 2)
+    logits = g_{L+1,f} · Head^f(Norm^f(h_L)) + g_{L+1,s} · Head^s(Norm^s(h_L))
+
+so ``gates`` are (B, T, L + 2, 2) named ``embed, layer_0 .. layer_{L-1}, head``. Each expert keeps its own rotary
+embedding, causal mask (``transformers.masking_utils``) and DynamicCache, so cached decoding is incremental per
+expert. The last layer of every gate MLP starts at zero (all gates 0.5). A gate forced to (1, 0) never runs the sft
+expert at all, which makes the router exactly the foundation (and vice versa).
+
+Training needs gradients through the experts' layers with respect to the residual stream (not their weights, which
+stay frozen with ``requires_grad=False``), so the experts run outside inference mode while training.
+Supported: decoder stacks laid out like Llama (``model.embed_tokens / layers / norm / rotary_emb``): Llama,
+Mistral, Qwen2, Qwen3. Other architectures are refused by name rather than mixed wrongly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sopmoe_models.experts import ExpertMismatchError, ExpertPair, check_same_architecture
+from sopmoe_models.fused import FusedOutput, position_ids_from_mask
+from sopmoe_models.routers.base import Router, register_router
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+
+
+def check_layer_compatible(pair: ExpertPair) -> None:
+    """Refuse experts the layer-level router cannot mix (other architectures, other shapes)."""
+    types = [getattr(m.config, "model_type", type(m).__name__) for m in pair.experts]
+    if types[0] != types[1]:
+        raise ExpertMismatchError(f"layer_level routing needs one architecture; got foundation {types[0]} and sft {types[1]}")
+    if types[0] not in SUPPORTED:
+        raise ExpertMismatchError(
+            f"layer_level routing supports {', '.join(SUPPORTED)} decoders, not {types[0]}; use router_type token_level"
+        )
+    try:
+        check_same_architecture(pair.foundation, pair.sft, strict_shapes=True)
+    except ExpertMismatchError as e:
+        raise ExpertMismatchError(f"layer_level routing needs identical shapes: {e}") from None
+    for m in pair.experts:
+        dec = _decoder(m)
+        for attr in ("embed_tokens", "layers", "norm", "rotary_emb"):
+            if not hasattr(dec, attr):
+                raise ExpertMismatchError(f"{type(m).__name__} has no decoder.{attr}; layer_level cannot run it")
+
+
+def _gate_mlp(d: int, hidden: int) -> nn.Sequential:
+    mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, 2))
+    nn.init.zeros_(mlp[2].weight)
+    nn.init.zeros_(mlp[2].bias)
+    return mlp
+
+
+@register_router("layer_level")
+class LayerLevelRouter(Router):
+    def __init__(self, pair: ExpertPair, hidden_size: int = 64):
+        check_layer_compatible(pair)
+        super().__init__(pair, hidden_size=int(hidden_size))
+        cfg = pair.foundation.config
+        self.n_layers = int(cfg.num_hidden_layers)
+        self.layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * self.n_layers)
+        d = int(cfg.hidden_size)
+        self.gates = nn.ModuleList(_gate_mlp(d, hidden_size) for _ in range(self.n_layers + 2))
+        self.to(pair.foundation.get_output_embeddings().weight.device)
+
+    def gate_names(self) -> list[str]:
+        return ["embed"] + [f"layer_{i}" for i in range(self.n_layers)] + ["head"]
+
+    def _gate(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        w = self.gates[i][0].weight
+        g = torch.softmax(self.gates[i](F.rms_norm(h.to(w.device, w.dtype), h.shape[-1:])), dim=-1)
+        return self._forced(g)  # (B, T, 2)
+
+    @staticmethod
+    def _mix(g: torch.Tensor, outs: list[torch.Tensor | None]) -> torch.Tensor:
+        """Σ_e g_e · out_e over the experts that ran (a skipped expert has a forced gate of exactly 0)."""
+        total = None
+        for e, out in enumerate(outs):
+            if out is None:
+                continue
+            term = g[..., e : e + 1].to(out.dtype) * out
+            total = term if total is None else total + term
+        return total
+
+    def _active(self) -> tuple[bool, bool]:
+        if self.forced_gate is None:
+            return (True, True)
+        return tuple(w > 0 for w in self.forced_gate)
+
+    def _masks(self, model, h, attention_mask, cache, pos) -> dict:
+        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+        kw = {"config": model.config, "inputs_embeds": h, "attention_mask": attention_mask, "cache": cache, "position_ids": pos}
+        masks = {"full_attention": create_causal_mask(**kw)}
+        if "sliding_attention" in self.layer_types:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
+        return masks
+
+    def forward(self, input_ids, attention_mask=None, state=None, use_cache=False, last_only=False) -> FusedOutput:
+        from transformers import DynamicCache
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        active = self._active()
+        experts = self.pair.experts
+        decs = [_decoder(m) for m in experts]
+        devs = [m.get_output_embeddings().weight.device for m in experts]  # experts may sit on two devices
+        home = devs[0]  # the shared residual stream lives on the foundation's device
+        ids = [input_ids.to(d) for d in devs]
+        masks2d = [attention_mask.to(d) for d in devs]
+        pos = [position_ids_from_mask(m, input_ids.shape[1]) for m in masks2d]
+        caches = list(state) if state is not None else [None, None]
+        if use_cache:
+            caches = [c if c is not None or not a else DynamicCache(config=m.config) for c, a, m in
+                      zip(caches, active, experts)]
+        run = [e for e in range(2) if active[e]]
+        gates = []
+
+        embs = [decs[e].embed_tokens(ids[e]).to(home) if active[e] else None for e in range(2)]
+        gates.append(self._gate(0, sum(embs[e] for e in run) / len(run)))
+        h = self._mix(gates[-1], embs)  # (B, T, H)
+        rot, masks = [None, None], [None, None]
+        for e in run:
+            he = h.to(devs[e])
+            rot[e] = decs[e].rotary_emb(he, pos[e])
+            masks[e] = self._masks(experts[e], he, masks2d[e], caches[e], pos[e])
+        for i in range(self.n_layers):
+            gates.append(self._gate(i + 1, h))
+            outs = [None, None]
+            for e in run:
+                outs[e] = decs[e].layers[i](
+                    h.to(devs[e]), attention_mask=masks[e][self.layer_types[i]], position_embeddings=rot[e],
+                    position_ids=pos[e], cache=caches[e], use_cache=use_cache,
+                ).to(home)
+            h = self._mix(gates[-1], outs)
+        if last_only:
+            h = h[:, -1:]
+            gates = [g[:, -1:] for g in gates]
+        gates.append(self._gate(self.n_layers + 1, h))
+        logits = [None, None]
+        for e in run:
+            z = experts[e].get_output_embeddings()(decs[e].norm(h.to(devs[e])))
+            logits[e] = z[..., : self.vocab_size].float().to(home)
+        logprobs = F.log_softmax(self._mix(gates[-1], logits), dim=-1).to(input_ids.device)
+        gates = torch.stack(gates, dim=2).to(input_ids.device)  # (B, T, L + 2, 2)
+        return FusedOutput(logprobs, tuple(caches) if use_cache else None, gates)
