@@ -166,7 +166,8 @@ def test_lora_student_is_merged(workdir, tiny_pair_dirs, tiny_data_dir, monkeypa
     monkeypatch.chdir(workdir)
     out = workdir / "lora"
     cfg = make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__student_init="sft", distill__lora__enabled=True,
-                   distill__lora__r=4, distill__lora__alpha=8, distill__learning_rate=2e-2, distill__teacher_cache_topk=8)
+                   distill__lora__r=4, distill__lora__alpha=8, distill__learning_rate=2e-2, distill__teacher_cache_topk=8,
+                   distill__gradient_checkpointing=True)
     card = train(cfg)
     assert card["finetuning"] == "lora" and card["student_init"] == "sft"
     got, init = weights(out / "best_student"), weights(Path(tiny_pair_dirs[1]))
@@ -213,3 +214,33 @@ def test_bad_inputs_are_one_line_errors(workdir, tiny_pair_dirs, tiny_data_dir, 
     assert "nope" in capsys.readouterr().err
     assert main(["distill", "--config", str(workdir / "bad.yaml"), "--teacher_type", "btm"]) == 2
     assert "--btm_router" in capsys.readouterr().err
+
+
+def test_btm_teacher(workdir, tiny_pair_dirs, tiny_data_dir, tiny_pair, monkeypatch):
+    """A saved router is a teacher too; its weights enter the fingerprint and so the cache key."""
+    from safetensors.torch import save_file
+
+    from sopmoe_models.routers import build_router
+    from training.distill_trainer import train
+
+    monkeypatch.chdir(workdir)
+    router_dir = workdir / "router"
+    router = build_router("token_level", tiny_pair, hidden_size=8)
+    router.save_router(router_dir)
+    over = dict(distill__teacher_type="btm", distill__btm_router=str(router_dir), distill__num_epochs=1,
+                distill__teacher_cache_topk=8, distill__teacher_cache_dir=str(workdir / "shared_cache"))
+    card = train(make_cfg(tiny_pair_dirs, tiny_data_dir, workdir / "btm", **over))
+    fp = card["teacher"]["fingerprint"]
+    assert card["teacher"]["type"] == "btm" and fp["router"]["type"] == "token_level"
+    assert card["teacher_cache"]["train"]["built"]
+    # Same router again, another run folder: the shared cache is reused.
+    again = train(make_cfg(tiny_pair_dirs, tiny_data_dir, workdir / "btm2", **over))
+    assert not again["teacher_cache"]["train"]["built"]
+    # Retrained router (other weights): a new cache, never the stale one.
+    weights = router_dir / "best_router.safetensors"
+    state = {k: v + 0.1 for k, v in load_file(str(weights)).items()}
+    save_file(state, str(weights))
+    third = train(make_cfg(tiny_pair_dirs, tiny_data_dir, workdir / "btm3", **over))
+    assert third["teacher_cache"]["train"]["built"]
+    assert third["teacher"]["fingerprint"]["state_sha256"] != fp["state_sha256"]
+    assert third["teacher_cache"]["train"]["path"] != card["teacher_cache"]["train"]["path"]
