@@ -8,6 +8,7 @@ Weights are normalised; an expert with weight 0 is not run at all (a mixture wit
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -23,8 +24,11 @@ Mix = Literal["prob", "logit"]
 def mix_logits(logits: list[torch.Tensor], weights: tuple[float, ...], mix: Mix) -> torch.Tensor:
     """Mix per-expert logits (each (B, T, V)) into log-probs; ``None`` entries are experts with weight 0."""
     if mix == "prob":
-        terms = [math.log(w) + F.log_softmax(z, dim=-1) for z, w in zip(logits, weights) if w > 0]
-        return terms[0] if len(terms) == 1 else torch.logsumexp(torch.stack(terms), dim=0)
+        terms = [F.log_softmax(z, dim=-1) + math.log(w) if w != 1 else F.log_softmax(z, dim=-1)
+                 for z, w in zip(logits, weights) if w > 0]
+        # Pairwise logaddexp, not logsumexp over a stacked leading dim: same value, no (E, B, T, V) copy, and
+        # several times faster on CPU (a reduction over the outer dim is a slow path); it is most of the mixing cost.
+        return functools.reduce(torch.logaddexp, terms)
     if mix == "logit":
         z = sum(w * z for z, w in zip(logits, weights) if w > 0)
         return F.log_softmax(z, dim=-1)
