@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.models import model_names
+from harness.router_view import RoutingView, btm_config
 
 NAME = "generate"
 HELP = "generate with foundation, sft or a fused model: one prompt, or a JSONL file with each expert's answer beside it"
@@ -48,10 +49,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", dest="generation.batch_size", type=int, default=None)
     p.add_argument("--prompt_format", dest="data.prompt_format", choices=["raw", "chat"], default=None)
     p.add_argument("--log-file", default="logs/generate.log", help="log file in --eval_file mode")
+    p.add_argument("--router_checkpoint", default=None,
+                   help="--model btm: router checkpoint (default <btm.output_dir>/best_router.safetensors)")
+    p.add_argument("--show_router_stats", action="store_true",
+                   help="--model btm: per-query share of foundation vs sft (table; always in --output_file rows)")
+    p.add_argument("--route_html", type=Path, default=None,
+                   help="--model btm: write an HTML page colouring each generated token by its gate")
 
 
-def generate_texts(model, prompts: list[str], gen, *, batch_size: int = 1, on_batch=None) -> list[str]:
-    """Answers for already formatted ``prompts``: sorted by length, left-padded batches, original order returned."""
+def generate_texts(model, prompts: list[str], gen, *, batch_size: int = 1, on_batch=None, on_result=None) -> list[str]:
+    """Answers for already formatted ``prompts``: sorted by length, left-padded batches, original order returned.
+
+    ``on_result(indices, GenerationResult)`` (optional) sees each batch's result, e.g. a router's gates."""
     from sopmoe_models.data import collate
 
     tok = model.tokenizer
@@ -77,6 +86,8 @@ def generate_texts(model, prompts: list[str], gen, *, batch_size: int = 1, on_ba
         )
         for i, text in zip(idx, result.texts):
             texts[i] = text
+        if on_result is not None:
+            on_result(idx, result)
         if on_batch is not None:
             on_batch(len(idx))
     return texts
@@ -175,14 +186,17 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     prompts = [format_prompt(ex.input, cfg.data.prompt_format, pair.tokenizer) for ex in examples]
     log.info("generate: %d examples from %s with %s", len(examples), eval_file, ", ".join(names))
     outputs: dict[str, list[str]] = {}
+    view = None  # RoutingView of --model btm
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns) as progress:
         for name in names:
             task = progress.add_task(f"{name:>10}", total=len(prompts))
-            model = build_fused_model(name, cfg, pair)
+            model = build_fused_model(name, cfg, pair, router_checkpoint=args.router_checkpoint)
+            view = RoutingView(model, prompts) if name == "btm" else view
             outputs[name] = generate_texts(
                 model, prompts, cfg.generation, batch_size=cfg.generation.batch_size,
                 on_batch=lambda n, task=task: progress.advance(task, n),
+                on_result=view.on_result if name == "btm" else None,
             )
     rows = []
     for i, ex in enumerate(examples):
@@ -192,6 +206,8 @@ def run_file(args: argparse.Namespace, cfg) -> int:
             "output": answers[args.model], "outputs": answers,
             "exact_match": {n: exact_match(a, ex.output) for n, a in answers.items()},
         })
+        if view is not None:
+            rows[-1]["routing"] = view.shares(i)
     _write_jsonl(output, rows)
     summary = summarize(rows, names)
     summary_file = output.with_name(output.stem + ".summary.json")
@@ -201,14 +217,28 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     tmp.replace(summary_file)
     cfg.save(output.with_name(output.stem + ".config.yaml"))
     print_summary(summary, names)
+    _show_routing(args, view, [ex.id or ex.input for ex in examples])
     log.info("wrote %s (%d lines), %s", output, len(rows), summary_file)
     return 0
+
+
+def _show_routing(args: argparse.Namespace, view, labels: list[str] | None = None) -> None:
+    if view is None:
+        return
+    if args.show_router_stats:
+        view.print_table(labels)
+    if args.route_html:
+        log.info("routing view -> %s", view.write_html(args.route_html))
 
 
 def run(args: argparse.Namespace) -> int:
     from harness.cli import config_from_args
 
     cfg = config_from_args(args)
+    if args.model == "btm":
+        cfg = btm_config(cfg, args.router_checkpoint)  # expert paths from router.json when the config has none
+    elif args.show_router_stats or args.route_html:
+        raise ValueError("--show_router_stats and --route_html need --model btm")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the answer / the tables are the output; no weight-loading bars
@@ -221,7 +251,9 @@ def run(args: argparse.Namespace) -> int:
     from harness.models import build_fused_model
     from sopmoe_models.prompt import format_prompt
 
-    model = build_fused_model(args.model, cfg)
+    model = build_fused_model(args.model, cfg, router_checkpoint=args.router_checkpoint)
     prompt = format_prompt(args.prompt, cfg.data.prompt_format, model.tokenizer)
-    print(generate_texts(model, [prompt], cfg.generation)[0])
+    view = RoutingView(model, [prompt]) if args.model == "btm" else None
+    print(generate_texts(model, [prompt], cfg.generation, on_result=view.on_result if view else None)[0])
+    _show_routing(args, view, [args.prompt])
     return 0

@@ -94,6 +94,12 @@ class Router(FusedLM):
         """Names of the L gate rows of per-layer gates (B, T, L, 2); None for one gate per position."""
         return None
 
+    def generate(self, *args: Any, **kwargs: Any):
+        """:meth:`FusedLM.generate`, also kept as ``last_generation`` (its per-token gates feed routing statistics)."""
+        result = super().generate(*args, **kwargs)
+        self.last_generation = result
+        return result
+
     # --- training ------------------------------------------------------------------------------------------
     def target_logprobs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, targets: torch.Tensor

@@ -33,6 +33,29 @@ def gate_shares(gates: torch.Tensor, names: list[str] | None = None) -> dict[str
     return out
 
 
+def generated_lengths(sequences: torch.Tensor, eos_ids: list[int], pad_id: int | None) -> list[int]:
+    """Tokens each row really generated (B, N): up to and including the first EOS, else without trailing pads."""
+    out = []
+    for row in sequences.tolist():
+        n = next((i + 1 for i, t in enumerate(row) if t in eos_ids), None)
+        if n is None:
+            n = len(row)
+            while n and pad_id is not None and pad_id not in eos_ids and row[n - 1] == pad_id:
+                n -= 1
+        out.append(n)
+    return out
+
+
+def token_pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+    """The text each token adds, by incremental decoding (multi-byte characters split over tokens stay whole)."""
+    pieces, prev = [], ""
+    for k in range(len(ids)):
+        text = tokenizer.decode(ids[: k + 1], skip_special_tokens=False)
+        pieces.append(text[len(prev):] if text.startswith(prev) else text)
+        prev = text
+    return pieces
+
+
 class RoutingStats:
     """Accumulates per-query shares into per-task, token-weighted means."""
 

@@ -1,0 +1,119 @@
+"""``sopmoe generate --model btm``: build the router, and show how it routed (statistics table, JSON, HTML view).
+
+:func:`btm_config` fills ``models.*.path`` from the checkpoint's ``router.json`` when the config leaves them unset
+(a router knows the experts it was trained beside). :class:`RoutingView` collects, per query, the gates of the
+generated tokens (up to EOS) from each :class:`~sopmoe_models.fused.GenerationResult`, and turns them into the
+per-query share of foundation vs sft (per layer for ``layer_level``: :func:`~sopmoe_models.routers.stats.gate_shares`),
+a rich table (``--show_router_stats``) and an HTML page colouring every generated token by its gate
+(``--route_html FILE``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DEFAULT_NAME = "best_router.safetensors"
+
+
+def checkpoint_path(cfg, router_checkpoint: str | None) -> Path:
+    return Path(router_checkpoint) if router_checkpoint else Path(cfg.btm.output_dir) / DEFAULT_NAME
+
+
+def btm_config(cfg, router_checkpoint: str | None):
+    """``cfg`` with the expert paths of the router's ``router.json`` where the config has none."""
+    from sopmoe_models.routers import read_card
+
+    path = checkpoint_path(cfg, router_checkpoint)
+    if not path.exists():
+        if cfg.btm.router_type == "posterior" and router_checkpoint is None:
+            return cfg  # a posterior router needs no checkpoint: uniform prior over the config's experts
+        raise FileNotFoundError(f"router checkpoint {path} not found; train one with `sopmoe train-router` "
+                                "or pass --router_checkpoint PATH")
+    experts = read_card(path).get("experts", {})
+    update = {}
+    for role in ("foundation", "sft"):
+        expert = getattr(cfg.models, role)
+        if not expert.path and experts.get(role, {}).get("path"):
+            update[role] = expert.model_copy(update={"path": experts[role]["path"]})
+    if not update:
+        return cfg
+    return cfg.model_copy(update={"models": cfg.models.model_copy(update=update)})
+
+
+def build_btm(cfg, pair, router_checkpoint: str | None = None):
+    """The router of ``router_checkpoint`` (default ``<btm.output_dir>/best_router.safetensors``) over ``pair``."""
+    from sopmoe_models.routers import build_router, load_router
+
+    path = checkpoint_path(cfg, router_checkpoint)
+    if not path.exists() and cfg.btm.router_type == "posterior" and router_checkpoint is None:
+        return build_router("posterior", pair)
+    return load_router(path, pair)
+
+
+class RoutingView:
+    """Per-query routing records of one model's generations (pass :meth:`on_result` to ``generate_texts``)."""
+
+    def __init__(self, model, prompts: list[str]):
+        self.model = model
+        self.prompts = prompts
+        self.records: list[dict[str, Any] | None] = [None] * len(prompts)
+
+    def on_result(self, idx: list[int], result) -> None:
+        from sopmoe_models.routers.stats import gate_shares, generated_lengths, token_pieces
+
+        if result.gates is None:
+            return
+        tok = self.model.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        names = self.model.gate_names()
+        for row, (i, n) in enumerate(zip(idx, generated_lengths(result.sequences, [tok.eos_token_id], pad))):
+            ids = result.sequences[row, :n].tolist()
+            gates = result.gates[row, :n].float().cpu()
+            self.records[i] = {"prompt": self.prompts[i], "tokens": token_pieces(tok, ids), "gates": gates,
+                               "names": names, "shares": gate_shares(gates, names)}
+
+    def shares(self, i: int) -> dict[str, Any] | None:
+        rec = self.records[i]
+        return rec["shares"] if rec else None
+
+    def print_table(self, labels: list[str] | None = None, limit: int = 50) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        names = self.model.gate_names() or []
+        layer_cols = names if len(names) <= 6 else []  # deep models: a separate per-layer table below
+        table = Table(title=f"routing ({self.model.router_type}): share of each expert over the generated tokens")
+        for col in ("query", "tokens", "foundation", "sft"):
+            table.add_column(col, justify="left" if col == "query" else "right")
+        for nm in layer_cols:
+            table.add_column(f"sft@{nm}", justify="right")
+        for i, rec in enumerate(self.records[:limit]):
+            if rec is None:
+                continue
+            s = rec["shares"]
+            label = (labels[i] if labels else rec["prompt"])[:40].replace("\n", " ")
+            cells = [label, str(s["n_tokens"]), _fmt(s["foundation"]), _fmt(s["sft"])]
+            cells += [_fmt(s.get("per_layer", {}).get(nm, {}).get("sft")) for nm in layer_cols]
+            table.add_row(*cells)
+        console = Console()
+        console.print(table)
+        done = [r for r in self.records if r is not None and r["shares"]["n_tokens"]]
+        if names and not layer_cols and done:
+            per_layer = Table(title="sft share per layer (mean over queries)")
+            per_layer.add_column("gate")
+            per_layer.add_column("sft", justify="right")
+            for nm in names:
+                per_layer.add_row(nm, _fmt(sum(r["shares"]["per_layer"][nm]["sft"] for r in done) / len(done)))
+            console.print(per_layer)
+
+    def write_html(self, path: str | Path) -> Path:
+        from sopmoe_models.routers.stats import write_route_html
+
+        records = [r for r in self.records if r is not None]
+        title = f"sopmoe routing: {self.model.router_type} router, {len(records)} generations"
+        return write_route_html(path, records, title=title)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
