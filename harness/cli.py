@@ -62,16 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(level: str, log_file: str | None = None) -> None:
+def setup_logging(level: str, log_file: str | None = None, *, keep: bool = False) -> None:
+    """Rich console logging (once per process: nested in-process commands, as the demo runs them, keep the outer
+    set-up) plus the command's log file. A command's file replaces the previous command's (so stages run one after
+    another in one process each log to their own file); ``keep=True`` marks an outer file (the demo's) that stays."""
     from rich.logging import RichHandler
 
-    handlers: list[logging.Handler] = [RichHandler(show_path=False, rich_tracebacks=False)]
+    root = logging.getLogger()
+    if not any(isinstance(h, RichHandler) for h in root.handlers):
+        logging.basicConfig(level=level, handlers=[RichHandler(show_path=False)], format="%(message)s", force=True)
     if log_file:
+        for h in [h for h in root.handlers if getattr(h, "_sopmoe_command_log", False)]:
+            root.removeHandler(h)
+            h.close()
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file, encoding="utf-8")
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handlers.append(fh)
-    logging.basicConfig(level=level, handlers=handlers, format="%(message)s", force=True)
+        fh._sopmoe_command_log = not keep  # type: ignore[attr-defined]
+        root.addHandler(fh)
 
 
 def main(argv: list[str] | None = None) -> int:

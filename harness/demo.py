@@ -1,0 +1,143 @@
+"""``sopmoe demo``: the whole pipeline on the embedded test bed, as the same subcommands a user would type.
+
+Per seed: build the test bed, fit the three routers, distil one student from the best router, merge, evaluate the
+zoo through lm-eval; then one leaderboard (mean ± spread over seeds) and the regression check against the
+committed baseline. Every stage is a ``sopmoe`` subcommand run in-process (:func:`harness.cli.main`), so the demo
+exercises exactly the code paths of the CLI; ``demo.json`` records each stage's command, exit code and time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+ROUTERS = ("posterior", "token_level", "layer_level")
+# Training budgets for the CI-size test bed (2 CPU cores): enough to learn the routing, minutes not hours.
+ROUTER_FLAGS = {
+    "posterior": [],
+    "token_level": ["--num_epochs", "2", "--learning_rate", "0.003"],
+    "layer_level": ["--num_epochs", "2", "--learning_rate", "0.003"],
+}
+DISTILL_FLAGS = ["--num_epochs", "2", "--teacher_cache_topk", "32"]
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class Demo:
+    out: Path
+    results: Path
+    baseline: Path
+    seeds: list[int]
+    size: str = "ci"
+    tasks: list[str] = field(default_factory=lambda: ["sop_strict", "reasoning", "mixed", "eval"])
+    limit: int | None = None
+    stages: list[dict] = field(default_factory=list)
+
+    def run_stage(self, title: str, argv: list[str]) -> None:
+        from rich.console import Console
+
+        from harness.cli import main
+
+        Console(stderr=True).rule(f"[bold]sopmoe demo[/] [{len(self.stages) + 1}] {title}")
+        t_wall, t_cpu = time.perf_counter(), time.process_time()
+        rc = main([str(a) for a in argv])
+        record = {"stage": title, "command": "sopmoe " + " ".join(map(str, argv)), "rc": rc,
+                  "wall_s": round(time.perf_counter() - t_wall, 1), "cpu_s": round(time.process_time() - t_cpu, 1)}
+        self.stages.append(record)
+        log.info("%s: exit %d in %.0f s", title, rc, record["wall_s"])
+        if rc != 0:
+            raise StageFailed(f"stage '{title}' failed (exit {rc}): {record['command']}")
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.out if len(self.seeds) == 1 else self.out / f"seed{seed}"
+
+    def pipeline(self, seed: int) -> Path:
+        """All stages for one seed; returns the evaluation run folder."""
+        root = self.seed_dir(seed)
+        tb = root / "testbed"
+        cfg = ["--config", tb / "config.yaml"]
+        self.run_stage(f"test bed (seed {seed}, {self.size})", ["testbed", "--out", tb, "--seed", seed, "--size", self.size])
+        for router in ROUTERS:
+            self.run_stage(f"router {router}", ["train-router", *cfg, "--router_type", router,
+                                                 "--output_dir", root / "btm" / router, *ROUTER_FLAGS[router]])
+        teacher = root / "btm" / "token_level" / "best_router.safetensors"
+        self.run_stage("distil a student from the token_level router",
+                       ["distill", *cfg, "--teacher_type", "btm", "--btm_router", teacher, "--student_init",
+                        "foundation", "--output_dir", root / "distill", *DISTILL_FLAGS])
+        self.run_stage("merge (linear, weight chosen on dev data)",
+                       ["merge", *cfg, "--method", "linear", "--auto", "--out", root / "merge_linear", "--overwrite"])
+        best_w = best_ensemble_weight(tb / "testbed.json")
+        models = [
+            "foundation", "sft", "ensemble", f"ensemble@{best_w:g}",
+            *(f"{r}=btm:router={root / 'btm' / r / 'best_router.safetensors'}" for r in ROUTERS),
+            f"distill=distill:pretrained={root / 'distill' / 'best_student'}",
+            f"merge_linear=hf:pretrained={root / 'merge_linear'}",
+        ]
+        run_dir = root / "eval"
+        argv = ["evaluate", *cfg, "--models", *models, "--tasks", *self.tasks, "--output_dir", run_dir]
+        if self.limit:
+            argv += ["--limit", self.limit]
+        self.run_stage("evaluate the zoo through lm-eval", argv)
+        return run_dir
+
+    def run(self, update_baseline: bool = False) -> int:
+        t0 = time.perf_counter()
+        ok = True
+        try:
+            runs = [self.pipeline(seed) for seed in self.seeds]
+            self.results.mkdir(parents=True, exist_ok=True)
+            self.run_stage("leaderboard", ["leaderboard", *runs, "--out", self.results / "LEADERBOARD.md",
+                                           "--png", self.results / "leaderboard.png"])
+            regress = ["regress", "--baseline", self.baseline, "--current", *runs]
+            if update_baseline:
+                regress.append("--update")
+            self.run_stage("regression check against the baseline", regress)
+        except StageFailed as e:
+            log.error("%s", e)
+            ok = False
+        finally:
+            self.write_record(time.perf_counter() - t0, ok)
+        self.print_summary()
+        return 0 if ok else 1
+
+    def write_record(self, wall_s: float, ok: bool) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = {"seeds": self.seeds, "size": self.size, "ok": ok, "wall_s": round(wall_s, 1), "stages": self.stages}
+        tmp = self.out / "demo.json.tmp"
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.replace(self.out / "demo.json")
+
+    def print_summary(self) -> None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"sopmoe demo ({self.out})")
+        for col in ("stage", "exit", "wall s", "cpu s"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+        for s in self.stages:
+            table.add_row(s["stage"], "[green]0[/]" if s["rc"] == 0 else f"[red]{s['rc']}[/]",
+                          f"{s['wall_s']:.0f}", f"{s['cpu_s']:.0f}")
+        table.add_row("[bold]total[/]", "", f"{sum(s['wall_s'] for s in self.stages):.0f}",
+                      f"{sum(s['cpu_s'] for s in self.stages):.0f}")
+        console = Console()
+        console.print(table)
+        board = self.results / "LEADERBOARD.md"
+        if board.is_file():
+            console.print(f"leaderboard: {board}  chart: {self.results / 'leaderboard.png'}")
+
+
+def best_ensemble_weight(testbed_json: Path, families=("sop_strict", "reasoning", "mixed")) -> float:
+    """The probability-mixture foundation weight with the best mean accuracy over the three families in the test
+    bed's own sweep (``testbed.json``), so the leaderboard shows the ensemble at 0.5 and at its best weight."""
+    sweep = json.loads(Path(testbed_json).read_text(encoding="utf-8"))["sweep"]
+    labels = [k for k in sweep[families[0]] if k.startswith("mix_")]
+    best = max(labels, key=lambda k: sum(sweep[f][k]["acc"] for f in families))
+    return float(best[len("mix_"):])
