@@ -11,8 +11,8 @@ A fused model holds an :class:`~sopmoe_models.experts.ExpertPair` (frozen, not r
 never re-runs the prefix. Output ``logprobs`` are next-token log-probabilities (B, T_new, V) in float32 over the
 usable vocabulary; ``gates`` (B, T_new, E) or (B, T_new, L, E) the weight each expert got (None when fixed).
 
-:func:`FusedLM.generate` reuses transformers' logits processors (temperature, top-p) and stopping criteria (EOS,
-stop strings) and adds only the loop over a fused model's cached forward.
+:func:`FusedLM.generate` reuses transformers' logits processors (temperature, top-p) and EOS stopping criterion and
+adds the loop over a fused model's cached forward plus :class:`StopStrings` (lm-eval's text rule for stop strings).
 """
 
 from __future__ import annotations
@@ -125,7 +125,6 @@ class FusedLM(nn.Module):
             EosTokenCriteria,
             LogitsProcessorList,
             StoppingCriteriaList,
-            StopStringCriteria,
             TemperatureLogitsWarper,
             TopPLogitsWarper,
         )
@@ -147,8 +146,7 @@ class FusedLM(nn.Module):
         criteria = StoppingCriteriaList()
         if eos_ids:
             criteria.append(EosTokenCriteria(eos_token_id=eos_ids))
-        if stop:
-            criteria.append(StopStringCriteria(tokenizer=tok, stop_strings=list(stop)))
+        stopper = StopStrings(tok, stop) if any(stop) else None
         gen = torch.Generator(device="cpu").manual_seed(seed) if (sample and seed is not None) else None
 
         seq, mask = input_ids, attention_mask
@@ -170,10 +168,12 @@ class FusedLM(nn.Module):
                 gate_steps.append(out.gates[:, -1])
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
+            # Only the generated tokens: a stop string must not match across the prompt boundary (a chat
+            # prompt ending in "\n" plus a first "\n" is not "\n\n"), as lm-eval's own stop criteria.
             if len(criteria):
-                # Only the generated tokens: a stop string must not match across the prompt boundary (a chat
-                # prompt ending in "\n" plus a first "\n" is not "\n\n"), as lm-eval's own stop criteria.
                 done = done | criteria(seq[:, prompt_len:], scores).to(done.device)
+            if stopper is not None:
+                done = done | stopper(seq[:, prompt_len:], done)
             if step == max_new_tokens - 1 or bool(done.all()):
                 break  # no forward for a token nobody will read
             out = self(nxt[:, None], mask, state=out.state, use_cache=True, last_only=True)  # one token per step
@@ -188,6 +188,33 @@ class FusedLM(nn.Module):
             cut = next((row[:i] for i, t in enumerate(row) if t in eos_ids), row)
             texts.append(self.tokenizer.decode(cut, skip_special_tokens=True))
         return texts
+
+
+class StopStrings:
+    """Stop a row once one of ``stop`` appears in the text of its generated tokens (lm-eval's own rule).
+
+    Not transformers' ``StopStringCriteria``: it builds its token table by decoding every vocabulary entry after the
+    probe prefix "abcdef" and raises when the vocabulary lacks those characters (the test bed's character-level
+    tokenizer has no lowercase letters). Here each step decodes only the last ``window`` generated tokens of the
+    unfinished rows; every token yields at least one byte, so the window always covers a just-completed stop string.
+    """
+
+    def __init__(self, tokenizer, stop: list[str] | tuple[str, ...]):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.window = max(len(s.encode("utf-8")) for s in self.stop) + 2
+
+    def __call__(self, generated: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """``generated`` (B, N) ids so far, ``done`` (B,) bool -> (B,) bool: rows whose text now holds a stop."""
+        hit = torch.zeros_like(done)
+        rows = (~done).nonzero().flatten().tolist()
+        if not rows:
+            return hit
+        tails = self.tokenizer.batch_decode(generated[rows, -self.window:].tolist())
+        for row, text in zip(rows, tails):
+            if any(s in text for s in self.stop):
+                hit[row] = True
+        return hit
 
 
 def cut_at_stop(text: str, stop: list[str] | tuple[str, ...]) -> str:

@@ -164,3 +164,18 @@ def test_cut_at_stop():
     assert cut_at_stop("a\n\nb", ["\n\n"]) == "a"
     assert cut_at_stop("abcdef", ["de", "bc"]) == "a"
     assert cut_at_stop("abc", []) == "abc" and cut_at_stop("abc", [""]) == "abc"
+
+
+def test_stop_strings_with_a_vocabulary_without_latin_letters(tiny_pair):
+    """transformers' StopStringCriteria raises on such a vocabulary (the test bed's); ours must not."""
+    from dataclasses import replace
+
+    from training.testbed import build_tokenizer
+
+    tok = build_tokenizer(iter(["请按照流程处理退款:步骤1;步骤2\n\n答:12+7=19"]), max_length=64)
+    assert "a" not in tok.get_vocab()
+    pair = replace(tiny_pair, tokenizer=tok, vocab_size=len(tok))
+    ids = torch.tensor([tok("退款\n答:", add_special_tokens=False)["input_ids"]])
+    script = [tok("步骤1;\n\n步骤2", add_special_tokens=False)["input_ids"]]
+    res = Scripted(pair, script).generate(ids, max_new_tokens=20, stop=["\n\n"])
+    assert res.texts == ["步骤1;"] and res.sequences.shape[1] == 6  # 步 骤 1 ; \n \n
