@@ -6,8 +6,10 @@ Each model is one in-process ``lm_eval.simple_evaluate`` call through the same r
 
 Inference cost is recorded two ways in ``meta.json``: ``expert_forwards_per_token`` (by construction: 1 for
 ``hf``/``sopmoe_merge``/``sopmoe_distill``, 2 for ``sopmoe_ensemble``/``sopmoe_btm``) and ``requests_s``, the seconds
-spent inside the model's lm-eval request methods (loglikelihood / generate_until; no task building or loading),
-whose ratio to ``foundation``'s in the same run is the measured cost (``requests_s_vs_foundation``).
+(and ``requests_cpu_s``, CPU seconds) spent inside the model's lm-eval request methods (loglikelihood /
+generate_until; no task building or loading), whose ratio to ``foundation``'s in the same run is the measured cost
+(``requests_s_vs_foundation``, ``requests_cpu_s_vs_foundation``). On CPU the CPU-seconds ratio is the one to read:
+wall time on a shared machine measures the neighbours too.
 Training cost is the wall-clock recorded by the artefact that produced the model
 (:func:`harness.model_specs.training_cost`).
 """
@@ -28,25 +30,28 @@ log = logging.getLogger(__name__)
 REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
 
 
-def _timed(fn, clock: dict[str, float], counts: dict[str, int], name: str):
+def _timed(fn, clock: dict[str, float], cpu: dict[str, float], counts: dict[str, int], name: str):
     def wrapper(requests, *args, **kwargs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             return fn(requests, *args, **kwargs)
         finally:
             clock[name] = clock.get(name, 0.0) + time.perf_counter() - t
+            cpu[name] = cpu.get(name, 0.0) + time.process_time() - c
             counts[name] = counts.get(name, 0) + len(requests)
 
     return wrapper
 
 
-def _routing_statistics(lm) -> dict | None:
-    """Routing statistics of an adapter that keeps them: ``routing_statistics()`` / a ``routing_statistics`` dict,
-    or a ``routing_stats`` :class:`~sopmoe_models.routers.stats.RoutingStats` (its ``summary()``)."""
-    stats = getattr(lm, "routing_statistics", None)
-    stats = stats() if callable(stats) else stats
-    if stats is None and hasattr(getattr(lm, "routing_stats", None), "summary"):
-        stats = lm.routing_stats.summary()
+def _routing_statistics(lm, results: dict) -> dict | None:
+    """Routing statistics the adapter kept: lm-eval's results ``config.sopmoe.routing`` (where ``sopmoe_btm`` puts
+    them through ``get_model_info``), else an adapter's ``routing_statistics()`` or ``stats.summary()``."""
+    stats = (results.get("config", {}).get("sopmoe") or {}).get("routing")
+    if stats is None:
+        stats = getattr(lm, "routing_statistics", None)
+        stats = stats() if callable(stats) else stats
+    if stats is None and hasattr(getattr(lm, "stats", None), "summary"):
+        stats = lm.stats.summary()
     return stats if isinstance(stats, dict) and stats else None
 
 
@@ -76,9 +81,10 @@ def evaluate_one(p: Planned, out: Path, *, tasks: list[str], limit: int | None, 
         dict(p.model_args), {"batch_size": batch_size, "device": device})
     load_s = time.perf_counter() - wall0
     clock: dict[str, float] = {}
+    cpu_clock: dict[str, float] = {}
     counts: dict[str, int] = {}
     for name in REQUEST_TYPES:
-        setattr(lm, name, _timed(getattr(lm, name), clock, counts, name))
+        setattr(lm, name, _timed(getattr(lm, name), clock, cpu_clock, counts, name))
     tm = _task_manager(TaskManager, tasks, {**p.model_args, **task_metadata})
     results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, batch_size=batch_size, device=device,
                                       task_manager=tm, log_samples=log_samples)
@@ -93,7 +99,7 @@ def evaluate_one(p: Planned, out: Path, *, tasks: list[str], limit: int | None, 
             lines = (json.dumps(r, default=handle_non_serializable, ensure_ascii=False) for r in rows)
             (out / "samples").mkdir(exist_ok=True)
             (out / "samples" / f"{task}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    routing = _routing_statistics(lm)
+    routing = _routing_statistics(lm, results)
     if routing:
         write_json(out / ROUTING, json.loads(json.dumps(routing, default=handle_non_serializable)))
     meta = {
@@ -108,8 +114,11 @@ def evaluate_one(p: Planned, out: Path, *, tasks: list[str], limit: int | None, 
         "device": device,
         "time": {"load_s": round(load_s, 3), "evaluate_s": round(wall - load_s, 3), "wall_s": round(wall, 3),
                  "cpu_s": round(cpu, 3), "requests_s": round(sum(clock.values()), 3),
-                 "requests": {k: {"n": counts[k], "s": round(clock[k], 3)} for k in sorted(clock)}},
-        "inference_cost": {"expert_forwards_per_token": p.forwards_per_token, "requests_s_vs_foundation": None},
+                 "requests_cpu_s": round(sum(cpu_clock.values()), 3),
+                 "requests": {k: {"n": counts[k], "s": round(clock[k], 3), "cpu_s": round(cpu_clock[k], 3)}
+                              for k in sorted(clock)}},
+        "inference_cost": {"expert_forwards_per_token": p.forwards_per_token, "requests_s_vs_foundation": None,
+                           "requests_cpu_s_vs_foundation": None},
         "training": training_cost(p, load_s),
         "routing_statistics": ROUTING if routing else None,
     }
@@ -185,12 +194,12 @@ def _finish(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _relative_costs(out: Path, metas: dict[str, dict]) -> None:
-    """Record each model's request seconds relative to ``foundation``'s in this run (when foundation ran)."""
-    base = metas.get("foundation", {}).get("time", {}).get("requests_s")
-    if not base:
-        return
+    """Record each model's request seconds (wall and CPU) relative to ``foundation``'s in this run."""
+    base = metas.get("foundation", {}).get("time", {})
     for name, meta in metas.items():
-        meta["inference_cost"]["requests_s_vs_foundation"] = round(meta["time"]["requests_s"] / base, 3)
+        for key in ("requests_s", "requests_cpu_s"):
+            if base.get(key):
+                meta["inference_cost"][f"{key}_vs_foundation"] = round(meta["time"][key] / base[key], 3)
         write_json(out / name / META, meta)
 
 

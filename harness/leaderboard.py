@@ -113,6 +113,13 @@ def _mean(xs: list[float]) -> Metric | None:
     return mean_spread([Metric(x) for x in xs]) if xs else None
 
 
+def _timing_key(run: Run) -> str:
+    """CPU seconds on a CPU run (robust to other processes on the cores), wall seconds on an accelerator."""
+    metas = [mr.meta for mr in run.models.values()]
+    on_cpu = all(m.get("device") == "cpu" and "requests_cpu_s" in m.get("time", {}) for m in metas)
+    return "requests_cpu_s" if on_cpu else "requests_s"
+
+
 def _costs(runs: list[Run], name: str) -> tuple[str, Metric | None, Metric | None]:
     forwards, ratios, train = set(), [], []
     for run in runs:
@@ -121,8 +128,9 @@ def _costs(runs: list[Run], name: str) -> tuple[str, Metric | None, Metric | Non
             continue
         forwards.add(mr.meta.get("inference_cost", {}).get("expert_forwards_per_token"))
         base = run.models.get("foundation")
-        mine = mr.meta.get("time", {}).get("requests_s")
-        base_s = base.meta.get("time", {}).get("requests_s") if base else None
+        key = _timing_key(run)
+        mine = mr.meta.get("time", {}).get(key)
+        base_s = base.meta.get("time", {}).get(key) if base else None
         if mine is not None and base_s:
             ratios.append(mine / base_s)
         train.append(mr.meta.get("training", {}).get("wall_s"))
@@ -249,7 +257,8 @@ def to_markdown(lb: Leaderboard) -> str:
         out += [f"### {t.title}", "", *_md_table(t), ""]
     out += ["## Summary (性能对比参考)", "", *_md_table(lb.summary), "",
             "Inference cost: expert forward passes per generated/scored token by construction (1 = one model), and "
-            "the measured seconds inside the model's lm-eval requests relative to `foundation` in the same run. "
+            "the measured time inside the model's lm-eval requests relative to `foundation` in the same run (CPU "
+            "seconds for CPU runs, which other processes sharing the cores do not inflate; wall seconds on a GPU). "
             "Training cost: wall-clock seconds of the step that produced the model from its inputs (test bed "
             "pretraining / fine-tuning, router training, distillation, merge), as its own record states; the "
             "ensemble is training-free.", ""]

@@ -65,11 +65,12 @@ def test_evaluate_skips_missing_models_and_writes_the_others(tiny_config, tiny_p
     (broken / "config.json").write_text("{}", encoding="utf-8")  # passes the input check, fails in transformers
     out = tmp_path / "run"
     rc = main(["evaluate", "--config", str(tiny_config), "--models", "foundation", "sft", "ensemble", "btm",
-               "merge", f"student=distill:pretrained={tiny_pair_dirs[1]}", f"broken=hf:pretrained={broken}", "--tasks", "sop_strict", "reasoning", "--limit", "1",
+               "merge", f"student=distill:pretrained={tiny_pair_dirs[1]}", f"broken=hf:pretrained={broken}",
+               f"posterior=sopmoe_btm:router_type=posterior,foundation={tiny_pair_dirs[0]},sft={tiny_pair_dirs[1]}", "--tasks", "sop_strict", "reasoning", "--limit", "1",
                "--batch_size", "2", "--output_dir", str(out), "--log-file", str(tmp_path / "eval.log")])
     assert rc == 1  # one model failed
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert summary["ran"] == ["foundation", "sft", "ensemble", "merge", "student"]
+    assert summary["ran"] == ["foundation", "sft", "ensemble", "merge", "student", "posterior"]
     assert summary["skipped"] == ["btm"] and summary["failed"] == ["broken"]
     reasons = {m["name"]: m.get("reason", "") for m in summary["models"]}
     assert "no router checkpoint" in reasons["btm"] and reasons["broken"]
@@ -95,6 +96,9 @@ def test_evaluate_skips_missing_models_and_writes_the_others(tiny_config, tiny_p
     s = json.loads((out / "student" / "results.json").read_text(encoding="utf-8"))["results"]
     h = json.loads((out / "sft" / "results.json").read_text(encoding="utf-8"))["results"]
     assert s["sop_strict"]["perplexity,none"] == pytest.approx(h["sop_strict"]["perplexity,none"], rel=1e-5)
+    routing = json.loads((out / "posterior" / "routing.json").read_text(encoding="utf-8"))  # kept by sopmoe_btm
+    share = routing["tasks"]["sop_strict"]
+    assert share["foundation"] + share["sft"] == pytest.approx(1.0) and share["n_queries"] == 1
     merge = json.loads((out / "merge" / "meta.json").read_text(encoding="utf-8"))
     assert merge["model_args"]["method"] == "linear" and merge["inference_cost"]["expert_forwards_per_token"] == 1
 
