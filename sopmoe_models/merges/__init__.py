@@ -92,8 +92,10 @@ def tensor_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    if t.device.type == "mps":  # no float64 on Apple GPUs
+        return torch.float32
+    return torch.float64 if t.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 @torch.no_grad()
@@ -103,7 +105,7 @@ def merge_tensor(theta_f: torch.Tensor, theta_s: torch.Tensor, params: MergePara
         raise ExpertMismatchError(
             f"tensor {name} differs in shape: {tuple(theta_f.shape)} vs {tuple(theta_s.shape)}"
         )
-    cdt = _compute_dtype(theta_f.dtype)
+    cdt = _compute_dtype(theta_f)
     f = theta_f.to(cdt)
     s = theta_s.to(device=theta_f.device, dtype=cdt)
     out = params.module.merge(
