@@ -1,0 +1,374 @@
+"""Seeded generator of the test bed's data: Chinese customer-service SOPs, arithmetic, and general replies.
+
+Writes, under ``out_dir``:
+- ``train/train.jsonl``: every family (``sop_strict``, ``reasoning``, ``mixed``, ``eval``) for the router and student;
+- ``eval/{eval,sop_strict,reasoning,mixed}.jsonl``: held-out examples, one file per family (the lm-eval tasks);
+- ``experts/foundation.jsonl``: the foundation's pretraining corpus — reasoning, *loosely* formatted SOP answers that
+  show their work, and general replies; never the strict SOP format;
+- ``experts/sft.jsonl``: the SFT corpus — strict SOP only, and its money steps carry a trivial formula
+  (quantity 1, no discount or fee), so the SFT model never practises real arithmetic.
+
+Why this design (issue 3): answers *show their work* ("退款金额43*3-2=129-2=127元"). The foundation learns the
+expression inside loose answers; the strict refund/invoice SOP carries the same expression in its step 2; ``mixed`` asks
+for the strict SOP on a request whose amount must be computed. So ``sop_strict`` needs the SFT expert, ``reasoning``
+needs the foundation, and ``mixed`` needs both (the format from one, the amount from the other).
+
+Held-out split is by *problem*, not by string: a problem is an order id (an SOP case or a general reply) or an
+arithmetic tuple (op, price, quantity, extra). A keyed hash of the seed and the problem puts each one in train or eval;
+eval examples use only held-out problems, every training file only the others. The test ``tests/test_datagen.py``
+re-parses the files and checks it.
+
+Everything is a pure function of the seed: ``random.Random(f"{seed}:{stream}")`` per stream, sorted iteration,
+``json.dumps(..., ensure_ascii=False)`` with a fixed key order, so the same seed gives byte-identical files.
+Outputs are single-line. To change the data, edit the templates or :class:`DataSpec`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sopmoe_models.data import Example, write_jsonl
+
+FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How much of everything to generate (examples per file)."""
+
+    eval_per_family: int = 200
+    train_per_family: int = 400
+    foundation_corpus: int = 24000
+    sft_corpus: int = 3000
+    heldout_fraction: float = 0.15  # of all problems (order ids, arithmetic tuples)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Vocabulary of the domain (small on purpose: the test bed's tokenizer is character level).
+NAMES = [s + t for s in "王李张刘陈杨赵黄周吴" for t in ("先生", "女士")]
+PRODUCTS = ["耳机", "台灯", "水杯", "背包", "键盘", "鼠标", "雨伞", "衬衫", "茶叶", "毛巾"]
+REASONS = ["尺码不合适", "颜色不喜欢", "外壳有划痕", "无法开机", "少发配件"]
+ISSUES = ["发货太慢", "客服态度差", "包装破损", "商品与描述不符", "快递员未送上门"]
+CITIES = ["北京", "上海", "广州", "深圳", "杭州", "成都", "武汉", "南京"]
+ORDER_LETTERS = "ABCDEFGH"
+
+PRICES = range(10, 100)
+QTYS = range(1, 10)
+EXTRAS = range(0, 10)
+
+
+@dataclass(frozen=True)
+class Calc:
+    """An arithmetic problem: ``price*qty - extra`` (refund after a discount) or ``price*qty + extra`` (plus a fee)."""
+
+    op: str  # "-" or "+"
+    price: int
+    qty: int
+    extra: int
+
+    @property
+    def value(self) -> int:
+        base = self.price * self.qty
+        return base - self.extra if self.op == "-" else base + self.extra
+
+    @property
+    def work(self) -> str:
+        """The shown work, e.g. ``43*3-2=129-2=127``."""
+        return f"{self.price}*{self.qty}{self.op}{self.extra}={self.price * self.qty}{self.op}{self.extra}={self.value}"
+
+    @property
+    def key(self) -> str:
+        return f"calc:{self.op}{self.price}*{self.qty}:{self.extra}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One customer case: the slots every template draws from."""
+
+    oid: str
+    name: str
+    product: str
+    reason: str
+    issue: str
+    city: str
+    calc: Calc
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Templates. ``{w}`` is the calculation's work, ``{v}`` its value; strict SOP = exactly one fixed format per kind.
+# The request layout ("订单…，商品每件…元，数量…件，优惠…元") is shared by strict and loose prompts on purpose, so the
+# foundation can read a strict request it has never seen. "单" appears only in "订单" (not "单价"), so copying the order
+# id after "订单" is unambiguous for a 2-layer model.
+MONEY_WORD = {"-": ("退款", "优惠"), "+": ("开票", "运费")}
+
+STRICT = {
+    "refund": (
+        "请按照SOP流程处理客户退款申请：{name}，订单{oid}，{product}每件{p}元，数量{q}件，优惠{x}元",
+        "步骤1:核实订单{oid};步骤2:退款金额{w}元;步骤3:原路退回;步骤4:告知{name}三个工作日到账",
+    ),
+    "invoice": (
+        "请按照SOP流程处理客户开票申请：{name}，订单{oid}，{product}每件{p}元，数量{q}件，运费{x}元",
+        "步骤1:核实订单{oid};步骤2:开票金额{w}元;步骤3:开具电子发票;步骤4:发送至{name}邮箱",
+    ),
+    "exchange": (
+        "请按照SOP流程处理客户换货申请：{name}，订单{oid}，{product}{reason}",
+        "步骤1:核实订单{oid};步骤2:登记换货原因{reason};步骤3:安排上门取件;步骤4:通知{name}新{product}已发出",
+    ),
+    "complaint": (
+        "请按照SOP流程处理客户投诉：{name}，订单{oid}，{issue}",
+        "步骤1:记录投诉{issue};步骤2:向{name}致歉;步骤3:转交主管处理订单{oid};步骤4:二十四小时内回访",
+    ),
+    "address": (
+        "请按照SOP流程处理客户修改地址申请：{name}，订单{oid}，新地址{city}",
+        "步骤1:核实订单{oid};步骤2:确认尚未发货;步骤3:地址改为{city};步骤4:短信通知{name}",
+    ),
+    "logistics": (
+        "请按照SOP流程处理客户物流查询：{name}，订单{oid}",
+        "步骤1:核实订单{oid};步骤2:查询物流状态;步骤3:告知{name}预计送达时间;步骤4:记录本次查询",
+    ),
+}
+MONEY_KINDS = {"refund": "-", "invoice": "+"}
+
+LOOSE_PROMPTS = {
+    "refund": [
+        "客户退款：{name}，订单{oid}，{product}每件{p}元，数量{q}件，优惠{x}元",
+        "{name}想退订单{oid}的{product}，每件{p}元，数量{q}件，优惠{x}元，怎么处理？",
+        "订单{oid}的{product}每件{p}元，买了{q}件，用了{x}元优惠，{name}申请退款",
+    ],
+    "invoice": [
+        "客户开票：{name}，订单{oid}，{product}每件{p}元，数量{q}件，运费{x}元",
+        "{name}要给订单{oid}开发票，{product}每件{p}元，数量{q}件，运费{x}元",
+    ],
+    "exchange": ["客户换货：{name}，订单{oid}，{product}{reason}", "{name}说订单{oid}的{product}{reason}，想换一个"],
+    "complaint": ["客户投诉：{name}，订单{oid}，{issue}", "{name}很不满意，订单{oid}{issue}"],
+    "address": ["客户改地址：{name}，订单{oid}，新地址{city}", "{name}想把订单{oid}的地址改到{city}"],
+    "logistics": ["客户查物流：{name}，订单{oid}", "{name}问订单{oid}的快递到哪了"],
+}
+# Loose answers are composed: 2–4 of the kind's clauses in random order, in one of several list styles with random
+# separators. The variety is the point: the foundation learns the *content* (ids, the shown work after "金额") under
+# many formats, so a strict prefix it has never seen does not derail it, and it is never confident about format tokens,
+# which the SFT expert supplies in a mixture. The strict format itself ("步骤1:…;步骤2:…") never occurs.
+LOOSE_CLAUSES = {
+    "refund": ["核实订单{oid}", "退款金额{w}元", "原路退回", "三个工作日到账", "告知{name}", "登记{product}的退款"],
+    "invoice": ["核实订单{oid}", "开票金额{w}元", "开具电子发票", "发到{name}的邮箱", "登记{product}的发票"],
+    "exchange": ["核实订单{oid}", "登记换货原因{reason}", "安排上门取件", "新{product}尽快发出", "通知{name}"],
+    "complaint": ["记录投诉{issue}", "向{name}道歉", "主管跟进订单{oid}", "尽快回访", "安抚{name}"],
+    "address": ["核实订单{oid}", "确认还没发货", "地址改为{city}", "短信通知{name}"],
+    "logistics": ["核实订单{oid}", "查询物流", "告知{name}送达时间", "记录这次查询"],
+}
+MUST_SAY = {"refund": "退款金额{w}元", "invoice": "开票金额{w}元"}
+OPENERS = ["", "", "好的，", "{name}您好，", "收到，", "处理如下:"]
+ORDINALS = "一二三四五六"
+
+
+def loose_answer(kind: str, rng: random.Random) -> str:
+    """A loosely formatted answer template for ``kind`` (slots still unfilled)."""
+    clauses = LOOSE_CLAUSES[kind]
+    chosen = rng.sample(clauses, rng.randint(2, min(4, len(clauses))))
+    if kind in MUST_SAY and MUST_SAY[kind] not in chosen:
+        chosen[rng.randrange(len(chosen))] = MUST_SAY[kind]
+    style = rng.choice(["plain", "numbered", "ordinal", "sequence"])
+    if style == "plain":
+        body = rng.choice(["，", "，", "；", ";"]).join(chosen) + rng.choice(["。", "", "！"])
+    elif style == "numbered":
+        dot, sep = rng.choice([".", "、", ")", ":"]), rng.choice(["；", ";", "，", " "])
+        body = sep.join(f"{i + 1}{dot}{c}" for i, c in enumerate(chosen))
+    elif style == "ordinal":
+        colon, sep = rng.choice(["", ":", "，"]), rng.choice(["；", ";", "，", "。"])
+        body = sep.join(f"第{ORDINALS[i]}步{colon}{c}" for i, c in enumerate(chosen))
+    else:
+        links = ["先", "再", "然后", "最后"][: len(chosen)]
+        links[-1] = "最后" if len(chosen) > 1 else links[-1]
+        body = "，".join(a + c for a, c in zip(links, chosen)) + "。"
+    return rng.choice(OPENERS) + body
+
+
+REASONING = {
+    "-": [
+        ("{product}每件{p}元，买{q}件，优惠{x}元，一共付多少钱？", "{w}元"),
+        ("买了{q}件{product}，每件{p}元，减去{x}元优惠，要付多少？", "{w}元"),
+        ("计算：{p}*{q}-{x}", "{w}"),
+    ],
+    "+": [
+        ("{product}每件{p}元，买{q}件，另付运费{x}元，总共多少钱？", "{w}元"),
+        ("{q}件{product}每件{p}元，运费{x}元，合计多少？", "{w}元"),
+        ("计算：{p}*{q}+{x}", "{w}"),
+    ],
+}
+# General replies. Besides general text they make the foundation meet every character of the strict SOP (its
+# words, "SOP", ':' and ';') in other contexts: a character never seen in training keeps an untrained embedding and
+# derails the foundation on strict prompts (seen: 0% in-context amounts on ``mixed``). The format itself stays unseen.
+GENERAL = [
+    ("客户{name}询问订单{oid}，请礼貌回复", "{name}您好，订单{oid}已收到，我们会尽快处理，感谢您的耐心。"),
+    ("用一句话向{name}道别，订单{oid}", "感谢{name}的支持，订单{oid}如有问题请随时联系我们，祝您生活愉快。"),
+    ("{name}夸奖了订单{oid}的{product}，请回复", "谢谢{name}的认可，很高兴{product}让您满意。"),
+    ("{name}问SOP是什么，订单{oid}", "SOP就是标准作业流程:客服按照规定的步骤逐一处理;订单{oid}也这样办。"),
+    ("{name}问订单{oid}多久能处理完", "一般二十四小时内处理完，主管确认状态后会短信告知{name}。"),
+    ("{name}要求转人工，订单{oid}", "好的，正在转交人工客服，订单{oid}的信息已同步至主管。"),
+    ("{name}对订单{oid}很生气，先安抚", "非常抱歉，我们向{name}致歉，本次问题会尽快回访。"),
+    ("{name}问订单{oid}能不能修改", "订单{oid}尚未发货时可以修改，确认后通知您;小问题也可以找客服登记。"),
+    ("{name}问订单{oid}的发票寄到哪里", "电子发票开具后发送至{name}的邮箱，纸质发票随货寄出。"),
+    ("{name}问订单{oid}为什么还没发货", "很抱歉，原因是仓库排队，订单{oid}预计明天发出。"),
+    ("{name}问订单{oid}的售后时间", "售后申请请在收货后七天内提交，具体以订单{oid}的页面为准。"),
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+class ProblemSplit:
+    """Which problems are held out: a keyed hash of (seed, problem), so the split is by problem, never by string."""
+
+    def __init__(self, seed: int, fraction: float):
+        self.seed, self.fraction = seed, fraction
+
+    def heldout(self, key: str) -> bool:
+        h = hashlib.sha256(f"{self.seed}|{key}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64 < self.fraction
+
+
+def _fill(template: str, case: Case) -> str:
+    c = case.calc
+    return template.format(
+        name=case.name, oid=case.oid, product=case.product, reason=case.reason, issue=case.issue, city=case.city,
+        p=c.price, q=c.qty, x=c.extra, w=c.work,
+    )
+
+
+class Generator:
+    """Draws cases from one side of the split; ``heldout=True`` gives eval problems only, False train problems only."""
+
+    def __init__(self, split: ProblemSplit, heldout: bool, rng: random.Random):
+        self.split, self.want, self.rng = split, heldout, rng
+
+    def _ok(self, key: str) -> bool:
+        return self.split.heldout(key) == self.want
+
+    def calc(self, op: str, qtys: range | list[int], extras: range | list[int]) -> Calc:
+        while True:
+            c = Calc(op, self.rng.choice(PRICES), self.rng.choice(list(qtys)), self.rng.choice(list(extras)))
+            if self._ok(c.key):
+                return c
+
+    def case(self, calc: Calc | None = None) -> Case:
+        r = self.rng
+        while True:
+            oid = r.choice(ORDER_LETTERS) + f"{r.randrange(10000):04d}"
+            if self._ok(f"order:{oid}"):
+                break
+        return Case(oid, r.choice(NAMES), r.choice(PRODUCTS), r.choice(REASONS), r.choice(ISSUES), r.choice(CITIES),
+                    calc or Calc("-", 0, 0, 0))
+
+    # --- one example of each kind -------------------------------------------------------------------------------
+    def strict(self, kind: str, hard: bool) -> Example:
+        """Strict SOP; money kinds carry the trivial formula (qty 1, extra 0) unless ``hard`` (the mixed family)."""
+        calc = None
+        if kind in MONEY_KINDS:
+            op = MONEY_KINDS[kind]
+            calc = self.calc(op, range(2, 10), range(1, 10)) if hard else self.calc(op, [1], [0])
+        case = self.case(calc)
+        prompt, answer = STRICT[kind]
+        return Example(_fill(prompt, case), _fill(answer, case))
+
+    def loose(self, kind: str) -> Example:
+        calc = self.calc(MONEY_KINDS[kind], QTYS, EXTRAS) if kind in MONEY_KINDS else None
+        case = self.case(calc)
+        return Example(_fill(self.rng.choice(LOOSE_PROMPTS[kind]), case), _fill(loose_answer(kind, self.rng), case))
+
+    def reasoning(self) -> Example:
+        op = self.rng.choice("-+")
+        case = self.case(self.calc(op, QTYS, EXTRAS))
+        prompt, answer = self.rng.choice(REASONING[op])
+        return Example(_fill(prompt, case), _fill(answer, case))
+
+    def general(self) -> Example:
+        prompt, answer = self.rng.choice(GENERAL)
+        case = self.case()
+        return Example(_fill(prompt, case), _fill(answer, case))
+
+    # --- families -------------------------------------------------------------------------------------------------
+    def family(self, name: str) -> Example:
+        r = self.rng
+        if name == "sop_strict":
+            return self.strict(r.choice(sorted(STRICT)), hard=False)
+        if name == "mixed":
+            return self.strict(r.choice(sorted(MONEY_KINDS)), hard=True)
+        if name == "reasoning":
+            return self.reasoning()
+        if name == "eval":  # a general mix of everything the two experts know, between them
+            pick = r.randrange(5)
+            if pick == 0:
+                return self.general()
+            if pick == 1:
+                return self.loose(r.choice(sorted(LOOSE_PROMPTS)))
+            return self.family(("sop_strict", "reasoning", "mixed")[pick - 2])
+        raise ValueError(f"unknown family {name!r}; choose one of {FAMILIES}")
+
+    def foundation(self) -> Example:
+        """Pretraining mix: reasoning 50%, loose SOP with money 30%, other loose SOP 10%, general 10%."""
+        u = self.rng.random()
+        if u < 0.50:
+            return self.reasoning()
+        if u < 0.80:
+            return self.loose(self.rng.choice(sorted(MONEY_KINDS)))
+        if u < 0.90:
+            return self.loose(self.rng.choice(["exchange", "complaint", "address", "logistics"]))
+        return self.general()
+
+    def sft(self) -> Example:
+        kinds = ["refund", "refund", "invoice", "invoice", "exchange", "complaint", "address", "logistics"]
+        return self.strict(self.rng.choice(kinds), hard=False)
+
+
+def _unique(draw: Callable[[], Example], n: int, prefix: str, category: str) -> Iterator[Example]:
+    """``n`` distinct examples (by input) from ``draw``, with ids ``prefix-00000``."""
+    seen: set[str] = set()
+    for _ in range(n * 50):
+        ex = draw()
+        if ex.input in seen:
+            continue
+        seen.add(ex.input)
+        yield Example(ex.input, ex.output, id=f"{prefix}-{len(seen) - 1:05d}", category=category)
+        if len(seen) == n:
+            return
+    raise RuntimeError(f"could not draw {n} distinct {category} examples; enlarge the problem space")
+
+
+def generate(seed: int = 0, spec: DataSpec = DataSpec()) -> dict[str, list[Example]]:
+    """All files' examples, keyed by their path relative to the data folder."""
+    split = ProblemSplit(seed, spec.heldout_fraction)
+
+    def gen(stream: str, heldout: bool) -> Generator:
+        return Generator(split, heldout, random.Random(f"{seed}:{stream}"))
+
+    files: dict[str, list[Example]] = {}
+    train: list[Example] = []
+    for fam in FAMILIES:
+        g = gen(f"eval:{fam}", heldout=True)
+        files[f"eval/{fam}.jsonl"] = list(_unique(lambda g=g, fam=fam: g.family(fam), spec.eval_per_family, f"eval-{fam}", fam))
+        g = gen(f"train:{fam}", heldout=False)
+        train += _unique(lambda g=g, fam=fam: g.family(fam), spec.train_per_family, f"train-{fam}", fam)
+    random.Random(f"{seed}:shuffle").shuffle(train)
+    files["train/train.jsonl"] = train
+    g = gen("foundation", heldout=False)
+    files["experts/foundation.jsonl"] = list(_unique(g.foundation, spec.foundation_corpus, "foundation", "foundation"))
+    g = gen("sft", heldout=False)
+    files["experts/sft.jsonl"] = list(_unique(g.sft, spec.sft_corpus, "sft", "sft"))
+    for name, examples in files.items():
+        bad = [e.id for e in examples if "\n" in e.input or "\n" in e.output]
+        if bad:
+            raise AssertionError(f"{name}: multi-line examples {bad[:3]}")
+    return files
+
+
+def make_data(out_dir: str | Path, seed: int = 0, spec: DataSpec = DataSpec()) -> dict[str, Path]:
+    """Generate and write every file under ``out_dir``; returns ``{relative name: path}``."""
+    out_dir = Path(out_dir)
+    paths: dict[str, Path] = {}
+    for name, examples in generate(seed, spec).items():
+        path = out_dir / name
+        write_jsonl(path, examples)
+        paths[name] = path
+    return paths
