@@ -62,6 +62,16 @@ def build_router(router_type: str, pair: ExpertPair, **kwargs: Any) -> Router:
     return router_class(router_type)(pair, **kwargs)
 
 
+def mix_two(gates: torch.Tensor, lp_f: torch.Tensor, lp_s: torch.Tensor) -> torch.Tensor:
+    """log(g_f p_f + g_s p_s) per position: gates (B, T, 2), log-probs (B, T, V) -> (B, T, V).
+
+    Pairwise ``logaddexp`` (no stacked (B, T, 2, V) tensor); a gate of exactly 0 gives log 0 = -inf, so a forced
+    one-hot gate returns the other expert's log-probs exactly.
+    """
+    lg = torch.log(gates)
+    return torch.logaddexp(lg[..., 0:1] + lp_f, lg[..., 1:2] + lp_s)
+
+
 class Router(FusedLM):
     """Base of every router: forced gates, statistics names, the training path and checkpointing."""
 

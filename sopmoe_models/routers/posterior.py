@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from sopmoe_models.experts import ExpertPair
 from sopmoe_models.fused import FusedOutput, expert_logits
-from sopmoe_models.routers.base import Router, register_router
+from sopmoe_models.routers.base import Router, mix_two, register_router
 
 
 @register_router("posterior")
@@ -48,31 +48,30 @@ class PosteriorRouter(Router):
             attention_mask = torch.ones_like(input_ids)
         b, t = input_ids.shape
         caches, cum, last_lp = state if state is not None else ((None, None), None, None)
-        logps, new_caches = [], []
+        lps, new_caches = [], []
         with torch.inference_mode():
             for model, cache in zip(self.pair.experts, caches):
                 # Every position's distribution is needed: each new token's likelihood comes from the one before.
                 z, c, _ = expert_logits(model, input_ids, attention_mask, self.vocab_size, cache=cache, use_cache=use_cache)
-                logps.append(F.log_softmax(z, dim=-1))
+                lps.append(F.log_softmax(z, dim=-1))  # (B, T, V)
                 new_caches.append(c)
-            lp = torch.stack(logps, dim=2)  # (B, T, 2, V)
             # log p_e(x_s | x_<s) of each new token s: position s-1 predicts it; the first uses the previous step.
-            tok = input_ids.to(lp.device)[:, :, None, None].expand(b, t, 2, 1)
-            ll = torch.zeros(b, t, 2, device=lp.device)
-            if t > 1:
-                ll[:, 1:] = lp[:, :-1].gather(-1, tok[:, 1:]).squeeze(-1)
-            if last_lp is not None:
-                ll[:, 0] = last_lp.gather(-1, tok[:, 0]).squeeze(-1)
+            tok = input_ids.to(lps[0].device)
+            ll = torch.zeros(b, t, 2, device=tok.device)
+            for e, lp in enumerate(lps):
+                if t > 1:
+                    ll[:, 1:, e] = lp[:, :-1].gather(-1, tok[:, 1:, None]).squeeze(-1)
+                if last_lp is not None:
+                    ll[:, 0, e] = last_lp[e].gather(-1, tok[:, :1]).squeeze(-1)
             # A token counts when it and the token before it are real (padding adds nothing).
             m = attention_mask.to(ll.device, ll.dtype)
             valid = m[:, -t:] * F.pad(m, (1, 0))[:, -t - 1 : -1]
-            ll = ll * valid[:, :, None]
-            run = ll.cumsum(dim=1) + (cum[:, None] if cum is not None else 0.0)  # (B, T, 2)
+            run = (ll * valid[:, :, None]).cumsum(dim=1) + (cum[:, None] if cum is not None else 0.0)  # (B, T, 2)
             gates = self._forced(torch.softmax(self.log_prior.to(run.device) + run / self.temperature, dim=-1))
-            mix = torch.logsumexp(torch.log(gates)[..., None] + lp, dim=2)  # (B, T, V)
-            new_state = (tuple(new_caches), run[:, -1], lp[:, -1]) if use_cache else None
-        if last_only:
-            mix, gates = mix[:, -1:], gates[:, -1:]
+            new_state = (tuple(new_caches), run[:, -1], tuple(lp[:, -1] for lp in lps)) if use_cache else None
+            if last_only:
+                gates, lps = gates[:, -1:], [lp[:, -1:] for lp in lps]
+            mix = mix_two(gates, lps[0], lps[1])  # (B, T, V)
         return FusedOutput(mix, new_state, gates)
 
     @torch.inference_mode()

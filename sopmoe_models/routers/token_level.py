@@ -20,7 +20,7 @@ from torch import nn
 
 from sopmoe_models.experts import ExpertPair
 from sopmoe_models.fused import FusedOutput, expert_logits
-from sopmoe_models.routers.base import Router, register_router
+from sopmoe_models.routers.base import Router, mix_two, register_router
 
 
 def _hidden_size(model: nn.Module) -> int:
@@ -65,7 +65,7 @@ class TokenLevelRouter(Router):
         if torch.is_grad_enabled():  # autograd through the router (never the experts) needs normal tensors
             lp_f, lp_s, h_f, h_s = (x.clone() for x in (lp_f, lp_s, h_f, h_s))
         gates = self.gates_from_hidden(h_f, h_s)  # (B, T, 2)
-        mix = torch.logsumexp(torch.log(gates)[..., None] + torch.stack([lp_f, lp_s], dim=2), dim=2)
+        mix = mix_two(gates, lp_f, lp_s)
         return FusedOutput(mix, (c_f, c_s) if use_cache else None, gates)
 
     def target_logprobs(self, input_ids, attention_mask, targets):
