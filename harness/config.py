@@ -194,15 +194,18 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"{source}: invalid config: " + "; ".join(parts)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SopmoeConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, use_default: bool = True
+) -> SopmoeConfig:
     """Read, resolve and validate the config. ``overrides`` maps dotted keys to values (CLI flags).
 
-    ``path=None`` uses ``configs/config.yaml`` when it exists in the working directory, else the defaults.
+    ``path=None`` uses ``configs/config.yaml`` when it exists in the working directory (unless ``use_default`` is
+    False, as for lm-eval model_args, where only an explicit ``config=`` is read), else the defaults.
     """
     raw: dict[str, Any] = {}
     base = Path.cwd()
     source = "<defaults>"
-    if path is None and DEFAULT_CONFIG.is_file():
+    if path is None and use_default and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
     if path is not None:
         path = Path(path)
