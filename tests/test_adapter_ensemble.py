@@ -136,10 +136,15 @@ def test_bad_model_args_are_clear_errors(parity_dirs, args, match):
         _adapter(foundation=parity_dirs["foundation"], sft=parity_dirs["sft"], device="cpu", **args)
 
 
-def test_missing_expert_paths_are_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no configs/config.yaml here
+def test_only_an_explicit_config_is_read(parity_dirs, tmp_path, monkeypatch):
+    """A configs/config.yaml in the working directory is the CLI's default, not the lm-eval model's."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "config.yaml").write_text(
+        f"models:\n  foundation: {{path: {parity_dirs['foundation']}}}\n  sft: {{path: {parity_dirs['sft']}}}\n")
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="models.foundation.path and models.sft.path"):
         _adapter(device="cpu")
+    assert _adapter(config="configs/config.yaml", device="cpu").fused.pair.sft_path == parity_dirs["sft"]
 
 
 def _requests(tok_texts):

@@ -135,7 +135,8 @@ class FusedHFLM(HFLM):
                 raise ValueError(
                     f"{cls.__name__}: unknown model argument {key!r}; accepted: {', '.join(cls.accepted_args())}"
                 )
-        return load_config(config, overrides), options
+        # Only an explicit config=: an lm-eval run means what its model_args say, from any working directory.
+        return load_config(config, overrides, use_default=False), options
 
     @classmethod
     def build_fused(cls, cfg, options: dict[str, Any], pair: ExpertPair | None) -> FusedLM:
