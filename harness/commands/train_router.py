@@ -42,7 +42,8 @@ FLAGS = [  # (flag, config key, type, help)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     for flag, dest, typ, help_ in FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, default=None, help=help_ or f"overrides {dest}")
+        p.add_argument(flag, dest=dest, type=typ, default=None, metavar=flag.lstrip("-").upper(),
+                       help=help_ or f"overrides {dest}")
     p.add_argument("--bf16", dest="btm.bf16", action="store_const", const=True, default=None,
                    help="autocast router steps to bfloat16 (GPU)")
     p.add_argument("--resume", action="store_true", help="continue from <output_dir>/last (same settings)")
