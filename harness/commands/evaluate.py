@@ -19,14 +19,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", nargs="+", dest="evaluation.models", default=None, metavar="SPEC",
                    help="foundation | sft | ensemble | btm | distill | merge | ensemble@W | LABEL=KIND:key=value,... "
                         "(KIND: a built-in kind or any lm-eval model; default: evaluation.models)")
-    p.add_argument("--tasks", nargs="+", dest="evaluation.tasks", default=None,
+    p.add_argument("--tasks", nargs="+", dest="evaluation.tasks", default=None, metavar="TASK",
                    help="lm-eval tasks (default: evaluation.tasks; e.g. sopmoe_ll, sopmoe_gen, sop_strict_gen)")
-    p.add_argument("--limit", type=int, dest="evaluation.limit", default=None, help="examples per task (default: all)")
-    p.add_argument("--batch_size", type=int, dest="evaluation.batch_size", default=None)
-    p.add_argument("--output_dir", dest="evaluation.output_dir", default=None, help="run folder (results/runs/NAME)")
-    p.add_argument("--btm_router", default=None,
+    p.add_argument("--limit", type=int, dest="evaluation.limit", default=None, metavar="N", help="examples per task (default: all)")
+    p.add_argument("--batch_size", type=int, dest="evaluation.batch_size", default=None, metavar="N")
+    p.add_argument("--output_dir", dest="evaluation.output_dir", default=None, metavar="DIR", help="run folder (results/runs/NAME)")
+    p.add_argument("--btm_router", default=None, metavar="PATH",
                    help="router checkpoint for `btm` (default: distill.btm_router, else btm.output_dir/best_router.safetensors)")
-    p.add_argument("--distill_model", default=None,
+    p.add_argument("--distill_model", default=None, metavar="DIR",
                    help="student folder for `distill` (default: distill.output_dir/best_student)")
     p.add_argument("--device", default=None, help="cpu | cuda:0 ... (default: models.foundation.device)")
     p.add_argument("--log_samples", action="store_true", help="also write per-example records to MODEL/samples/")
