@@ -155,3 +155,23 @@ def test_same_vocab_different_special_tokens_are_refused():
 def test_missing_model_folder_is_a_clear_error(tiny_pair_dirs, tmp_path):
     with pytest.raises(FileNotFoundError, match="sft model folder"):
         load_experts(tiny_pair_dirs[0], tmp_path / "nope", device="cpu")
+
+
+@pytest.mark.parametrize("mix", ["prob", "logit"])
+def test_mix_keeps_inputs_and_gradients(mix):
+    """In-place accumulation (no autograd) must not touch the experts' logits; with autograd it must be exact."""
+    z_f, z_s = _hand_made()
+    keep = (z_f.clone(), z_s.clone())
+    with torch.inference_mode():
+        fast = mix_logits([z_f, z_s], (0.3, 0.7), mix)
+    assert torch.equal(z_f, keep[0]) and torch.equal(z_s, keep[1])
+    a, b = z_f.clone().requires_grad_(), z_s.clone().requires_grad_()
+    slow = mix_logits([a, b], (0.3, 0.7), mix)
+    torch.testing.assert_close(slow.detach(), fast)
+    ref = (torch.log(0.3 * a.softmax(-1) + 0.7 * b.softmax(-1)) if mix == "prob"
+           else F.log_softmax(0.3 * a + 0.7 * b, -1))
+    g = torch.randn_like(ref)
+    got = torch.autograd.grad((slow * g).sum(), (a, b))
+    want = torch.autograd.grad((ref * g).sum(), (a, b))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
