@@ -52,7 +52,7 @@ def test_models_registered_and_hf_kept():
 def test_real_cli_runs_sopmoe_group_outside_checkout(tmp_path, tiny_pair_dirs, cli):
     foundation = tiny_pair_dirs[0]
     cmd = [str(BIN / cli), "--model", "hf", "--model_args", f"pretrained={foundation}", "--tasks", "sopmoe",
-           "--device", "cpu", "--batch_size", "4", "--output_path", str(tmp_path / "out")]
+           "--device", "cpu", "--batch_size", "4", "--limit", "4", "--output_path", str(tmp_path / "out")]
     extra = {"SOPMOE_NO_LM_EVAL_HOOK": "1"} if cli == "sopmoe-lm-eval" else {}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(**extra), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
