@@ -234,3 +234,15 @@ def test_real_lm_eval_cli_from_another_directory(parity_dirs, tiny_data_dir, run
     (gen_file,) = out.rglob("samples_eval_gen_*.jsonl")
     gen = [json.loads(line) for line in gen_file.read_text().splitlines()]
     assert [g["resps"][0][0] for g in gen] == [s["resps"][0][0] for s in hf["samples"]["eval_gen"]]
+
+
+def test_generation_stops_at_every_eos_of_the_generation_config(tiny_pair_dirs):
+    """Chat checkpoints list several EOS ids (e.g. <|im_end|> and <|endoftext|>); HF generate stops at each."""
+    from sopmoe_models.experts import load_experts
+
+    pair = load_experts(*tiny_pair_dirs, device="cpu")
+    tok = pair.tokenizer
+    other = tok.convert_tokens_to_ids("<unk>")
+    pair.foundation.generation_config.eos_token_id = [tok.eos_token_id, other, pair.vocab_size + 1]
+    lm = _adapter(pair=pair, foundation_weight=1, sft_weight=0)
+    assert lm._eos_ids() == [tok.eos_token_id, other]  # a padded row is not a token
