@@ -126,15 +126,15 @@ def test_auto_records_cocktail_and_grid(tmp_path, tiny_pair_dirs, tiny_data_dir,
     f, s = tiny_pair_dirs
     out = tmp_path / "auto"
     rc = sopmoe(tmp_path, "--foundation", f, "--sft", s, "--method", "task_arithmetic", "--auto", "--grid",
-                "0,0.5,1", "--dev_file", tiny_data_dir / "eval" / "eval_all.jsonl", "--dev_examples", "4",
+                "scale=0,0.5,1", "--dev_file", tiny_data_dir / "eval" / "eval_all.jsonl", "--dev_examples", "4",
                 "--out", out)
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "searched scale" in printed and "chosen" in printed
+    assert "task_arithmetic" in printed and "chosen" in printed
     auto = json.loads((out / "merge.json").read_text())["auto"]
     rows = auto["grid"]["rows"]
     assert [r["parameters"]["scale"] for r in rows] == [0.0, 0.5, 1.0]
-    assert auto["grid"]["parameter"] == "scale" and len(auto["dev_indices"]) == 4
+    assert auto["grid"]["values"] == {"scale": [0.0, 0.5, 1.0]} and len(auto["dev_indices"]) == 4
     w = auto["cocktail"]["weights"]
     assert w["foundation"] + w["sft"] == pytest.approx(1.0)
     assert auto["cocktail"]["parameters"]["scale"] == pytest.approx(w["sft"])
@@ -142,6 +142,19 @@ def test_auto_records_cocktail_and_grid(tmp_path, tiny_pair_dirs, tiny_data_dir,
     assert auto["chosen"]["dev_loss"] == best["dev_loss"]
     record = json.loads((out / "merge.json").read_text())
     assert record["parameters"] == auto["chosen"]["parameters"]
+
+
+def test_auto_grid_fixes_given_parameters():
+    from harness.commands.merge import search_grid
+    from sopmoe_models.merges import dare, linear, ties
+
+    assert search_grid(ties, {"scale": None, "density": None}, None) == {k: list(v) for k, v in ties.SEARCH.items()}
+    assert search_grid(dare, {"scale": 0.7, "density": None, "seed": None}, None) == {"density": list(dare.SEARCH["density"])}
+    assert search_grid(ties, {"scale": 0.7}, ["density=0.3,0.6"]) == {"density": [0.3, 0.6]}
+    with pytest.raises(ValueError, match="not a searchable parameter"):
+        search_grid(linear, {}, ["density=0.5"])
+    with pytest.raises(ValueError, match="nothing to search"):
+        search_grid(linear, {"weight": 0.3}, None)
 
 
 def test_errors_are_one_line(tmp_path, tiny_pair_dirs, dare_dir, capsys):

@@ -181,7 +181,7 @@ def test_auto_merge_picks_lowest_dev_loss(tiny_pair, tiny_data_dir):
     from sopmoe_models.data import load_jsonl
 
     examples = load_jsonl(tiny_data_dir / "eval" / "eval_all.jsonl")
-    model, result = auto_merge(tiny_pair, MergeParams("linear"), examples, grid=[0.0, 0.5, 1.0])
+    model, result = auto_merge(tiny_pair, MergeParams("linear"), examples, grid={"weight": [0.0, 0.5, 1.0]})
     assert [r.source for r in result.rows] == ["grid", "grid", "grid", "cocktail"]
     assert result.best.score.loss == min(r.score.loss for r in result.rows)
     # the grid's end points are the experts, scored the same way as the experts themselves
@@ -190,3 +190,17 @@ def test_auto_merge_picks_lowest_dev_loss(tiny_pair, tiny_data_dir):
     w_s = result.cocktail["weights"]["sft"]
     assert result.rows[3].params.weight == pytest.approx(w_s)
     assert equal_state(model, merge_models(tiny_pair, **result.best.params.__dict__))
+
+
+def test_auto_merge_ties_searches_density_and_scale(tiny_pair, tiny_data_dir):
+    from sopmoe_models.data import load_jsonl
+
+    examples = load_jsonl(tiny_data_dir / "eval" / "eval_all.jsonl")[:3]
+    _, result = auto_merge(tiny_pair, MergeParams("ties", density=0.5), examples,
+                           grid={"density": [0.2, 1.0], "scale": [0.5, 1.0]})
+    grid = [(r.params.density, r.params.scale) for r in result.rows if r.source == "grid"]
+    assert grid == [(0.2, 0.5), (0.2, 1.0), (1.0, 0.5), (1.0, 1.0)]
+    cocktail = result.rows[-1].params
+    assert (cocktail.density, cocktail.scale) == (0.5, pytest.approx(result.cocktail["weights"]["sft"]))
+    with pytest.raises(ValueError, match="cannot search"):
+        auto_merge(tiny_pair, MergeParams("linear"), examples, grid={"density": [0.5]})

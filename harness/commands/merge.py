@@ -2,8 +2,8 @@
 
 Methods (:mod:`sopmoe_models.merges`): ``linear`` (WiSE-FT, ``--weight`` α: 0 = foundation, 1 = sft),
 ``task_arithmetic`` (``--scale`` λ on sft − foundation), ``ties`` and ``dare`` (``--scale``, ``--density``; DARE also
-``--seed``). ``--auto`` picks the method's parameter on a few dev examples (LM-Cocktail weights and a small grid
-search, :mod:`sopmoe_models.merges.auto`) and prints the table it searched.
+``--seed``). ``--auto`` picks the method's parameters on a few dev examples (LM-Cocktail weights and a small grid
+search, :mod:`sopmoe_models.merges.auto`; parameters given as flags stay fixed) and prints the table it searched.
 
 The folder (``save_pretrained`` safetensors, config, tokenizer) is written to ``DIR.tmp`` and renamed into place,
 with ``merge.json`` (method, parameters, input fingerprints, versions, the search when ``--auto``) and
@@ -43,26 +43,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", dest="merge.scale", type=float, help="λ on the task vector sft − foundation")
     p.add_argument("--density", dest="merge.density", type=float, help="fraction of the task vector kept (ties/dare)")
     p.add_argument("--seed", dest="merge.seed", type=int, help="seed of DARE's drop masks and of the dev sample")
-    p.add_argument("--auto", action="store_true", help="choose the method's parameter on dev data (cocktail + grid)")
+    p.add_argument("--auto", action="store_true",
+                   help="choose the method's parameters on dev data (LM-Cocktail + grid); flags given stay fixed")
     p.add_argument("--dev_file", type=Path, default=None, help="dev JSONL for --auto (default: data.eval_file)")
     p.add_argument("--dev_examples", type=int, default=32, help="dev examples used by --auto (seeded sample)")
-    p.add_argument("--grid", default=None, help="comma-separated values of the searched parameter (--auto)")
+    p.add_argument("--grid", action="append", default=None, metavar="NAME=V1,V2,...",
+                   help="values of one searched parameter (--auto; repeatable), e.g. --grid density=0.2,0.5")
     p.add_argument("--temperature", type=float, default=5.0, help="LM-Cocktail temperature T (--auto)")
     p.add_argument("--batch_size", type=int, default=16, help="dev scoring batch size (--auto)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     p.add_argument("--log-file", default="logs/merge.log", help="log file (default: logs/merge.log)")
 
 
-def _grid(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"--grid {text!r}: expected comma-separated numbers, e.g. 0.1,0.3,0.5") from None
-    if not values:
-        raise ValueError("--grid is empty")
-    return values
+def search_grid(method_module, given: dict[str, Any], grid_args: list[str] | None) -> dict[str, list[float]]:
+    """The --auto grid: the method's ``SEARCH`` without the parameters given on the command line, then ``--grid``."""
+    grid = {k: list(v) for k, v in method_module.SEARCH.items() if given.get(k) is None}
+    for item in grid_args or []:
+        name, _, values = item.partition("=")
+        if name not in method_module.PARAMETERS or name == "seed":
+            searchable = [k for k in method_module.PARAMETERS if k != "seed"]
+            raise ValueError(f"--grid {item!r}: {name!r} is not a searchable parameter of this method ({searchable})")
+        try:
+            grid[name] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--grid {item!r}: expected NAME=numbers, e.g. density=0.2,0.5") from None
+        if not grid[name]:
+            raise ValueError(f"--grid {item!r}: no values")
+    if not grid:
+        raise ValueError(f"--auto has nothing to search: every parameter of the method is given ({given})")
+    return grid
 
 
 def dev_examples(path: str | Path | None, n: int, seed: int) -> tuple[list, list[int]]:
@@ -82,21 +91,21 @@ def _print_search(result, method: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    best, searched = result.best, result.parameter
-    table = Table(title=f"sopmoe merge --auto: {method}, searched {searched} (dev loss = per-token NLL of outputs)")
-    for col in ("source", searched, "other parameters", "dev loss", "dev ppl", "dev acc", ""):
-        table.add_column(col, justify="right" if col in (searched, "dev loss", "dev ppl", "dev acc") else "left")
+    best, searched = result.best, list(result.grid)
+    table = Table(title=f"sopmoe merge --auto: {method} (dev loss = per-token NLL of the outputs)")
+    for col in ("source", *searched, "fixed", "dev loss", "dev ppl", "dev acc", "note"):
+        table.add_column(col, justify="left" if col in ("source", "fixed", "note") else "right")
     c = result.cocktail
     for name in ("foundation", "sft"):
         loss = c["dev_loss"][name]
-        table.add_row(name, "", "(expert)", f"{loss:.4f}", f"{math.exp(loss):.3f}", f"{c['dev_acc'][name]:.3f}",
-                      f"cocktail weight {c['weights'][name]:.3f}")
+        table.add_row(name, *[""] * len(searched), "", f"{loss:.4f}", f"{math.exp(loss):.3f}",
+                      f"{c['dev_acc'][name]:.3f}", f"cocktail w={c['weights'][name]:.3f}")
     for row in result.rows:
         used = row.params.used()
-        others = ", ".join(f"{k}={v:g}" for k, v in used.items() if k != searched)
-        table.add_row(row.source, f"{used[searched]:g}", others, f"{row.score.loss:.4f}",
+        fixed = ", ".join(f"{k}={v:.4g}" for k, v in used.items() if k not in searched)
+        table.add_row(row.source, *(f"{used[k]:.4g}" for k in searched), fixed, f"{row.score.loss:.4f}",
                       f"{row.score.perplexity:.3f}", f"{row.score.acc:.3f}",
-                      "[bold green]<- chosen[/]" if row is best else "")
+                      "[bold green]chosen[/]" if row is best else "")
     Console().print(table)
 
 
@@ -138,13 +147,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     m = cfg.merge
     params = MergeParams(m.method, m.weight, m.scale, m.density, m.seed)
-    grid = _grid(args.grid)
     out = Path(m.output_dir).expanduser()
     if out.exists() and not args.overwrite:
         raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
-    searched = params.module.SEARCH[0]
-    if args.auto and getattr(args, f"merge.{searched}") is not None:
-        log.warning("--%s is what --auto searches for %s; the value given is ignored", searched, params.method)
+    given = {k: getattr(args, f"merge.{k}") for k in params.module.PARAMETERS}
+    grid = search_grid(params.module, given, args.grid) if args.auto else {}
     examples, dev_idx = dev_examples(args.dev_file or cfg.data.eval_file, args.dev_examples, m.seed) if args.auto \
         else ([], [])
 
@@ -161,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
 
             from sopmoe_models.merges.auto import auto_merge
 
-            n = len(grid or params.module.SEARCH[1]) + 1
+            n = math.prod(len(v) for v in grid.values()) + 1
             with Progress(transient=True) as progress:
                 task = progress.add_task(f"--auto: {params.method} on {len(examples)} dev examples", total=n)
                 model, search = auto_merge(pair, params, examples, grid=grid, temperature=args.temperature,

@@ -6,8 +6,9 @@ Two recipes, both recorded:
   https://arxiv.org/abs/2311.13534): each model's weight is softmax(−L_i / T) over the models, L_i its loss on a few
   dev examples (T = 5 in their code). With two models the sft's weight w_s becomes the linear α (or the task-vector
   scale λ for task arithmetic, TIES and DARE, whose density stays as given).
-- **Grid search**: the method's own parameter (``SEARCH`` in its module: α for linear, λ for task arithmetic,
-  density for TIES/DARE) over a small grid; every point is merged and scored.
+- **Grid search**: the method's own parameters (``SEARCH`` in its module: α for linear, λ for task arithmetic,
+  density × λ for TIES/DARE) over a small grid; every point is merged and scored. Parameters the caller fixes are
+  left out of the grid.
 
 The chosen point is the lowest dev loss among the grid and the cocktail point (ties: the first evaluated).
 Dev loss is the per-token negative log-likelihood of the output tokens (prompt masked, as lm-eval scores them),
@@ -17,9 +18,10 @@ through :func:`sopmoe_models.scoring.score_examples`.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +61,7 @@ class SearchRow:
 
 @dataclass
 class SearchResult:
-    parameter: str
+    grid: dict[str, list[float]]
     rows: list[SearchRow] = field(default_factory=list)
     cocktail: dict[str, Any] = field(default_factory=dict)
 
@@ -72,7 +74,7 @@ class SearchResult:
         return {
             "metric": "per-token NLL of the output tokens on the dev examples (lower is better)",
             "cocktail": self.cocktail,
-            "grid": {"parameter": self.parameter, "rows": [r.to_json() for r in self.rows if r.source == "grid"]},
+            "grid": {"values": self.grid, "rows": [r.to_json() for r in self.rows if r.source == "grid"]},
             "chosen": best.to_json(),
         }
 
@@ -105,28 +107,32 @@ def auto_merge(
     base: MergeParams,
     examples: Sequence[Example],
     *,
-    grid: Sequence[float] | None = None,
+    grid: Mapping[str, Sequence[float]] | None = None,
     temperature: float = COCKTAIL_TEMPERATURE,
     style: str = "raw",
     batch_size: int = 16,
     on_row: Callable[[SearchRow], None] | None = None,
 ) -> tuple[torch.nn.Module, SearchResult]:
-    """Search ``base.method``'s parameter on ``examples``; return the merged model at the best point and the table.
+    """Search ``base.method``'s parameters on ``examples``; return the merged model at the best point and the table.
 
-    ``base`` supplies the parameters that are not searched. One copy of the foundation is reused for every point.
+    ``grid`` maps parameter names to values (default: the method's ``SEARCH``; the grid is their product); ``base``
+    supplies the parameters that are not searched. One copy of the foundation is reused for every point.
     """
     if not examples:
         raise ValueError("--auto needs dev examples (data.eval_file or --dev_file)")
     check_mergeable(pair.foundation, pair.sft)
-    parameter, default_grid = base.module.SEARCH
-    values = list(default_grid if grid is None else grid)
+    grid = {k: [float(v) for v in vs] for k, vs in (base.module.SEARCH if grid is None else grid).items()}
+    unknown = [k for k in grid if k not in base.module.PARAMETERS]
+    if unknown or not grid or not all(grid.values()):
+        raise ValueError(f"cannot search {unknown or 'nothing'} for {base.method} (parameters: "
+                         f"{', '.join(base.module.PARAMETERS)})")
     score = lambda m: dev_score(m, pair.tokenizer, examples, style=style, batch_size=batch_size,  # noqa: E731
                                 vocab_size=pair.vocab_size)
 
     losses = {"foundation": score(pair.foundation), "sft": score(pair.sft)}
     w_f, w_s = cocktail_weights([losses["foundation"].loss, losses["sft"].loss], temperature)
     cocktail = cocktail_params(base, w_s)
-    result = SearchResult(parameter, cocktail={
+    result = SearchResult(grid, cocktail={
         "temperature": temperature,
         "dev_loss": {k: v.loss for k, v in losses.items()},
         "dev_acc": {k: v.acc for k, v in losses.items()},
@@ -137,7 +143,8 @@ def auto_merge(
              losses["foundation"].loss, losses["sft"].loss, w_f, w_s, temperature)
 
     work = copy.deepcopy(pair.foundation)
-    candidates = [("grid", base.with_(**{parameter: v})) for v in values] + [("cocktail", cocktail)]
+    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    candidates = [("grid", base.with_(**point)) for point in points] + [("cocktail", cocktail)]
     for source, params in candidates:
         merge_into(work, pair.foundation, pair.sft, params)
         row = SearchRow(source, params, score(work))

@@ -21,7 +21,9 @@ from peft.utils.merge_utils import dare_linear
 
 REFERENCE_URL = "https://arxiv.org/abs/2311.03099"
 PARAMETERS = ("scale", "density", "seed")
-SEARCH = ("density", (0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0))
+# --auto searches density and scale together: at scale 1 every density stays close to the sft (trimming/dropping
+# only sparsifies the task vector), so a density-only search cannot find a merge that keeps the foundation's skills.
+SEARCH = {"density": (0.1, 0.2, 0.5, 0.8, 1.0), "scale": (0.25, 0.5, 0.75, 1.0)}
 
 
 def merge(

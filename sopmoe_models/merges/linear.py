@@ -13,7 +13,7 @@ from peft.utils.merge_utils import task_arithmetic
 
 REFERENCE_URL = "https://arxiv.org/abs/2109.01903"
 PARAMETERS = ("weight",)
-SEARCH = ("weight", (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0))
+SEARCH = {"weight": (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)}
 
 
 def merge(theta_f: torch.Tensor, theta_s: torch.Tensor, *, weight: float, **_: object) -> torch.Tensor:

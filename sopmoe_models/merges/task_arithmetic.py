@@ -13,7 +13,7 @@ from peft.utils.merge_utils import task_arithmetic
 
 REFERENCE_URL = "https://arxiv.org/abs/2212.04089"
 PARAMETERS = ("scale",)
-SEARCH = ("scale", (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5))
+SEARCH = {"scale": (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)}
 
 
 def merge(theta_f: torch.Tensor, theta_s: torch.Tensor, *, scale: float, **_: object) -> torch.Tensor:
