@@ -91,22 +91,21 @@ def _print_search(result, method: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    best, searched = result.best, list(result.grid)
-    table = Table(title=f"sopmoe merge --auto: {method} (dev loss = per-token NLL of the outputs)")
-    for col in ("source", *searched, "fixed", "dev loss", "dev ppl", "dev acc", "note"):
-        table.add_column(col, justify="left" if col in ("source", "fixed", "note") else "right")
+    best, names = result.best, list(result.rows[0].params.used())
+    table = Table(title=f"sopmoe merge --auto: {method}; * = searched; dev loss = per-token NLL of the outputs")
+    for col in ("source", *(f"{k}*" if k in result.grid else k for k in names), "dev loss", "dev ppl", "dev acc", ""):
+        table.add_column(col, justify="left" if col in ("source", "") else "right")
     c = result.cocktail
     for name in ("foundation", "sft"):
         loss = c["dev_loss"][name]
-        table.add_row(name, *[""] * len(searched), "", f"{loss:.4f}", f"{math.exp(loss):.3f}",
-                      f"{c['dev_acc'][name]:.3f}", f"cocktail w={c['weights'][name]:.3f}")
+        table.add_row(name, *[""] * len(names), f"{loss:.4f}", f"{math.exp(loss):.3f}", f"{c['dev_acc'][name]:.3f}",
+                      f"cocktail w={c['weights'][name]:.3f}")
     for row in result.rows:
         used = row.params.used()
-        fixed = ", ".join(f"{k}={v:.4g}" for k, v in used.items() if k not in searched)
-        table.add_row(row.source, *(f"{used[k]:.4g}" for k in searched), fixed, f"{row.score.loss:.4f}",
-                      f"{row.score.perplexity:.3f}", f"{row.score.acc:.3f}",
+        table.add_row(row.source, *(f"{used[k]:.4g}" for k in names), f"{row.score.loss:.4f}",
+                      f"{row.score.perplexity:.4g}", f"{row.score.acc:.3f}",
                       "[bold green]chosen[/]" if row is best else "")
-    Console().print(table)
+    Console(width=max(Console().width, 100)).print(table)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
