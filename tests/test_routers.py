@@ -134,8 +134,9 @@ def test_posterior_gates_follow_bayes_rule(tiny_pair):
     assert torch.allclose(out.logprobs[0, t], mix, atol=1e-5)
 
 
-def test_posterior_ignores_left_padding(tiny_pair):
-    router = PosteriorRouter(tiny_pair)
+@pytest.mark.parametrize("router_type", TYPES)
+def test_left_padding_changes_nothing(tiny_pair, router_type):
+    router = make(router_type, tiny_pair)  # posterior likelihoods and layer_level's context mean skip padding
     ids, mask = batch(tiny_pair)  # the second row is left-padded
     short = tiny_pair.tokenizer([TEXTS[1]], return_tensors="pt")
     with torch.inference_mode():
@@ -143,6 +144,7 @@ def test_posterior_ignores_left_padding(tiny_pair):
         alone = router(short["input_ids"], short["attention_mask"])
     n = short["input_ids"].shape[1]
     assert torch.allclose(padded.gates[1, -n:], alone.gates[0], atol=1e-5)
+    assert torch.allclose(padded.logprobs[1, -n:], alone.logprobs[0], atol=1e-4)
 
 
 def test_estimate_prior_recovers_mixture_weights():
@@ -179,7 +181,7 @@ def test_save_load_round_trip(tiny_pair, tmp_path):
     router = make("layer_level", tiny_pair)
     router.save_router(tmp_path, training={"note": "x"}, metrics={"eval": {"nll": 1.0}})
     card = read_card(tmp_path / "best_router.safetensors")
-    assert card["type"] == "layer_level" and card["kwargs"] == {"hidden_size": 8}
+    assert card["type"] == "layer_level" and card["kwargs"] == {"hidden_size": 8, "context": True}
     assert card["experts"]["foundation"]["path"] == tiny_pair.foundation_path
     assert card["experts"]["sft"]["fingerprint"] == tiny_pair.fingerprints()["sft"]
     assert card["gate_names"][0] == "embed" and card["gate_names"][-1] == "head"

@@ -3,12 +3,15 @@
 BTX / Branch-Train-Stitch in spirit (Sukhbaatar et al. 2024; whole decoder layers as the experts): with h_0 the
 mixed embedding, for each layer l = 1..L::
 
-    g_l(t) = softmax(MLP_l(rms(h_{l-1}(t))))                                          (2 gates per position)
+    g_l(t) = softmax(MLP_l([rms(h_{l-1}(t)); c(t)]))                                 (2 gates per position)
     h_l    = g_{l,f} · Layer^f_l(h_{l-1}) + g_{l,s} · Layer^s_l(h_{l-1})              (one shared stream)
-    h_0    = g_{0,f} · Embed^f(x) + g_{0,s} · Embed^s(x),       g_0 from rms((Embed^f(x) + Embed^s(x)) / 2)
+    h_0    = g_{0,f} · Embed^f(x) + g_{0,s} · Embed^s(x),       g_0 from [rms(e(t)); c(t)]
     logits = g_{L+1,f} · Head^f(Norm^f(h_L)) + g_{L+1,s} · Head^s(Norm^s(h_L))
 
-so ``gates`` are (B, T, L + 2, 2) named ``embed, layer_0 .. layer_{L-1}, head``. Each expert keeps its own rotary
+with e(t) = (Embed^f(x_t) + Embed^s(x_t)) / 2 and c(t) = the causal mean of rms(e(s)) over the real tokens s ≤ t
+(``context=True``, the default). Without c(t) the gates of the embeddings and of the first layer see one token
+and no context, so they cannot tell an SOP request from an arithmetic one; c(t) is a bag of the tokens so far,
+costs O(H) per token and is carried in the decoding state as a running sum and count. ``gates`` are (B, T, L + 2, 2) named ``embed, layer_0 .. layer_{L-1}, head``. Each expert keeps its own rotary
 embedding, causal mask (``transformers.masking_utils``) and DynamicCache, so cached decoding is incremental per
 expert. The last layer of every gate MLP starts at zero (all gates 0.5). A gate forced to (1, 0) never runs the sft
 expert at all, which makes the router exactly the foundation (and vice versa).
@@ -65,23 +68,38 @@ def _gate_mlp(d: int, hidden: int) -> nn.Sequential:
 
 @register_router("layer_level")
 class LayerLevelRouter(Router):
-    def __init__(self, pair: ExpertPair, hidden_size: int = 64):
+    def __init__(self, pair: ExpertPair, hidden_size: int = 64, context: bool = True):
         check_layer_compatible(pair)
-        super().__init__(pair, hidden_size=int(hidden_size))
+        super().__init__(pair, hidden_size=int(hidden_size), context=bool(context))
+        self.context = bool(context)
         cfg = pair.foundation.config
         self.n_layers = int(cfg.num_hidden_layers)
         self.layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * self.n_layers)
         d = int(cfg.hidden_size)
-        self.gates = nn.ModuleList(_gate_mlp(d, hidden_size) for _ in range(self.n_layers + 2))
+        d_in = 2 * d if self.context else d
+        self.gates = nn.ModuleList(_gate_mlp(d_in, hidden_size) for _ in range(self.n_layers + 2))
         self.to(pair.foundation.get_output_embeddings().weight.device)
 
     def gate_names(self) -> list[str]:
         return ["embed"] + [f"layer_{i}" for i in range(self.n_layers)] + ["head"]
 
-    def _gate(self, i: int, h: torch.Tensor) -> torch.Tensor:
+    def _gate(self, i: int, h: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
         w = self.gates[i][0].weight
-        g = torch.softmax(self.gates[i](F.rms_norm(h.to(w.device, w.dtype), h.shape[-1:])), dim=-1)
-        return self._forced(g)  # (B, T, 2)
+        x = F.rms_norm(h.to(w.device, w.dtype), h.shape[-1:])
+        if ctx is not None:
+            x = torch.cat([x, ctx[:, -x.shape[1]:]], dim=-1)
+        return self._forced(torch.softmax(self.gates[i](x), dim=-1))  # (B, T, 2)
+
+    def _context(self, e: torch.Tensor, mask: torch.Tensor, state) -> tuple[torch.Tensor | None, tuple | None]:
+        """c(t) (B, T, H): causal mean of rms(e) over real tokens, continuing the running (sum, count) of ``state``."""
+        if not self.context:
+            return None, None
+        w = self.gates[0][0].weight
+        m = mask[:, -e.shape[1]:].to(w.device, w.dtype)[..., None]  # (B, T, 1)
+        x = F.rms_norm(e.to(w.device, w.dtype), e.shape[-1:]) * m
+        total, count = state if state is not None else (0.0, 0.0)
+        total, count = x.cumsum(1) + total, m.cumsum(1) + count
+        return total / count.clamp(min=1.0), (total[:, -1:], count[:, -1:])
 
     @staticmethod
     def _mix(g: torch.Tensor, outs: list[torch.Tensor | None]) -> torch.Tensor:
@@ -121,7 +139,7 @@ class LayerLevelRouter(Router):
         ids = [input_ids.to(d) for d in devs]
         masks2d = [attention_mask.to(d) for d in devs]
         pos = [position_ids_from_mask(m, input_ids.shape[1]) for m in masks2d]
-        caches = list(state) if state is not None else [None, None]
+        caches, ctx_state = (list(state[0]), state[1]) if state is not None else ([None, None], None)
         if use_cache:
             caches = [c if c is not None or not a else DynamicCache(config=m.config) for c, a, m in
                       zip(caches, active, experts)]
@@ -129,7 +147,9 @@ class LayerLevelRouter(Router):
         gates = []
 
         embs = [decs[e].embed_tokens(ids[e]).to(home) if active[e] else None for e in range(2)]
-        gates.append(self._gate(0, sum(embs[e] for e in run) / len(run)))
+        e_mean = sum(embs[e] for e in run) / len(run)
+        ctx, ctx_state = self._context(e_mean, masks2d[0].to(home), ctx_state)
+        gates.append(self._gate(0, e_mean, ctx))
         h = self._mix(gates[-1], embs)  # (B, T, H)
         rot, masks = [None, None], [None, None]
         for e in run:
@@ -137,7 +157,7 @@ class LayerLevelRouter(Router):
             rot[e] = decs[e].rotary_emb(he, pos[e])
             masks[e] = self._masks(experts[e], he, masks2d[e], caches[e], pos[e])
         for i in range(self.n_layers):
-            gates.append(self._gate(i + 1, h))
+            gates.append(self._gate(i + 1, h, ctx))
             outs = [None, None]
             for e in run:
                 outs[e] = decs[e].layers[i](
@@ -148,11 +168,11 @@ class LayerLevelRouter(Router):
         if last_only:
             h = h[:, -1:]
             gates = [g[:, -1:] for g in gates]
-        gates.append(self._gate(self.n_layers + 1, h))
+        gates.append(self._gate(self.n_layers + 1, h, ctx))
         logits = [None, None]
         for e in run:
             z = experts[e].get_output_embeddings()(decs[e].norm(h.to(devs[e])))
             logits[e] = z[..., : self.vocab_size].float().to(home)
         logprobs = F.log_softmax(self._mix(gates[-1], logits), dim=-1).to(input_ids.device)
         gates = torch.stack(gates, dim=2).to(input_ids.device)  # (B, T, L + 2, 2)
-        return FusedOutput(logprobs, tuple(caches) if use_cache else None, gates)
+        return FusedOutput(logprobs, (tuple(caches), ctx_state) if use_cache else None, gates)
