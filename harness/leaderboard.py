@@ -258,7 +258,9 @@ def to_markdown(lb: Leaderboard) -> str:
     out += ["## Summary (性能对比参考)", "", *_md_table(lb.summary), "",
             "Inference cost: expert forward passes per generated/scored token by construction (1 = one model), and "
             "the measured time inside the model's lm-eval requests relative to `foundation` in the same run (CPU "
-            "seconds for CPU runs, which other processes sharing the cores do not inflate; wall seconds on a GPU). "
+            "seconds for CPU runs, which other processes sharing the cores inflate less; wall seconds on a GPU): "
+            "a measurement on whatever else the machine was doing, so read it next to the forward count; "
+            "`benchmarks/` give controlled ratios. "
             "Training cost: wall-clock seconds of the step that produced the model from its inputs (test bed "
             "pretraining / fine-tuning, router training, distillation, merge), as its own record states; the "
             "ensemble is training-free.", ""]
@@ -280,7 +282,7 @@ def to_png(lb: Leaderboard) -> bytes:
 
     fams = list(lb.chart)
     names = [row[0] for row in lb.summary.rows if any(row[0] in lb.chart[f] for f in fams)]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(fams) * max(1, len(names)) / 2), 4.0), dpi=100)
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 1.5 + 0.35 * len(fams) * len(names))), 4.5), dpi=100)
     width = 0.8 / max(1, len(names))
     cmap = plt.get_cmap("tab10")
     for i, name in enumerate(names):
@@ -293,7 +295,7 @@ def to_png(lb: Leaderboard) -> bytes:
     ax.set_ylabel("accuracy (lm-eval acc)")
     runs = f"{len(lb.sources)} runs: mean ± std" if len(lb.sources) > 1 else "1 run: ± stderr"
     ax.set_title(f"sopmoe: accuracy per family ({runs})")
-    ax.legend(fontsize=8, ncols=min(len(names), 4) or 1, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+    ax.legend(fontsize=8, ncols=min(len(names), 6) or 1, loc="upper center", bbox_to_anchor=(0.5, -0.1),
               frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -211,6 +211,8 @@ def training_cost(p: Planned, load_s: float) -> dict[str, Any]:
         return {"wall_s": None, "source": "given checkpoint (no testbed.json beside it)"}
     if p.lm_eval_model == "sopmoe_ensemble":
         return {"wall_s": 0.0, "source": "training-free"}
+    if p.lm_eval_model == "sopmoe_btm" and not a.get("router") and a.get("router_type") == "posterior":
+        return {"wall_s": 0.0, "source": "training-free (posterior router, uniform prior)"}
     candidates: list[Path] = []
     if a.get("router"):
         r = Path(a["router"])
