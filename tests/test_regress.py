@@ -53,7 +53,7 @@ def test_accuracy_drop_beyond_tolerance_fails_and_is_named(runs, capsys):
     out = capsys.readouterr().out
     assert "REGRESSION: sft/sop_strict/acc: baseline 0.8500 -> current 0.7000" in out
     assert "foundation/reasoning/acc" not in out
-    assert "FAILED: 1 regression(s)" in out
+    assert "FAILED: 1 regression(s) beyond tolerance, 0 missing" in out
     assert _regress(runs, "--tolerance", "acc=0.2") == 0  # a looser absolute tolerance lets it pass
 
 

@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"updated {args.baseline} from {', '.join(map(str, args.current))}")
         return 0
     if result.failed:
-        print(f"FAILED: {len(result.failed)} regression(s) beyond tolerance, {n_ok} comparison(s) ok")
+        n_bad = sum(f.status == "regressed" for f in result.failed)
+        n_missing = len(result.failed) - n_bad
+        print(f"FAILED: {n_bad} regression(s) beyond tolerance, {n_missing} missing from the run "
+              f"(--allow-missing to accept), {n_ok} comparison(s) ok")
         return 1
     print(f"ok: {n_ok} comparison(s) within tolerance of {args.baseline}")
     return 0
