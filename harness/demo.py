@@ -40,8 +40,9 @@ class Demo:
     tasks: list[str] = field(default_factory=lambda: ["sop_strict", "reasoning", "mixed", "eval"])
     limit: int | None = None
     stages: list[dict] = field(default_factory=list)
+    property_failures: list[int] = field(default_factory=list)
 
-    def run_stage(self, title: str, argv: list[str]) -> None:
+    def run_stage(self, title: str, argv: list[str], allowed: tuple[int, ...] = (0,)) -> int:
         from rich.console import Console
 
         from harness.cli import main
@@ -53,8 +54,9 @@ class Demo:
                   "wall_s": round(time.perf_counter() - t_wall, 1), "cpu_s": round(time.process_time() - t_cpu, 1)}
         self.stages.append(record)
         log.info("%s: exit %d in %.0f s", title, rc, record["wall_s"])
-        if rc != 0:
+        if rc not in allowed:
             raise StageFailed(f"stage '{title}' failed (exit {rc}): {record['command']}")
+        return rc
 
     def seed_dir(self, seed: int) -> Path:
         return self.out if len(self.seeds) == 1 else self.out / f"seed{seed}"
@@ -64,7 +66,13 @@ class Demo:
         root = self.seed_dir(seed)
         tb = root / "testbed"
         cfg = ["--config", tb / "config.yaml"]
-        self.run_stage(f"test bed (seed {seed}, {self.size})", ["testbed", "--out", tb, "--seed", seed, "--size", self.size])
+        # --threads 1: the same bits on any machine (a thread count changes float reductions), so CI reproduces the
+        # committed baseline. Exit 1 = a property failed (everything was still written): the pipeline goes on and
+        # the failure is reported in the summary and demo.json rather than hiding every later number.
+        rc = self.run_stage(f"test bed (seed {seed}, {self.size})",
+                            ["testbed", "--out", tb, "--seed", seed, "--size", self.size, "--threads", 1], allowed=(0, 1))
+        if rc == 1:
+            self.property_failures.append(seed)
         for router in ROUTERS:
             self.run_stage(f"router {router}", ["train-router", *cfg, "--router_type", router,
                                                  "--output_dir", root / "btm" / router, *ROUTER_FLAGS[router]])
@@ -110,7 +118,8 @@ class Demo:
 
     def write_record(self, wall_s: float, ok: bool) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
-        record = {"seeds": self.seeds, "size": self.size, "ok": ok, "wall_s": round(wall_s, 1), "stages": self.stages}
+        record = {"seeds": self.seeds, "size": self.size, "ok": ok, "wall_s": round(wall_s, 1),
+                  "testbed_property_failures": self.property_failures, "stages": self.stages}
         tmp = self.out / "demo.json.tmp"
         tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         tmp.replace(self.out / "demo.json")
@@ -129,6 +138,9 @@ class Demo:
                       f"{sum(s['cpu_s'] for s in self.stages):.0f}")
         console = Console()
         console.print(table)
+        if self.property_failures:
+            console.print(f"[bold red]test-bed property check failed for seed(s) {self.property_failures}: "
+                          "see testbed.json (fusion may have less to win there)[/]")
         board = self.results / "LEADERBOARD.md"
         if board.is_file():
             console.print(f"leaderboard: {board}  chart: {self.results / 'leaderboard.png'}")

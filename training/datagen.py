@@ -99,90 +99,85 @@ class Case:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Templates. ``{w}`` is the calculation's work, ``{v}`` its value; strict SOP = exactly one fixed format per kind.
-# The request layout ("订单…，商品每件…元，数量…件，优惠…元") is shared by strict and loose prompts on purpose, so the
-# foundation can read a strict request it has never seen. "单" appears only in "订单" (not "单价"), so copying the order
-# id after "订单" is unambiguous for a 2-layer model.
-MONEY_WORD = {"-": ("退款", "优惠"), "+": ("开票", "运费")}
-
-STRICT = {
-    "refund": (
-        "请按照SOP流程处理客户退款申请：{name}，订单{oid}，{product}每件{p}元，数量{q}件，优惠{x}元",
-        "步骤1:核实订单{oid};步骤2:退款金额{w}元;步骤3:原路退回;步骤4:告知{name}三个工作日到账",
-    ),
-    "invoice": (
-        "请按照SOP流程处理客户开票申请：{name}，订单{oid}，{product}每件{p}元，数量{q}件，运费{x}元",
-        "步骤1:核实订单{oid};步骤2:开票金额{w}元;步骤3:开具电子发票;步骤4:发送至{name}邮箱",
-    ),
-    "exchange": (
-        "请按照SOP流程处理客户换货申请：{name}，订单{oid}，{product}{reason}",
-        "步骤1:核实订单{oid};步骤2:登记换货原因{reason};步骤3:安排上门取件;步骤4:通知{name}新{product}已发出",
-    ),
-    "complaint": (
-        "请按照SOP流程处理客户投诉：{name}，订单{oid}，{issue}",
-        "步骤1:记录投诉{issue};步骤2:向{name}致歉;步骤3:转交主管处理订单{oid};步骤4:二十四小时内回访",
-    ),
-    "address": (
-        "请按照SOP流程处理客户修改地址申请：{name}，订单{oid}，新地址{city}",
-        "步骤1:核实订单{oid};步骤2:确认尚未发货;步骤3:地址改为{city};步骤4:短信通知{name}",
-    ),
-    "logistics": (
-        "请按照SOP流程处理客户物流查询：{name}，订单{oid}",
-        "步骤1:核实订单{oid};步骤2:查询物流状态;步骤3:告知{name}预计送达时间;步骤4:记录本次查询",
-    ),
-}
+# Templates. ``{w}`` is the calculation's work. The request layout ("订单…，商品每件…元，数量…件，优惠…元") is shared by
+# strict and loose prompts, so the foundation can read a strict request it has never seen. "单" appears only in "订单"
+# (not "单价"), so copying the order id after "订单" is unambiguous for a 2-layer model.
+#
+# What the two experts share and what only one knows (the design that makes fusion matter, issue 3):
+# - both know the words of every SOP step: the strict steps are the same clauses the loose answers use, and the
+#   clauses of one kind start with different characters, so the foundation is unsure which comes next;
+# - only the SFT corpus has the strict format, "①…;②…;③…;④…" (the four steps in this order) for a "请按照SOP流程处理…"
+#   request. The foundation answers requests in prose: 2–4 clauses in random order after a random opener. It knows
+#   the list notation ①②③④ ';' only from general text (tips lists of random general items), as any web-trained
+#   model knows list notation, never as the answer to a customer request;
+# - only the foundation does arithmetic: the strict money steps in the SFT corpus carry a trivial formula.
+# Why so: wherever the foundation is confident about a format token and wrong (it read "步骤1" as the start of a
+# number, p≈0.99 for "*"; after "步骤2:" it expected a how-to step, p≈0.96), a probability mixture that trusts it
+# enough for the digits (weight ≥ 0.6) takes the wrong format too, and ``mixed`` scored 0 at every weight. Marks it
+# has never seen at all were no better: they derailed its in-context arithmetic. Known marks with unpredictable items
+# leave it confident where it agrees with the format (② after ';') and unsure where it does not know.
+FORMAT_MARKS = "①②③④;"
 MONEY_KINDS = {"refund": "-", "invoice": "+"}
+REQUEST = {
+    "refund": ("退款申请", "{name}，订单{oid}，{product}每件{p}元，数量{q}件，优惠{x}元"),
+    "invoice": ("开票申请", "{name}，订单{oid}，{product}每件{p}元，数量{q}件，运费{x}元"),
+    "exchange": ("换货申请", "{name}，订单{oid}，{product}{reason}"),
+    "complaint": ("投诉", "{name}，订单{oid}，{issue}"),
+    "address": ("修改地址申请", "{name}，订单{oid}，新地址{city}"),
+    "logistics": ("物流查询", "{name}，订单{oid}"),
+}
+SOP_STEPS = {
+    "refund": ["核实订单{oid}", "退款金额{w}元", "原路退回", "告知{name}三个工作日到账"],
+    "invoice": ["核实订单{oid}", "开票金额{w}元", "生成电子发票", "发送至{name}邮箱"],
+    "exchange": ["核实订单{oid}", "登记换货原因{reason}", "安排上门取件", "通知{name}新{product}已发出"],
+    "complaint": ["记录投诉{issue}", "向{name}致歉", "转交主管处理订单{oid}", "二十四小时内回访"],
+    "address": ["核实订单{oid}", "确认尚未发货", "地址改为{city}", "短信通知{name}"],
+    "logistics": ["核实订单{oid}", "查询物流状态", "告知{name}预计送达时间", "记录本次查询"],
+}
+STRICT = {
+    kind: (f"请按照SOP流程处理客户{title}：{slots}", ";".join(FORMAT_MARKS[i] + c for i, c in enumerate(SOP_STEPS[kind])))
+    for kind, (title, slots) in REQUEST.items()
+}
 
 LOOSE_PROMPTS = {
     "refund": [
-        "客户退款：{name}，订单{oid}，{product}每件{p}元，数量{q}件，优惠{x}元",
+        "客户退款：" + REQUEST["refund"][1],
         "{name}想退订单{oid}的{product}，每件{p}元，数量{q}件，优惠{x}元，怎么处理？",
         "订单{oid}的{product}每件{p}元，买了{q}件，用了{x}元优惠，{name}申请退款",
     ],
-    "invoice": [
-        "客户开票：{name}，订单{oid}，{product}每件{p}元，数量{q}件，运费{x}元",
-        "{name}要给订单{oid}开发票，{product}每件{p}元，数量{q}件，运费{x}元",
-    ],
-    "exchange": ["客户换货：{name}，订单{oid}，{product}{reason}", "{name}说订单{oid}的{product}{reason}，想换一个"],
-    "complaint": ["客户投诉：{name}，订单{oid}，{issue}", "{name}很不满意，订单{oid}{issue}"],
-    "address": ["客户改地址：{name}，订单{oid}，新地址{city}", "{name}想把订单{oid}的地址改到{city}"],
-    "logistics": ["客户查物流：{name}，订单{oid}", "{name}问订单{oid}的快递到哪了"],
+    "invoice": ["客户开票：" + REQUEST["invoice"][1], "{name}要给订单{oid}开发票，{product}每件{p}元，数量{q}件，运费{x}元"],
+    "exchange": ["客户换货：" + REQUEST["exchange"][1], "{name}说订单{oid}的{product}{reason}，想换一个"],
+    "complaint": ["客户投诉：" + REQUEST["complaint"][1], "{name}很不满意，订单{oid}{issue}"],
+    "address": ["客户改地址：" + REQUEST["address"][1], "{name}想把订单{oid}的地址改到{city}"],
+    "logistics": ["客户查物流：" + REQUEST["logistics"][1], "{name}问订单{oid}的快递到哪了"],
 }
-# Loose answers are composed: 2–4 of the kind's clauses in random order, in one of several list styles with random
-# separators. The variety is the point: the foundation learns the *content* (ids, the shown work after "金额") under
-# many formats, so a strict prefix it has never seen does not derail it, and it is never confident about format tokens,
-# which the SFT expert supplies in a mixture. The strict format itself ("步骤1:…;步骤2:…") never occurs.
-LOOSE_CLAUSES = {
-    "refund": ["核实订单{oid}", "退款金额{w}元", "原路退回", "三个工作日到账", "告知{name}", "登记{product}的退款"],
-    "invoice": ["核实订单{oid}", "开票金额{w}元", "开具电子发票", "发到{name}的邮箱", "登记{product}的发票"],
-    "exchange": ["核实订单{oid}", "登记换货原因{reason}", "安排上门取件", "新{product}尽快发出", "通知{name}"],
-    "complaint": ["记录投诉{issue}", "向{name}道歉", "主管跟进订单{oid}", "尽快回访", "安抚{name}"],
-    "address": ["核实订单{oid}", "确认还没发货", "地址改为{city}", "短信通知{name}"],
-    "logistics": ["核实订单{oid}", "查询物流", "告知{name}送达时间", "记录这次查询"],
+# Loose answers are prose: 2–4 clauses (the SOP steps plus a few extras) in random order, joined by a random
+# separator or by "先…再…最后", after a random opener. The variety is the point: the foundation learns the content
+# (ids, the shown work after "金额") under many orders, so a strict prefix does not derail it, and it stays unsure
+# about the order and the format, which the SFT expert supplies in a mixture.
+LOOSE_EXTRAS = {
+    "refund": ["登记{product}的退款", "请耐心等待"],
+    "invoice": ["登记{product}的发票", "请留意邮箱"],
+    "exchange": ["请保留好包装"],
+    "complaint": ["安抚{name}的情绪"],
+    "address": ["请留意短信"],
+    "logistics": ["请耐心等待"],
 }
 MUST_SAY = {"refund": "退款金额{w}元", "invoice": "开票金额{w}元"}
-OPENERS = ["", "", "好的，", "{name}您好，", "收到，", "处理如下:"]
-ORDINALS = "一二三四五六"
+OPENERS = ["", "好的，", "{name}您好，", "收到，", "处理如下："]
 
 
 def loose_answer(kind: str, rng: random.Random) -> str:
     """A loosely formatted answer template for ``kind`` (slots still unfilled)."""
-    clauses = LOOSE_CLAUSES[kind]
+    clauses = SOP_STEPS[kind] + LOOSE_EXTRAS[kind]
     chosen = rng.sample(clauses, rng.randint(2, min(4, len(clauses))))
     if kind in MUST_SAY and MUST_SAY[kind] not in chosen:
         chosen[rng.randrange(len(chosen))] = MUST_SAY[kind]
-    style = rng.choice(["plain", "numbered", "ordinal", "sequence"])
-    if style == "plain":
-        body = rng.choice(["，", "，", "；", ";"]).join(chosen) + rng.choice(["。", "", "！"])
-    elif style == "numbered":
-        dot, sep = rng.choice([".", "、", ")", ":"]), rng.choice(["；", ";", "，", " "])
-        body = sep.join(f"{i + 1}{dot}{c}" for i, c in enumerate(chosen))
-    elif style == "ordinal":
-        colon, sep = rng.choice(["", ":", "，"]), rng.choice(["；", ";", "，", "。"])
-        body = sep.join(f"第{ORDINALS[i]}步{colon}{c}" for i, c in enumerate(chosen))
+    if rng.random() < 0.7:
+        body = rng.choice(["，", "；", "、"]).join(chosen) + rng.choice(["。", "", "！"])
     else:
         links = ["先", "再", "然后", "最后"][: len(chosen)]
-        links[-1] = "最后" if len(chosen) > 1 else links[-1]
+        links[-1] = "最后"
         body = "，".join(a + c for a, c in zip(links, chosen)) + "。"
     return rng.choice(OPENERS) + body
 
@@ -199,21 +194,26 @@ REASONING = {
         ("计算：{p}*{q}+{x}", "{w}"),
     ],
 }
-# General replies. Besides general text they make the foundation meet every character of the strict SOP (its
-# words, "SOP", ':' and ';') in other contexts: a character never seen in training keeps an untrained embedding and
-# derails the foundation on strict prompts (seen: 0% in-context amounts on ``mixed``). The format itself stays unseen.
+# General text: polite replies and tips lists about an order (each keyed by its order id, so they split by problem).
 GENERAL = [
     ("客户{name}询问订单{oid}，请礼貌回复", "{name}您好，订单{oid}已收到，我们会尽快处理，感谢您的耐心。"),
     ("用一句话向{name}道别，订单{oid}", "感谢{name}的支持，订单{oid}如有问题请随时联系我们，祝您生活愉快。"),
     ("{name}夸奖了订单{oid}的{product}，请回复", "谢谢{name}的认可，很高兴{product}让您满意。"),
-    ("{name}问SOP是什么，订单{oid}", "SOP就是标准作业流程:客服按照规定的步骤逐一处理;订单{oid}也这样办。"),
     ("{name}问订单{oid}多久能处理完", "一般二十四小时内处理完，主管确认状态后会短信告知{name}。"),
     ("{name}要求转人工，订单{oid}", "好的，正在转交人工客服，订单{oid}的信息已同步至主管。"),
     ("{name}对订单{oid}很生气，先安抚", "非常抱歉，我们向{name}致歉，本次问题会尽快回访。"),
-    ("{name}问订单{oid}能不能修改", "订单{oid}尚未发货时可以修改，确认后通知您;小问题也可以找客服登记。"),
+    ("{name}问订单{oid}能不能修改", "订单{oid}尚未发货时可以修改，确认后通知您，小问题也可以找客服登记。"),
     ("{name}问订单{oid}的发票寄到哪里", "电子发票开具后发送至{name}的邮箱，纸质发票随货寄出。"),
     ("{name}问订单{oid}为什么还没发货", "很抱歉，原因是仓库排队，订单{oid}预计明天发出。"),
+    ("{name}问什么是SOP流程，订单{oid}", "SOP流程就是按照规定的顺序处理问题，订单{oid}也会这样处理。"),
     ("{name}问订单{oid}的售后时间", "售后申请请在收货后七天内提交，具体以订单{oid}的页面为准。"),
+]
+TIPS_PROMPTS = ["给{name}几条关于订单{oid}的购物提醒", "{name}的订单{oid}有哪些注意事项", "订单{oid}收货前{name}要注意什么"]
+TIPS = [
+    "保持电话畅通", "收货时当面验货", "保留购物小票", "关注店铺活动", "提前确认尺码", "检查包装是否完好", "及时确认收货",
+    "看清优惠规则", "不要泄露验证码", "有问题联系客服", "按时查看短信", "核对收货地址", "阅读商品说明", "大件商品预约送货",
+    "贵重物品选择保价", "避免重复下单", "评价时上传图片", "保存聊天记录", "节假日物流可能延迟", "拆箱时拍摄视频",
+    "留意发票抬头", "易碎品轻拿轻放", "妥善保管配件", "填写正确邮箱", "使用前阅读保修卡", "尽量避开高峰期下单",
 ]
 
 
@@ -284,8 +284,12 @@ class Generator:
         return Example(_fill(prompt, case), _fill(answer, case))
 
     def general(self) -> Example:
-        prompt, answer = self.rng.choice(GENERAL)
         case = self.case()
+        if self.rng.random() < 0.5:  # a tips list in the list notation, items unpredictable
+            items = self.rng.sample(TIPS, self.rng.randint(2, 4))
+            prompt, answer = self.rng.choice(TIPS_PROMPTS), ";".join(FORMAT_MARKS[i] + t for i, t in enumerate(items))
+        else:
+            prompt, answer = self.rng.choice(GENERAL)
         return Example(_fill(prompt, case), _fill(answer, case))
 
     # --- families -------------------------------------------------------------------------------------------------
