@@ -75,3 +75,58 @@ class EnsembleLM(FusedLM):
                 logits.append(z)
                 new_caches.append(c)
         return FusedOutput(mix_logits(logits, self.weights, self.mix), tuple(new_caches) if use_cache else None)
+
+
+class ExpertLogprobCache:
+    """Both experts' log-probs for each scored batch, shared by ensembles over one pair (a weight sweep).
+
+    Every ensemble weight mixes the same two distributions, so a sweep needs each expert's forward once per batch;
+    the later points only mix. Both mixes can use the cached log-softmaxed values: ``prob`` mixes log-probs anyway,
+    and ``logit`` is invariant to a per-row shift of each expert's logits (log_softmax(w_f z_f + w_s z_s) =
+    log_softmax(w_f (z_f - lse_f) + w_s (z_s - lse_s))). Entries are keyed by the batch's token ids (and mask);
+    at most ``max_bytes`` are kept (beyond that batches are recomputed), since a 150k vocabulary makes them large.
+    """
+
+    def __init__(self, pair: ExpertPair, max_bytes: int = 2 << 30):
+        self.pair = pair
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._store: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        import hashlib
+
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        key = (tuple(input_ids.shape), hashlib.blake2b(input_ids.cpu().numpy().tobytes()).hexdigest(),
+               None if attention_mask is None else hashlib.blake2b(mask.cpu().numpy().tobytes()).hexdigest())
+        if key in self._store:
+            self.hits += 1
+            return self._store[key]
+        self.misses += 1
+        with torch.inference_mode():
+            out = tuple(F.log_softmax(expert_logits(m, input_ids, mask, self.pair.vocab_size)[0], dim=-1)
+                        for m in self.pair.experts)
+        size = sum(t.numel() * t.element_size() for t in out)
+        if self.bytes + size <= self.max_bytes:
+            self._store[key] = out
+            self.bytes += size
+        return out
+
+
+class CachedEnsembleLM(EnsembleLM):
+    """:class:`EnsembleLM` whose full-sequence scoring reads both experts from an :class:`ExpertLogprobCache`;
+    generation (cached decoding) runs the experts as usual."""
+
+    def __init__(self, cache: ExpertLogprobCache, foundation_weight: float = 0.5, sft_weight: float = 0.5,
+                 mix: Mix = "prob"):
+        super().__init__(cache.pair, foundation_weight, sft_weight, mix)
+        self.cache = cache
+
+    def forward(self, input_ids, attention_mask=None, state=None, use_cache=False, last_only=False) -> FusedOutput:
+        if use_cache or state is not None or last_only:
+            return super().forward(input_ids, attention_mask, state, use_cache, last_only)
+        lp = self.cache.logprobs(input_ids, attention_mask)
+        with torch.inference_mode():
+            return FusedOutput(mix_logits([z if w > 0 else None for z, w in zip(lp, self.weights)],
+                                          self.weights, self.mix))

@@ -175,3 +175,24 @@ def test_mix_keeps_inputs_and_gradients(mix):
     want = torch.autograd.grad((ref * g).sum(), (a, b))
     for x, y in zip(got, want):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_ensemble_scores_like_the_ensemble(tiny_pair):
+    from sopmoe_models.ensemble import CachedEnsembleLM, ExpertLogprobCache
+
+    cache = ExpertLogprobCache(tiny_pair)
+    ids, mask = _ids(tiny_pair, ["计算 12+7 等于多少\n答:12+7=19", "您好\n答:您好"])
+    for w, mix in [(0.0, "prob"), (0.3, "prob"), (0.3, "logit"), (0.8, "logit"), (1.0, "logit")]:
+        got = CachedEnsembleLM(cache, w, 1 - w, mix).logprobs(ids, mask)
+        torch.testing.assert_close(got, EnsembleLM(tiny_pair, w, 1 - w, mix).logprobs(ids, mask), atol=1e-5, rtol=0)
+    assert (cache.misses, cache.hits) == (1, 4)  # both experts ran once for five ensembles
+    other = ids.flip(0)
+    CachedEnsembleLM(cache, 0.5, 0.5).logprobs(other, mask.flip(0))
+    assert cache.misses == 2
+    tiny_budget = ExpertLogprobCache(tiny_pair, max_bytes=10)
+    CachedEnsembleLM(tiny_budget).logprobs(ids, mask)
+    CachedEnsembleLM(tiny_budget).logprobs(ids, mask)
+    assert tiny_budget.misses == 2 and tiny_budget.bytes == 0  # over budget: recomputed, nothing kept
+    # generation does not go through the cache
+    gen = CachedEnsembleLM(cache, 0.5, 0.5).generate(ids, mask, max_new_tokens=4, eos_token_id=[])
+    assert torch.equal(gen.sequences, EnsembleLM(tiny_pair).generate(ids, mask, max_new_tokens=4, eos_token_id=[]).sequences)
