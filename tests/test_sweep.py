@@ -43,6 +43,15 @@ def test_sweep_writes_table_json_png_and_matches_direct_scoring(tiny_pair, tiny_
     assert "foundation_weight" in (out / "config.yaml").read_text()
     printed = capsys.readouterr().out
     assert "ensemble accuracy" in printed and "reasoning" in printed
+    # without the expert log-prob cache every point is scored from scratch: same numbers
+    rc = main(["sweep", "--foundation", f, "--sft", s, "--weights", "0.5", "--mix", "logit", "--cache_gb", "0",
+               "--tasks", "reasoning,sop_strict", "--data_dir", str(tiny_data_dir / "eval"),
+               "--output_dir", str(tmp_path / "nocache"), "--batch_size", "2"])
+    assert rc == 0
+    (uncached,) = json.loads((tmp_path / "nocache" / "sweep.json").read_text())["points"]
+    for task in ("reasoning", "sop_strict"):
+        assert uncached["results"][task]["perplexity"] == pytest.approx(points[4]["results"][task]["perplexity"],
+                                                                         rel=1e-6)
 
 
 @pytest.mark.parametrize("text", ["0,2", "-0.1", "a,b", "", "nan"])

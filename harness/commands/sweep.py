@@ -3,7 +3,9 @@
 For each mix (``prob``: log(w p_f + (1−w) p_s), ``logit``: log_softmax(w z_f + (1−w) z_s)) and each foundation weight
 w (sft weight 1−w), the sopmoe loglikelihood tasks are scored by lm-eval in-process through the same adapter as
 ``lm_eval --model sopmoe_ensemble`` (:class:`sopmoe_models.adapters.ensemble.EnsembleLMEval`). The experts are loaded
-once and every point wraps them in a new :class:`~sopmoe_models.ensemble.EnsembleLM`; w = 0 and w = 1 are single
+once and every point wraps them in a new :class:`~sopmoe_models.ensemble.CachedEnsembleLM`: each expert's log-probs
+for a batch are computed at the first point and only re-mixed at the others (``--cache_gb`` bounds that memory; 0
+runs every point from scratch with a plain :class:`~sopmoe_models.ensemble.EnsembleLM`). w = 0 and w = 1 are single
 experts whatever the mix, so they are scored once. Writes ``sweep.json`` (every point: acc, its standard error,
 per-token perplexity, seconds), ``sweep.png`` (accuracy vs w, a line per family and mix) and ``config.yaml``.
 """
@@ -38,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data_dir", dest="data.task_data_dir", default=None, help="task data folder (FAMILY.jsonl)")
     p.add_argument("--batch_size", dest="evaluation.batch_size", type=int, default=None)
     p.add_argument("--limit", dest="evaluation.limit", type=int, default=None, help="examples per task")
+    p.add_argument("--cache_gb", type=float, default=2.0,
+                   help="memory for the experts' cached log-probs, reused across points (0 = recompute each point)")
     p.add_argument("--log-file", default="logs/sweep.log", help="log file (default: logs/sweep.log)")
 
 
@@ -64,7 +68,7 @@ def task_metrics(results: dict[str, Any], task: str) -> dict[str, float | int | 
 
 
 def sweep(pair, weights: list[float], mixes: list[str], tasks: list[str], *, metadata: dict[str, Any],
-          batch_size: int, limit: int | None, on_point=None) -> list[dict[str, Any]]:
+          batch_size: int, limit: int | None, cache_bytes: int = 0, on_point=None) -> list[dict[str, Any]]:
     """Score every (mix, weight) point through lm-eval on one loaded expert pair."""
     from sopmoe_models.lm_eval_plugin import register_all
 
@@ -74,17 +78,19 @@ def sweep(pair, weights: list[float], mixes: list[str], tasks: list[str], *, met
     if not log.isEnabledFor(logging.DEBUG):  # lm-eval's per-run chatter (task building, metadata hints) x every point
         lm_eval_log.setLevel(logging.ERROR)
     try:
-        return _score_points(pair, weights, mixes, tasks, metadata, batch_size, limit, on_point)
+        return _score_points(pair, weights, mixes, tasks, metadata, batch_size, limit, cache_bytes, on_point)
     finally:
         lm_eval_log.setLevel(level)
 
 
-def _score_points(pair, weights, mixes, tasks, metadata, batch_size, limit, on_point) -> list[dict[str, Any]]:
+def _score_points(pair, weights, mixes, tasks, metadata, batch_size, limit, cache_bytes, on_point):
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     from sopmoe_models.adapters.ensemble import EnsembleLMEval
-    from sopmoe_models.ensemble import EnsembleLM
+    from sopmoe_models.ensemble import CachedEnsembleLM, EnsembleLM, ExpertLogprobCache
+
+    cache = ExpertLogprobCache(pair, cache_bytes) if cache_bytes > 0 else None
 
     task_manager = TaskManager(metadata=metadata)  # the task index is built once for all points
     points: list[dict[str, Any]] = []
@@ -95,7 +101,8 @@ def _score_points(pair, weights, mixes, tasks, metadata, batch_size, limit, on_p
                 points.append({**pure[w], "mix": mix, "reused": True})
                 continue
             t0 = time.perf_counter()
-            lm = EnsembleLMEval(fused=EnsembleLM(pair, w, 1.0 - w, mix), batch_size=batch_size)
+            fused = CachedEnsembleLM(cache, w, 1.0 - w, mix) if cache else EnsembleLM(pair, w, 1.0 - w, mix)
+            lm = EnsembleLMEval(fused=fused, batch_size=batch_size)
             res = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit)
             point = {
                 "mix": mix, "foundation_weight": w, "sft_weight": 1.0 - w,
@@ -109,6 +116,9 @@ def _score_points(pair, weights, mixes, tasks, metadata, batch_size, limit, on_p
                      ", ".join(f"{t} acc {point['results'][t]['acc']:.3f}" for t in tasks), point["seconds"])
             if on_point is not None:
                 on_point()
+    if cache is not None:
+        log.info("expert log-prob cache: %d batches computed, %d reused, %.1f MB", cache.misses, cache.hits,
+                 cache.bytes / 2**20)
     return points
 
 
@@ -174,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     weights = parse_weights(args.weights)
+    if not args.cache_gb >= 0:
+        raise ValueError(f"--cache_gb must be >= 0, got {args.cache_gb}")
     mixes = ["prob", "logit"] if args.mix == "both" else [args.mix or cfg.ensemble.mix]
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in LL_TASKS]
@@ -191,13 +203,14 @@ def run(args: argparse.Namespace) -> int:
     with Progress(*columns) as progress:
         bar = progress.add_task("sweep", total=n_points)
         points = sweep(pair, weights, mixes, tasks, metadata=metadata, batch_size=cfg.evaluation.batch_size,
-                       limit=cfg.evaluation.limit, on_point=lambda: progress.advance(bar))
+                       limit=cfg.evaluation.limit, cache_bytes=int(args.cache_gb * 2**30),
+                       on_point=lambda: progress.advance(bar))
     seconds = round(time.perf_counter() - t0, 2)
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "weights": weights, "mixes": mixes, "tasks": tasks, "seconds": seconds,
-        "data_dir": metadata.get("data_dir"), "limit": cfg.evaluation.limit,
+        "data_dir": metadata.get("data_dir"), "limit": cfg.evaluation.limit, "cache_gb": args.cache_gb,
         "experts": {"foundation": pair.foundation_path, "sft": pair.sft_path, "fingerprints": pair.fingerprints()},
         "points": points,
     }
