@@ -131,11 +131,13 @@ def evaluate_one(p: Planned, out: Path, *, tasks: list[str], limit: int | None, 
 def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir: str | Path | None = None, *,
                     tasks: list[str] | None = None, limit: int | None = None, batch_size: int | str | None = None,
                     btm_router: str | None = None, distill_model: str | None = None, device: str | None = None,
-                    log_samples: bool = False, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+                    log_samples: bool = False, progress: bool = True, command: str | None = None,
+                    append: bool = False) -> dict[str, Any]:
     """Evaluate every model spec; missing inputs are skipped and reported; returns (and writes) ``summary.json``.
 
     Arguments left None come from ``cfg.evaluation``. A model that fails while running is recorded as ``failed``
-    with its error, and the rest still run.
+    with its error, and the rest still run. ``append``: add these models to an existing run folder (same tasks and
+    limit), keeping its other models; a model of the same name is replaced.
     """
     ev = cfg.evaluation
     models = list(models or ev.models)
@@ -156,11 +158,14 @@ def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir
     plans = [plan(s, cfg, btm_router=btm_router, distill_model=distill_model, device=device) for s in specs]
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg.save(out / "config.yaml")
     summary: dict[str, Any] = {
         "format": RUN_FORMAT, "command": command, "tasks": tasks, "limit": limit, "batch_size": batch_size,
         "device": device, "task_metadata": task_metadata, "models": [],
     }
+    if append and (out / SUMMARY).is_file():
+        summary = _appended(out, summary, {s.name for s in specs})
+    summary["evaluated"] = [s.name for s in specs]  # this call's models (``--append`` keeps others)
+    cfg.save(out / "config.yaml")
     metas: dict[str, dict] = {}
     with _progress(progress) as bar:
         job = bar.add_task("evaluate", total=len(plans))
@@ -180,12 +185,27 @@ def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir
                     log.info("%s done in %.1f s", p.spec.name, entry["wall_s"])
                 except Exception as e:  # one broken model must not cost the others their results
                     log.exception("%s failed", p.spec.name)
-                    entry.update(status="failed", reason=f"{type(e).__name__}: {e}")
-            summary["models"].append(entry)
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    entry.update(status="failed", reason=f"{type(e).__name__}: {first}"[:300])
+            summary["models"] = [m for m in summary["models"] if m["name"] != entry["name"]] + [entry]
             write_json(out / SUMMARY, _finish(summary))
             bar.advance(job)
     _relative_costs(out, metas)
     return _finish(summary)
+
+
+def _appended(out: Path, new: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """The existing summary with this call's models removed (they are re-run), checked to be comparable."""
+    from harness.runs import read_json
+
+    old = read_json(out / SUMMARY)
+    for key in ("tasks", "limit", "task_metadata"):
+        if old.get(key) != new[key]:
+            raise ValueError(f"--append: {out / SUMMARY} has {key}={old.get(key)!r} but this call has {new[key]!r}; "
+                             "use a new --output_dir")
+    commands = old.get("commands") or [old.get("command")]
+    return {**new, "command": new["command"], "commands": [*commands, new["command"]],
+            "models": [m for m in old.get("models", []) if m["name"] not in names]}
 
 
 def _finish(summary: dict[str, Any]) -> dict[str, Any]:
@@ -194,8 +214,12 @@ def _finish(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def _relative_costs(out: Path, metas: dict[str, dict]) -> None:
-    """Record each model's request seconds (wall and CPU) relative to ``foundation``'s in this run."""
+    """Record each model's request seconds (wall and CPU) relative to ``foundation``'s in this run folder."""
     base = metas.get("foundation", {}).get("time", {})
+    if not base and (out / "foundation" / META).is_file():  # --append: foundation ran in an earlier call
+        from harness.runs import read_json
+
+        base = read_json(out / "foundation" / META).get("time", {})
     for name, meta in metas.items():
         for key in ("requests_s", "requests_cpu_s"):
             if base.get(key):

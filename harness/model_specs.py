@@ -5,7 +5,8 @@ Specs, simplest first:
 
 - ``foundation`` | ``sft`` | ``ensemble`` | ``btm`` | ``distill`` | ``merge``: the built-in kinds, arguments from
   the config (``btm``: ``--btm_router``; ``distill``: ``--distill_model``).
-- ``ensemble@0.7``: the ensemble with foundation_weight 0.7 and sft_weight 0.3 (label ``ensemble@0.7``).
+- ``ensemble@0.7``: the ensemble with foundation_weight 0.7 and sft_weight 0.3 (label ``ensemble@0.7``; also as
+  a kind: ``w7=ensemble@0.7:mix=logit``).
 - ``LABEL=KIND:key=value,...``: kind is a built-in kind (its arguments, then these in lm-eval's ``--model_args``
   syntax on top) or any registered lm-eval model (then exactly these arguments). E.g. ``btm_token=btm:router=DIR``,
   ``student_sft=distill:pretrained=DIR``, ``ties=merge:method=ties,density=0.3``, ``mine=hf:pretrained=DIR``.
@@ -59,23 +60,24 @@ def parse_model_spec(text: str) -> ModelSpec:
     from lm_eval.utils import simple_parse_args_string
 
     text = text.strip()
+    args: dict[str, Any] = {}
     if "=" in text.split(":", 1)[0]:
         name, rest = text.split("=", 1)
         kind, _, argstr = rest.partition(":")
         args = simple_parse_args_string(argstr) if argstr else {}
-    elif "@" in text:
-        name, kind, weight = text, *text.split("@", 1)
+    else:
+        name = kind = text
+    if "@" in kind:  # ensemble@W: foundation weight W, sft weight 1 - W (explicit args still win)
+        kind, weight = kind.split("@", 1)
         if kind != "ensemble":
-            raise ValueError(f"--models {text}: NAME@W is the ensemble shorthand only (ensemble@0.7)")
+            raise ValueError(f"--models {text}: KIND@W is the ensemble shorthand only (ensemble@0.7)")
         try:
             w = float(weight)
         except ValueError:
             raise ValueError(f"--models {text}: {weight!r} is not a number (ensemble@0.7)") from None
         if not 0 <= w <= 1:
             raise ValueError(f"--models {text}: foundation weight must be in [0, 1]")
-        args = {"foundation_weight": w, "sft_weight": round(1 - w, 10)}
-    else:
-        name, kind, args = text, text, {}
+        args = {"foundation_weight": w, "sft_weight": round(1 - w, 10), **args}
     if not LABEL.match(name or ""):
         raise ValueError(f"--models {text}: label {name!r} must be letters, digits or _.@+- (it names a folder)")
     if not kind:

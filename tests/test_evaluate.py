@@ -32,6 +32,8 @@ def test_parse_model_spec():
     assert (s.name, s.kind, s.args) == ("foundation", "foundation", {})
     s = parse_model_spec("ensemble@0.7")
     assert (s.name, s.kind) == ("ensemble@0.7", "ensemble") and s.args == {"foundation_weight": 0.7, "sft_weight": 0.3}
+    s = parse_model_spec("w7=ensemble@0.7:mix=logit")
+    assert (s.name, s.kind) == ("w7", "ensemble") and s.args == {"foundation_weight": 0.7, "sft_weight": 0.3, "mix": "logit"}
     s = parse_model_spec("ties=merge:method=ties,density=0.3")
     assert (s.name, s.kind, s.args) == ("ties", "merge", {"method": "ties", "density": 0.3})
     s = parse_model_spec("mine=hf:pretrained=/some/dir")
@@ -101,6 +103,16 @@ def test_evaluate_skips_missing_models_and_writes_the_others(tiny_config, tiny_p
     assert share["foundation"] + share["sft"] == pytest.approx(1.0) and share["n_queries"] == 1
     merge = json.loads((out / "merge" / "meta.json").read_text(encoding="utf-8"))
     assert merge["model_args"]["method"] == "linear" and merge["inference_cost"]["expert_forwards_per_token"] == 1
+
+    # --append adds (or re-runs) models in the same folder and keeps the others; other tasks/limit are refused
+    common = ["--config", str(tiny_config), "--tasks", "sop_strict", "reasoning", "--batch_size", "2",
+              "--output_dir", str(out), "--log-file", str(tmp_path / "eval.log"), "--append"]
+    assert main(["evaluate", "--models", "w9=ensemble@0.9", "--limit", "1", *common]) == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["ran"] == ["foundation", "sft", "ensemble", "merge", "student", "posterior", "w9"]
+    assert len(summary["commands"]) == 2 and summary["failed"] == ["broken"]
+    assert json.loads((out / "w9" / "meta.json").read_text())["inference_cost"]["requests_s_vs_foundation"] > 0
+    assert main(["evaluate", "--models", "sft", "--limit", "2", *common]) == 2
 
     # and the leaderboard reads the run
     assert main(["leaderboard", str(out), "--out", str(tmp_path / "LB.md"), "--quiet"]) == 0

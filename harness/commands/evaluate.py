@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="student folder for `distill` (default: distill.output_dir/best_student)")
     p.add_argument("--device", default=None, help="cpu | cuda:0 ... (default: models.foundation.device)")
     p.add_argument("--log_samples", action="store_true", help="also write per-example records to MODEL/samples/")
+    p.add_argument("--append", action="store_true",
+                   help="add these models to an existing run folder (same tasks and limit), keeping its others")
     p.add_argument("--log-file", default="logs/evaluate.log", help="log file (default: logs/evaluate.log)")
 
 
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
     try:
         summary = evaluate_models(cfg, btm_router=args.btm_router, distill_model=args.distill_model,
-                                  device=args.device, log_samples=args.log_samples,
+                                  device=args.device, log_samples=args.log_samples, append=args.append,
                                   command=_command(args))
     finally:
         logging.getLogger().removeHandler(fh)
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     Console().print(table)
     print(f"ran: {' '.join(summary['ran']) or '-'}; skipped: {' '.join(summary['skipped']) or '-'}; "
           f"failed: {' '.join(summary['failed']) or '-'}")
-    return 1 if summary["failed"] else 0
+    return 1 if set(summary["failed"]) & set(summary["evaluated"]) else 0
 
 
 def _mkparent(path: str) -> str:
@@ -87,4 +89,5 @@ def _command(args: argparse.Namespace) -> str:
         value = v.get(dest)
         if value is not None:
             parts += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
-    return shlex.join(parts + (["--log_samples"] if args.log_samples else []))
+    flags = [f for f, on in (("--log_samples", args.log_samples), ("--append", args.append)) if on]
+    return shlex.join(parts + flags)
