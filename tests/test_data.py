@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from sopmoe_models.data import IGNORE_INDEX, DataError, Example, collate, encode_example, load_jsonl, write_jsonl
+from sopmoe_models.data import (
+    IGNORE_INDEX,
+    DataError,
+    Example,
+    collate,
+    encode_example,
+    load_jsonl,
+    write_jsonl,
+)
 from sopmoe_models.prompt import SEPARATOR, format_prompt
 from tests import tiny
 
