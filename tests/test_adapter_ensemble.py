@@ -213,8 +213,9 @@ def test_real_lm_eval_cli_from_another_directory(parity_dirs, tiny_data_dir, run
     out = tmp_path / "out"
     args = (f"foundation={parity_dirs['foundation']},sft={parity_dirs['sft']},"
             "foundation_weight=1,sft_weight=0,mix=logit")
+    # no --device: lm-eval then passes its default cuda:0, which must fall back on a machine without it (as hf does)
     cmd = [str(lm_eval_bin), "--model", "sopmoe_ensemble", "--model_args", args, "--tasks", "sop_strict,eval_gen",
-           "--device", "cpu", "--batch_size", "2", "--output_path", str(out), "--log_samples",
+           "--batch_size", "2", "--output_path", str(out), "--log_samples",
            "--metadata", json.dumps({"data_dir": str(tiny_data_dir / "eval")})]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -246,3 +247,21 @@ def test_generation_stops_at_every_eos_of_the_generation_config(tiny_pair_dirs):
     pair.foundation.generation_config.eos_token_id = [tok.eos_token_id, other, pair.vocab_size + 1]
     lm = _adapter(pair=pair, foundation_weight=1, sft_weight=0)
     assert lm._eos_ids() == [tok.eos_token_id, other]  # a padded row is not a token
+
+
+def test_device_placement(parity_dirs, tmp_path):
+    """lm-eval's CLI passes device=cuda:0 by default; on a machine without it the experts load where the config
+    says (auto), as HFLM falls back; and --device does not undo a config's one-expert-per-device layout."""
+    from sopmoe_models.adapters.base import FusedHFLM, device_available
+
+    if not torch.cuda.is_available():
+        lm = _adapter(foundation=parity_dirs["foundation"], sft=parity_dirs["sft"], device="cuda:0")
+        assert lm.fused.device.type == "cpu" and lm.device.type == "cpu"
+    assert not device_available(f"cuda:{torch.cuda.device_count()}") and device_available("cpu")
+    with pytest.raises(ValueError, match="not a torch device"):
+        device_available("gpu0")
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text("models:\n  foundation: {device: cpu}\n  sft: {device: 'meta'}\n")
+    assert FusedHFLM._placement_args(str(cfg), {"device": "cpu"}) == {"device": "cpu", "sft_device": "meta"}
+    assert FusedHFLM._placement_args(str(cfg), {"device": "cpu", "sft_device": "cpu"})["sft_device"] == "cpu"
+    assert FusedHFLM._placement_args(None, {"device": "cpu"}) == {"device": "cpu"}

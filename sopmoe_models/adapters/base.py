@@ -54,6 +54,21 @@ NEUTRAL_GEN_KWARGS: dict[str, tuple[Any, ...]] = {
 }
 
 
+def device_available(device: str) -> bool:
+    """Whether ``device`` ("auto", "cpu", "cuda", "cuda:1", "mps", ...) exists on this machine."""
+    if device == "auto":
+        return True
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device={device!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and (dev.index is None or dev.index < torch.cuda.device_count())
+    if dev.type == "mps":
+        return torch.backends.mps.is_available()
+    return True
+
+
 @contextmanager
 def _quiet_preloaded_warnings():
     """HFLM warns twice that a model object was passed; that is the design here, not a user mistake."""
@@ -116,6 +131,7 @@ class FusedHFLM(HFLM):
 
         overrides: dict[str, Any] = {}
         options: dict[str, Any] = {}
+        model_args = cls._placement_args(config, dict(model_args))
         for key, value in model_args.items():
             if key in TASK_ARGS or (key == "trust_remote_code" and not value):
                 continue
@@ -137,6 +153,28 @@ class FusedHFLM(HFLM):
                 )
         # Only an explicit config=: an lm-eval run means what its model_args say, from any working directory.
         return load_config(config, overrides, use_default=False), options
+
+    @staticmethod
+    def _placement_args(config: str | None, model_args: dict[str, Any]) -> dict[str, Any]:
+        """Resolve ``device``/``sft_device`` as HFLM resolves ``device``, plus the two-device layout.
+
+        lm-eval always passes ``device`` (its CLI default is ``cuda:0``). A device this machine lacks is dropped with
+        a warning (the config's, default ``auto``, applies), as HFLM falls back to CPU. ``device`` places the sft too,
+        unless ``sft_device`` is given or the config puts the sft on another device than the foundation on purpose.
+        """
+        from harness.config import load_config
+
+        for key in ("device", "sft_device"):
+            value = model_args.get(key)
+            if value is not None and not device_available(str(value)):
+                log.warning("%s=%s is not available on this machine; using the config's device (auto: %s)",
+                            key, value, "cuda:0" if torch.cuda.is_available() else "cpu")
+                del model_args[key]
+        if "device" in model_args and "sft_device" not in model_args and config is not None:
+            m = load_config(config, use_default=False).models
+            if m.sft.device not in ("auto", m.foundation.device):
+                model_args["sft_device"] = m.sft.device  # keep the config's one-expert-per-device layout
+        return model_args
 
     @classmethod
     def build_fused(cls, cfg, options: dict[str, Any], pair: ExpertPair | None) -> FusedLM:
