@@ -21,7 +21,13 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
-from sopmoe_models.adapters.base import COMMON_ARGS, HFLM_ARGS, TASK_ARGS, _quiet_preloaded_warnings
+from sopmoe_models.adapters.base import (
+    COMMON_ARGS,
+    HFLM_ARGS,
+    TASK_ARGS,
+    FusedHFLM,
+    _quiet_preloaded_warnings,
+)
 from sopmoe_models.experts import load_experts_from_config
 from sopmoe_models.merges import MergeParams, merge_models
 
@@ -32,9 +38,15 @@ MODEL_ARGS = {"method": "merge.method", "weight": "merge.weight", "scale": "merg
 
 
 def resolve_config(config: str | None, model_args: dict[str, Any]):
-    """The YAML named by ``config`` (as the other adapters read it) with explicit ``model_args`` applied on top."""
+    """The YAML named by ``config`` (as the other adapters read it) with explicit ``model_args`` applied on top.
+
+    Only an explicit ``config=`` is read (never ``configs/config.yaml`` of the working directory); devices follow
+    the fused adapters' rules (a device this machine lacks, e.g. lm-eval's CLI default ``cuda:0`` on a CPU machine,
+    falls back to the config's, as HFLM falls back to CPU).
+    """
     from harness.config import load_config  # lazy: the YAML schema lives with the CLI
 
+    model_args = FusedHFLM._placement_args(config, dict(model_args))
     overrides: dict[str, Any] = {}
     for key, value in model_args.items():
         if key in TASK_ARGS:
@@ -47,7 +59,7 @@ def resolve_config(config: str | None, model_args: dict[str, Any]):
         else:
             accepted = ["config", *COMMON_ARGS, *MODEL_ARGS, *HFLM_ARGS, "batch_size", "max_batch_size"]
             raise ValueError(f"sopmoe_merge: unknown model argument {key!r}; accepted: {', '.join(accepted)}")
-    return load_config(config, overrides)
+    return load_config(config, overrides, use_default=False)
 
 
 class MergeLMEval(HFLM):
@@ -59,13 +71,6 @@ class MergeLMEval(HFLM):
         cfg = resolve_config(config, model_args)
         if not cfg.models.foundation.path or not cfg.models.sft.path:
             raise ValueError("sopmoe_merge needs foundation=DIR and sft=DIR (or config=PATH) in --model_args")
-        for expert in (cfg.models.foundation, cfg.models.sft):
-            if expert.device.startswith("cuda"):
-                import torch
-
-                if not torch.cuda.is_available():
-                    raise ValueError(f"sopmoe_merge: device={expert.device} but CUDA is not available; "
-                                     "use device=cpu or auto")
         g = cfg.merge
         self.merge_params = MergeParams(g.method, g.weight, g.scale, g.density, g.seed)
         pair = load_experts_from_config(cfg)
