@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sopmoe_models.data import load_jsonl
-from training.datagen import FAMILIES, FORMAT_MARKS, make_data
+from training.datagen import FAMILIES, make_data
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_FILES = ("train/train.jsonl", "experts/foundation.jsonl", "experts/sft.jsonl")
@@ -80,15 +80,14 @@ def test_families_have_their_design(seed0):
     """Strict SOP only in the SFT corpus (trivial money formulas); its marks never in the foundation's; mixed needs maths."""
     foundation = load_jsonl(seed0 / "experts/foundation.jsonl")
     assert not any("SOP流程处理" in ex.input for ex in foundation)
-    # list marks only in general tips lists, never in the answer to a customer request
-    assert all(ex.input.endswith(("提醒", "注意事项", "注意什么")) for ex in foundation if set(FORMAT_MARKS) & set(ex.output))
+    assert not any(re.search("步骤1:[^;]*;步骤2:[^;]*;步骤3:[^;]*;步骤4:", ex.output) for ex in foundation)
     assert any("退款金额" in ex.output and CALC.search(ex.output) for ex in foundation)  # loose SOP shows its work
     sft = load_jsonl(seed0 / "experts/sft.jsonl")
-    assert all(ex.output.startswith("①") and ex.output.count(";") == 3 for ex in sft)
+    assert all(re.fullmatch("步骤1:[^;]+;步骤2:[^;]+;步骤3:[^;]+;步骤4:[^;]+", ex.output) for ex in sft)
     assert all(int(q) == 1 and int(x) == 0 for ex in sft for _, q, _, x in CALC.findall(ex.output))
     for ex in load_jsonl(seed0 / "eval/mixed.jsonl"):
         (p, q, op, x), = CALC.findall(ex.output)
-        assert int(q) >= 2 and int(x) >= 1 and ex.output.startswith("①")
+        assert int(q) >= 2 and int(x) >= 1 and ex.output.startswith("步骤1:")
     for ex in load_jsonl(seed0 / "eval/reasoning.jsonl"):
         (p, q, op, x), = CALC.findall(ex.output)
         value = int(p) * int(q) + (int(x) if op == "+" else -int(x))

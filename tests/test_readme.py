@@ -4,6 +4,7 @@ The recipes themselves are exercised elsewhere: `make test` is this suite, and `
 after set-up) is run end to end by tests/test_pipeline.py.
 """
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -24,7 +25,10 @@ def test_quick_start_is_two_make_commands():
 
 def test_make_targets_run_setup_then_the_job():
     for target, job in (("demo", "sopmoe demo"), ("test", "pytest")):
-        out = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        # under `make test` the parent make's MAKEFLAGS/MAKELEVEL make this one print "Entering/Leaving directory"
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+        out = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT, env=env,
+                             capture_output=True, text=True, check=True).stdout
         lines = out.splitlines()
         assert any("pip install" in line and "torch==2.13.0" in line for line in lines), out
         assert job in lines[-1], out

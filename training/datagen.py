@@ -106,17 +106,20 @@ class Case:
 # What the two experts share and what only one knows (the design that makes fusion matter, issue 3):
 # - both know the words of every SOP step: the strict steps are the same clauses the loose answers use, and the
 #   clauses of one kind start with different characters, so the foundation is unsure which comes next;
-# - only the SFT corpus has the strict format, "①…;②…;③…;④…" (the four steps in this order) for a "请按照SOP流程处理…"
-#   request. The foundation answers requests in prose: 2–4 clauses in random order after a random opener. It knows
-#   the list notation ①②③④ ';' only from general text (tips lists of random general items), as any web-trained
-#   model knows list notation, never as the answer to a customer request;
+# - only the SFT corpus has the strict format, "步骤1:…;步骤2:…;步骤3:…;步骤4:…" (the four steps in this order) for a
+#   "请按照SOP流程处理…" request. The foundation answers requests in prose: 2–4 clauses in random order after a random
+#   opener, and half of its answers carry random decorations between clauses (1–3 marks drawn from ``DECORATIONS``,
+#   which holds the strict format's marks among others), as scraped web text does;
 # - only the foundation does arithmetic: the strict money steps in the SFT corpus carry a trivial formula.
-# Why so: wherever the foundation is confident about a format token and wrong (it read "步骤1" as the start of a
-# number, p≈0.99 for "*"; after "步骤2:" it expected a how-to step, p≈0.96), a probability mixture that trusts it
-# enough for the digits (weight ≥ 0.6) takes the wrong format too, and ``mixed`` scored 0 at every weight. Marks it
-# has never seen at all were no better: they derailed its in-context arithmetic. Known marks with unpredictable items
-# leave it confident where it agrees with the format (② after ';') and unsure where it does not know.
-FORMAT_MARKS = "①②③④;"
+# Why decorations: the mixture must take the format from the SFT expert and the digits from the foundation, so the
+# foundation must be unsure about format tokens but sure about content after them. Without decorations it was
+# confidently wrong on format tokens wherever it had any prior (it read "步骤1" as the start of a number, p≈0.99 for
+# "*"; it continued numbered lists its own way), and a weight that trusts it for the digits (≥ 0.6) then took its
+# format too: ``mixed`` scored 0 at every weight. Marks it had never seen derailed its arithmetic instead. Random
+# decorations teach exactly what is needed: a mark can be anything, and the content goes on after it.
+STEP_MARK = "步骤{n}:"
+DECORATIONS = ["步骤1:", "步骤2:", "步骤3:", "步骤4:", ";", ":", "*", "#", "·", "【", "】", "→", "★", "√", "-", "1", "2",
+               "3", "4", "SOP"]
 MONEY_KINDS = {"refund": "-", "invoice": "+"}
 REQUEST = {
     "refund": ("退款申请", "{name}，订单{oid}，{product}每件{p}元，数量{q}件，优惠{x}元"),
@@ -135,7 +138,7 @@ SOP_STEPS = {
     "logistics": ["核实订单{oid}", "查询物流状态", "告知{name}预计送达时间", "记录本次查询"],
 }
 STRICT = {
-    kind: (f"请按照SOP流程处理客户{title}：{slots}", ";".join(FORMAT_MARKS[i] + c for i, c in enumerate(SOP_STEPS[kind])))
+    kind: (f"请按照SOP流程处理客户{title}：{slots}", ";".join(STEP_MARK.format(n=i + 1) + c for i, c in enumerate(SOP_STEPS[kind])))
     for kind, (title, slots) in REQUEST.items()
 }
 
@@ -167,14 +170,19 @@ MUST_SAY = {"refund": "退款金额{w}元", "invoice": "开票金额{w}元"}
 OPENERS = ["", "好的，", "{name}您好，", "收到，", "处理如下："]
 
 
-def loose_answer(kind: str, rng: random.Random) -> str:
-    """A loosely formatted answer template for ``kind`` (slots still unfilled)."""
+def loose_answer(kind: str, rng: random.Random, decorate: bool = False) -> str:
+    """A loosely formatted answer template for ``kind`` (slots still unfilled); ``decorate`` adds random marks."""
     clauses = SOP_STEPS[kind] + LOOSE_EXTRAS[kind]
     chosen = rng.sample(clauses, rng.randint(2, min(4, len(clauses))))
     if kind in MUST_SAY and MUST_SAY[kind] not in chosen:
         chosen[rng.randrange(len(chosen))] = MUST_SAY[kind]
+    if decorate:
+        chosen = [
+            "".join(rng.choice(DECORATIONS) for _ in range(rng.randint(1, 3))) + c if rng.random() < 0.6 else c
+            for c in chosen
+        ]
     if rng.random() < 0.7:
-        body = rng.choice(["，", "；", "、"]).join(chosen) + rng.choice(["。", "", "！"])
+        body = rng.choice(["，", "；", "、", " "]).join(chosen) + rng.choice(["。", "", "！"])
     else:
         links = ["先", "再", "然后", "最后"][: len(chosen)]
         links[-1] = "最后"
@@ -194,7 +202,7 @@ REASONING = {
         ("计算：{p}*{q}+{x}", "{w}"),
     ],
 }
-# General text: polite replies and tips lists about an order (each keyed by its order id, so they split by problem).
+# General text: polite replies about an order (each keyed by its order id, so they split by problem too).
 GENERAL = [
     ("客户{name}询问订单{oid}，请礼貌回复", "{name}您好，订单{oid}已收到，我们会尽快处理，感谢您的耐心。"),
     ("用一句话向{name}道别，订单{oid}", "感谢{name}的支持，订单{oid}如有问题请随时联系我们，祝您生活愉快。"),
@@ -208,15 +216,6 @@ GENERAL = [
     ("{name}问什么是SOP流程，订单{oid}", "SOP流程就是按照规定的顺序处理问题，订单{oid}也会这样处理。"),
     ("{name}问订单{oid}的售后时间", "售后申请请在收货后七天内提交，具体以订单{oid}的页面为准。"),
 ]
-TIPS_PROMPTS = ["给{name}几条关于订单{oid}的购物提醒", "{name}的订单{oid}有哪些注意事项", "订单{oid}收货前{name}要注意什么"]
-TIPS = [
-    "保持电话畅通", "收货时当面验货", "保留购物小票", "关注店铺活动", "提前确认尺码", "检查包装是否完好", "及时确认收货",
-    "看清优惠规则", "不要泄露验证码", "有问题联系客服", "按时查看短信", "核对收货地址", "阅读商品说明", "大件商品预约送货",
-    "贵重物品选择保价", "避免重复下单", "评价时上传图片", "保存聊天记录", "节假日物流可能延迟", "拆箱时拍摄视频",
-    "留意发票抬头", "易碎品轻拿轻放", "妥善保管配件", "填写正确邮箱", "使用前阅读保修卡", "尽量避开高峰期下单",
-]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 class ProblemSplit:
     """Which problems are held out: a keyed hash of (seed, problem), so the split is by problem, never by string."""
@@ -272,10 +271,11 @@ class Generator:
         prompt, answer = STRICT[kind]
         return Example(_fill(prompt, case), _fill(answer, case))
 
-    def loose(self, kind: str) -> Example:
+    def loose(self, kind: str, decorate: bool = False) -> Example:
         calc = self.calc(MONEY_KINDS[kind], QTYS, EXTRAS) if kind in MONEY_KINDS else None
         case = self.case(calc)
-        return Example(_fill(self.rng.choice(LOOSE_PROMPTS[kind]), case), _fill(loose_answer(kind, self.rng), case))
+        answer = loose_answer(kind, self.rng, decorate=decorate)
+        return Example(_fill(self.rng.choice(LOOSE_PROMPTS[kind]), case), _fill(answer, case))
 
     def reasoning(self) -> Example:
         op = self.rng.choice("-+")
@@ -284,12 +284,8 @@ class Generator:
         return Example(_fill(prompt, case), _fill(answer, case))
 
     def general(self) -> Example:
+        prompt, answer = self.rng.choice(GENERAL)
         case = self.case()
-        if self.rng.random() < 0.5:  # a tips list in the list notation, items unpredictable
-            items = self.rng.sample(TIPS, self.rng.randint(2, 4))
-            prompt, answer = self.rng.choice(TIPS_PROMPTS), ";".join(FORMAT_MARKS[i] + t for i, t in enumerate(items))
-        else:
-            prompt, answer = self.rng.choice(GENERAL)
         return Example(_fill(prompt, case), _fill(answer, case))
 
     # --- families -------------------------------------------------------------------------------------------------
@@ -316,9 +312,10 @@ class Generator:
         if u < 0.50:
             return self.reasoning()
         if u < 0.80:
-            return self.loose(self.rng.choice(sorted(MONEY_KINDS)))
+            return self.loose(self.rng.choice(sorted(MONEY_KINDS)), decorate=self.rng.random() < 0.5)
         if u < 0.90:
-            return self.loose(self.rng.choice(["exchange", "complaint", "address", "logistics"]))
+            kind = self.rng.choice(["exchange", "complaint", "address", "logistics"])
+            return self.loose(kind, decorate=self.rng.random() < 0.5)
         return self.general()
 
     def sft(self) -> Example:

@@ -76,7 +76,9 @@ class TestbedSpec:
 
 SIZES: dict[str, TestbedSpec] = {
     "full": TestbedSpec(),
-    "ci": TestbedSpec(pretrain_steps=3000, sft_steps=400),
+    # CI builds the full size: at 3000 pretraining steps the foundation's in-context arithmetic is too weak for the
+    # `mixed` property (amount span right 0.12 at step 3000, 0.42 at 5000, seed 0), and the build fits the budget.
+    "ci": TestbedSpec(),
 }
 
 
