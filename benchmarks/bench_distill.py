@@ -21,45 +21,19 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
+from common import random_pair, task_data_file  # first: sets the offline variables
 
-import torch  # noqa: E402
-
-from sopmoe_models.data import collate, encode_example, load_jsonl  # noqa: E402
-from sopmoe_models.ensemble import EnsembleLM  # noqa: E402
-from sopmoe_models.experts import load_experts  # noqa: E402
-from training.distill_teacher import LiveTeacher, get_cache  # noqa: E402
-from training.kd_losses import distill_loss  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tasks" / "data"
-
-
-def random_pair(root: Path, shape: str):
-    from training.testbed import TestbedSpec, build_tokenizer, new_model
-
-    spec = TestbedSpec()
-    if shape == "large":
-        spec = replace(spec, hidden_size=512, intermediate_size=1536, num_layers=8, num_heads=8, num_kv_heads=4)
-    examples = [ex for f in sorted(DATA.glob("*.jsonl")) for ex in load_jsonl(f)]
-    tok = build_tokenizer((ex.input + ex.output for ex in examples), max_length=512)
-    dirs = (root / "foundation", root / "sft")
-    for seed, d in zip((0, 1), dirs):
-        model = new_model(spec, tok, seed=seed)
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-    data = root / "train.jsonl"
-    data.write_text("".join(f.read_text(encoding="utf-8") for f in sorted(DATA.glob("*.jsonl"))), encoding="utf-8")
-    return dirs, data
+from sopmoe_models.data import collate, encode_example, load_jsonl
+from sopmoe_models.ensemble import EnsembleLM
+from sopmoe_models.experts import load_experts
+from training.distill_teacher import LiveTeacher, get_cache
+from training.kd_losses import distill_loss
 
 
 def main() -> None:
@@ -83,7 +57,8 @@ def main() -> None:
         dirs, data = (cfg.models.foundation.path, cfg.models.sft.path), Path(cfg.data.train_file)
         label, w = args.config, (cfg.ensemble.foundation_weight, cfg.ensemble.sft_weight)
     else:
-        dirs, data = random_pair(Path(tmp.name), args.shape)
+        dirs = random_pair(Path(tmp.name), args.shape, noise=None)  # two independent random experts
+        data = task_data_file(Path(tmp.name))
         label, w = f"random {args.shape} pair", (0.5, 0.5)
     pair = load_experts(*dirs, dtype="float32", device="cpu")
     teacher = EnsembleLM(pair, *w, mix="prob")

@@ -24,60 +24,21 @@ import argparse
 import os
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import DATA, SHAPES, best_seconds, random_pair, task_tokenizer  # first: sets offline variables
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-request bars; the table is the output
 
-import torch  # noqa: E402
+import torch
 
-from sopmoe_models.data import collate, load_jsonl  # noqa: E402
-from sopmoe_models.ensemble import EnsembleLM  # noqa: E402
-from sopmoe_models.experts import load_experts  # noqa: E402
-from sopmoe_models.prompt import format_prompt  # noqa: E402
-from training.testbed import TestbedSpec, build_tokenizer, new_model  # noqa: E402
+from sopmoe_models.data import collate, load_jsonl
+from sopmoe_models.ensemble import EnsembleLM
+from sopmoe_models.experts import load_experts
+from sopmoe_models.prompt import format_prompt
 
-ROOT = Path(__file__).resolve().parents[1]
 CLOCK = time.process_time  # --clock; set in main()
-DATA = ROOT / "tasks" / "data"
 LL_TASKS = ["sop_strict", "reasoning", "mixed", "eval"]
-SHAPES = {
-    "testbed": TestbedSpec(),
-    "large": replace(TestbedSpec(), hidden_size=512, intermediate_size=1536, num_layers=8, num_heads=8,
-                     num_kv_heads=4, max_position_embeddings=512),
-}
-
-
-def build_pair(root: Path, spec: TestbedSpec, tok):
-    """foundation (random) and sft (= foundation + noise) saved as real HF folders, loaded by the one loader."""
-    foundation = new_model(spec, tok, seed=0)
-    sft = new_model(spec, tok, seed=0)
-    sft.load_state_dict(foundation.state_dict())
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in sft.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g) * p.std().clamp(min=1e-3))
-    dirs = (root / "foundation", root / "sft")
-    for model, d in zip((foundation, sft), dirs):
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-    return load_experts(*dirs, dtype="float32", device="cpu"), dirs
-
-
-def best_seconds(fns: dict, repeats: int) -> dict[str, float]:
-    """Best wall time of each function; runs are interleaved so load drift on a shared machine hits all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = CLOCK()
-            fn()
-            best[name] = min(best[name], CLOCK() - t0)
-    return best
 
 
 def bench_generation(pair, prompts: list[str], batch: int, new_tokens: int, repeats: int) -> dict[str, float]:
@@ -104,7 +65,7 @@ def bench_generation(pair, prompts: list[str], batch: int, new_tokens: int, repe
         return go
 
     n = batch * new_tokens
-    secs = best_seconds({"hf": hf, "fused 1 expert": fused(1.0, 0.0), "ensemble": fused(0.5, 0.5)}, repeats)
+    secs = best_seconds({"hf": hf, "fused 1 expert": fused(1.0, 0.0), "ensemble": fused(0.5, 0.5)}, repeats, CLOCK)
     return {name: n / t for name, t in secs.items()}
 
 
@@ -174,8 +135,7 @@ def main() -> None:
     from rich.table import Table
 
     examples = [ex for f in LL_TASKS for ex in load_jsonl(DATA / f"{f}.jsonl")]
-    texts = (ex.input + ex.output for ex in examples)
-    tok = build_tokenizer(texts, max_length=512)
+    tok = task_tokenizer()
     prompts = [format_prompt(ex.input) for ex in examples[::97]][:8]
     table = Table(title=f"sopmoe ensemble vs plain HF (torch threads {args.threads}, {args.clock} time, best of {args.repeats})")
     for col in ("shape", "measure", "hf", "fused 1 expert", "ensemble", "ensemble / hf", "target"):
@@ -183,7 +143,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             spec = SHAPES[shape]
-            pair, dirs = build_pair(Path(tmp) / shape, spec, tok)
+            dirs = random_pair(Path(tmp) / shape, spec, tok)
+            pair = load_experts(*dirs, dtype="float32", device="cpu")
             label = f"{shape} (h{spec.hidden_size}, L{spec.num_layers}, V{pair.vocab_size})"
             for batch in (int(b) for b in args.batches.split(",")):
                 r = bench_generation(pair, prompts, batch, args.new_tokens, args.repeats)

@@ -21,66 +21,20 @@ runs after a warm-up, with ``--threads`` torch threads (default 1: the machine i
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
+from common import best_seconds, random_pair, task_data_file  # first: sets the offline variables
 
-import torch  # noqa: E402
+from sopmoe_models.data import collate, encode_example, load_jsonl
+from sopmoe_models.experts import load_experts
+from sopmoe_models.fused import expert_logits
+from sopmoe_models.prompt import format_prompt
+from sopmoe_models.routers import build_router
+from training.router_trainer import batch_loss
 
-from sopmoe_models.data import collate, encode_example, load_jsonl  # noqa: E402
-from sopmoe_models.experts import load_experts  # noqa: E402
-from sopmoe_models.fused import expert_logits  # noqa: E402
-from sopmoe_models.prompt import format_prompt  # noqa: E402
-from sopmoe_models.routers import build_router  # noqa: E402
-from training.router_trainer import batch_loss  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tasks" / "data"
 TYPES = ("posterior", "token_level", "layer_level")
-
-
-def random_pair(root: Path, shape: str) -> tuple[tuple[Path, Path], Path]:
-    """foundation (random) and sft (= foundation + noise) of the test bed's shape, plus a data file."""
-    from training.testbed import TestbedSpec, build_tokenizer, new_model
-
-    spec = TestbedSpec()
-    if shape == "large":
-        spec = replace(spec, hidden_size=512, intermediate_size=1536, num_layers=8, num_heads=8, num_kv_heads=4,
-                       max_position_embeddings=512)
-    examples = [ex for f in sorted(DATA.glob("*.jsonl")) for ex in load_jsonl(f)]
-    tok = build_tokenizer((ex.input + ex.output for ex in examples), max_length=512)
-    foundation, sft = new_model(spec, tok, seed=0), new_model(spec, tok, seed=0)
-    sft.load_state_dict(foundation.state_dict())
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in sft.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g) * p.std().clamp(min=1e-3))
-    dirs = (root / "foundation", root / "sft")
-    for model, d in zip((foundation, sft), dirs):
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-    data = root / "train.jsonl"
-    data.write_text("".join(f.read_text(encoding="utf-8") for f in sorted(DATA.glob("*.jsonl"))), encoding="utf-8")
-    return dirs, data
-
-
-def best_seconds(fns: dict, repeats: int) -> dict[str, float]:
-    """Best wall time of each function; interleaved so load drift on a shared machine hits all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def training_fns(pair, routers: dict, batch: dict) -> dict:
@@ -147,7 +101,8 @@ def main() -> None:
         cfg = load_config(args.config)
         dirs, data, label = (cfg.models.foundation.path, cfg.models.sft.path), Path(cfg.data.train_file), args.config
     else:
-        (dirs, data), label = random_pair(Path(tmp.name), args.shape), f"random {args.shape} pair"
+        dirs, data = random_pair(Path(tmp.name), args.shape), task_data_file(Path(tmp.name))
+        label = f"random {args.shape} pair"
     pair = load_experts(*dirs, dtype="float32", device="cpu")
     tok = pair.tokenizer
     torch.manual_seed(0)

@@ -1,0 +1,80 @@
+"""What the benchmarks share: offline environment, the random expert pairs they time, and the interleaved timer.
+
+Imported by the scripts in this folder as ``from common import ...`` (``python benchmarks/bench_x.py`` puts this
+folder first on ``sys.path``). Importing it sets the offline variables before torch or transformers load.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from sopmoe_models.data import load_jsonl  # noqa: E402
+from training.testbed import TestbedSpec, build_tokenizer, new_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tasks" / "data"
+SHAPES = {
+    "testbed": TestbedSpec(),  # hidden 128, 2 layers: the shape `sopmoe testbed` trains
+    "large": replace(TestbedSpec(), hidden_size=512, intermediate_size=1536, num_layers=8, num_heads=8,
+                     num_kv_heads=4, max_position_embeddings=512),
+}
+
+
+def task_tokenizer():
+    """The test bed's character tokenizer, trained on the shipped task data."""
+    examples = [ex for f in sorted(DATA.glob("*.jsonl")) for ex in load_jsonl(f)]
+    return build_tokenizer((ex.input + ex.output for ex in examples), max_length=512)
+
+
+def random_pair(root: Path, shape: str | TestbedSpec, tok=None, noise: float | None = 0.3) -> tuple[Path, Path]:
+    """Save a random foundation and an sft under ``root``; returns their folders.
+
+    ``noise``: the sft is the foundation plus ``noise`` × each tensor's std of Gaussian noise (experts that agree
+    in shape and roughly in output, as a fine-tune does); ``None``: an independently initialised sft.
+    """
+    spec = SHAPES[shape] if isinstance(shape, str) else shape
+    tok = tok or task_tokenizer()
+    foundation, sft = new_model(spec, tok, seed=0), new_model(spec, tok, seed=1)
+    if noise is not None:
+        sft.load_state_dict(foundation.state_dict())
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in sft.parameters():
+                p.add_(noise * torch.randn(p.shape, generator=g) * p.std().clamp(min=1e-3))
+    dirs = (root / "foundation", root / "sft")
+    for model, d in zip((foundation, sft), dirs):
+        model.save_pretrained(d)
+        tok.save_pretrained(d)
+    return dirs
+
+
+def task_data_file(root: Path) -> Path:
+    """All shipped task data as one training JSONL under ``root`` (for benchmarks that need a data file)."""
+    data = root / "train.jsonl"
+    data.write_text("".join(f.read_text(encoding="utf-8") for f in sorted(DATA.glob("*.jsonl"))), encoding="utf-8")
+    return data
+
+
+def best_seconds(fns: dict[str, Callable[[], object]], repeats: int,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Best time of each function after one warm-up each; interleaved so load drift on a shared machine hits all
+    alike. ``clock``: ``time.perf_counter`` (wall) or ``time.process_time`` (this process's CPU seconds)."""
+    for fn in fns.values():
+        fn()
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = clock()
+            fn()
+            best[name] = min(best[name], clock() - t0)
+    return best
