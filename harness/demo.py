@@ -23,7 +23,8 @@ ROUTER_FLAGS = {
     "token_level": ["--num_epochs", "2", "--learning_rate", "0.003"],
     "layer_level": ["--num_epochs", "2", "--learning_rate", "0.003"],
 }
-DISTILL_FLAGS = ["--num_epochs", "2", "--teacher_cache_topk", "32"]
+MERGES = ("linear", "task_arithmetic", "ties", "dare")  # the 1x-cost baselines (issue 7), each searched on dev data
+DISTILL_FLAGS = ["--num_epochs", "4", "--teacher_cache_topk", "32"]
 
 
 class StageFailed(RuntimeError):
@@ -80,14 +81,15 @@ class Demo:
         self.run_stage("distil a student from the token_level router",
                        ["distill", *cfg, "--teacher_type", "btm", "--btm_router", teacher, "--student_init",
                         "foundation", "--output_dir", root / "distill", *DISTILL_FLAGS])
-        self.run_stage("merge (linear, weight chosen on dev data)",
-                       ["merge", *cfg, "--method", "linear", "--auto", "--out", root / "merge_linear", "--overwrite"])
+        for method in MERGES:
+            self.run_stage(f"merge {method} (parameters chosen on dev data)",
+                           ["merge", *cfg, "--method", method, "--auto", "--out", root / f"merge_{method}", "--overwrite"])
         best_w = best_ensemble_weight(tb / "testbed.json")
         models = [
-            "foundation", "sft", "ensemble", f"ensemble@{best_w:g}",
+            "foundation", "sft", "ensemble", *([f"ensemble@{best_w:g}"] if best_w != 0.5 else []),  # 0.5 = ensemble
             *(f"{r}=btm:router={root / 'btm' / r / 'best_router.safetensors'}" for r in ROUTERS),
             f"distill=distill:pretrained={root / 'distill' / 'best_student'}",
-            f"merge_linear=hf:pretrained={root / 'merge_linear'}",
+            *(f"merge_{m}=hf:pretrained={root / f'merge_{m}'}" for m in MERGES),
         ]
         run_dir = root / "eval"
         argv = ["evaluate", *cfg, "--models", *models, "--tasks", *self.tasks, "--output_dir", run_dir]
