@@ -284,11 +284,11 @@ def to_png(lb: Leaderboard) -> bytes:
     names = [row[0] for row in lb.summary.rows if any(row[0] in lb.chart[f] for f in fams)]
     fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 1.5 + 0.35 * len(fams) * len(names))), 4.5), dpi=100)
     width = 0.8 / max(1, len(names))
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")  # one colour per model
     for i, name in enumerate(names):
         xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(fams))]
         ms = [lb.chart[f].get(name) for f in fams]
-        ax.bar(xs, [m.value if m else 0.0 for m in ms], width, label=name, color=cmap(i % 10),
+        ax.bar(xs, [m.value if m else 0.0 for m in ms], width, label=name, color=cmap(i % cmap.N),
                yerr=[(m.stderr or 0.0) if m else 0.0 for m in ms], capsize=2, error_kw={"linewidth": 0.8})
     ax.set_xticks(range(len(fams)), fams)
     ax.set_ylim(0, 1.05)
