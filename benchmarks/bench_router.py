@@ -12,16 +12,19 @@ For each router type (posterior, token_level, layer_level) on the same batch of 
 
 Models: the test bed's experts from ``--config`` (e.g. /work/tb0/config.yaml), else a random pair of the test bed's
 shape (``--shape testbed``) or a larger one (``--shape large``). Timings are the best of ``--repeats`` interleaved
-runs after a warm-up, with ``--threads`` torch threads (default 1: the machine is shared). Usage::
+runs after a warm-up, with ``--threads`` torch threads (default 1: the machine is shared), in this process's CPU
+seconds by default (other jobs on a shared machine stretch wall time, and more so for the longer runs; ``--clock
+wall`` to see). Usage::
 
     python benchmarks/bench_router.py [--config /work/tb0/config.yaml] [--shape testbed] [--batch_size 8]
-        [--new_tokens 32] [--repeats 5] [--threads 1]
+        [--new_tokens 32] [--repeats 5] [--threads 1] [--clock cpu|wall]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -92,6 +95,8 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                    help="cpu: process CPU seconds (robust to other jobs on a shared machine); wall: elapsed")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tmp = tempfile.TemporaryDirectory()
@@ -114,9 +119,10 @@ def main() -> None:
     batch = collate([encode_example(tok, ex, max_length=256) for ex in chosen], tok.pad_token_id)
     n_params = sum(p.numel() for p in pair.foundation.parameters())
     print(f"router benchmark: {label}; experts {n_params / 1e6:.2f}M params each, vocab {pair.vocab_size}, "
-          f"{args.threads} thread(s), best of {args.repeats}")
+          f"{args.threads} thread(s), {args.clock} time, best of {args.repeats}")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    train = best_seconds(training_fns(pair, routers, batch), args.repeats)
+    train = best_seconds(training_fns(pair, routers, batch), args.repeats, clock)
     base = train["two expert forwards"]
     print(f"\ntraining step, batch {batch['input_ids'].shape[0]} x {batch['input_ids'].shape[1]} tokens")
     print(f"| {'':<22} | {'ms':>8} | {'vs 2 expert fwd':>15} |")
@@ -133,7 +139,7 @@ def main() -> None:
         enc = [{"input_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in (prompts * 8)[:gen_batch]]
         b = collate(enc, tok.pad_token_id, padding_side="left")
         secs = best_seconds(generation_fns(pair, routers, b["input_ids"], b["attention_mask"], args.new_tokens),
-                            args.repeats)
+                            args.repeats, clock)
         n = gen_batch * args.new_tokens
         hf = n / secs["HF generate (1 expert)"]
         print(f"\ngeneration, batch {gen_batch}, {args.new_tokens} new tokens (greedy)")

@@ -24,7 +24,7 @@ ROUTER_FLAGS = {
     "layer_level": ["--num_epochs", "2", "--learning_rate", "0.003"],
 }
 MERGES = ("linear", "task_arithmetic", "ties", "dare")  # the 1x-cost baselines (issue 7), each searched on dev data
-DISTILL_FLAGS = ["--num_epochs", "4", "--teacher_cache_topk", "32"]
+DISTILL_FLAGS = ["--num_epochs", "8", "--teacher_cache_topk", "32"]
 
 
 class StageFailed(RuntimeError):
