@@ -15,7 +15,8 @@ ORDER = 15
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (its files are overwritten)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisation and the batches")
-    p.add_argument("--size", choices=["ci", "full"], default="full", help="full (<= 8 min) or ci (today the same: smaller builds lose the `mixed` property)")
+    p.add_argument("--size", choices=["ci", "full"], default="full",
+                   help="full (<= 8 min) or ci (today the same: smaller builds lose the `mixed` property)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
     p.add_argument("--log-file", default="logs/testbed.log", help="log file (default: logs/testbed.log)")
 
