@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import random_pair, task_data_file  # first: sets the offline variables
+from common import random_pair, task_data_file  # sets the HF offline variables
 
 from sopmoe_models.data import collate, encode_example, load_jsonl
 from sopmoe_models.ensemble import EnsembleLM

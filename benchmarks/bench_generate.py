@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, SHAPES, best_seconds, random_pair, task_tokenizer  # first: sets offline variables
+from common import DATA, SHAPES, best_seconds, random_pair, task_tokenizer  # sets the HF offline variables
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-request bars; the table is the output
 

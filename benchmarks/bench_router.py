@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import best_seconds, random_pair, task_data_file  # first: sets the offline variables
+from common import best_seconds, random_pair, task_data_file  # sets the HF offline variables
 
 from sopmoe_models.data import collate, encode_example, load_jsonl
 from sopmoe_models.experts import load_experts
