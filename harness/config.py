@@ -37,9 +37,16 @@ class ModelsConfig(_Section):
 
 
 class DataConfig(_Section):
-    train_file: str | None = Field(None, description="JSONL {input, output} the router and student learn from")
-    eval_file: str | None = Field(None, description="held-out JSONL for eval loss and `sopmoe generate --eval_file`")
-    task_data_dir: str | None = Field(None, description="folder with sop_strict/reasoning/mixed/eval.jsonl for lm-eval")
+    train_file: str | None = Field(None, description="JSONL {input, output} the router, student, dispatch and replay learn from")
+    train_kinds: list[str] | None = Field(
+        None, description="row kinds (`category`) a trainer may see; null = every row. The test bed names "
+        "sop_strict, reasoning, general: composition (mixed) stays zero-shot")
+    eval_file: str | None = Field(None, description="dev JSONL: every choice (best epoch, merge --auto, dispatch) is "
+                                  "made on it, never on the scored test data")
+    dev_dir: str | None = Field(None, description="dev folder with sop_strict/reasoning/mixed/eval.jsonl: the "
+                                "ensemble's weight sweep and the test bed's checks")
+    task_data_dir: str | None = Field(None, description="test folder with sop_strict/reasoning/mixed/eval.jsonl that "
+                                      "lm-eval scores (never used for a choice)")
     prompt_format: Literal["raw", "chat"] = "raw"
     max_length: int = Field(256, gt=8, description="tokens per training example (prompt is cut from the left)")
 
@@ -93,7 +100,8 @@ class LoraConfig(_Section):
 
 
 class DistillConfig(_Section):
-    teacher_type: Literal["ensemble", "btm"] = "ensemble"
+    teacher_type: Literal["ensemble", "btm", "none"] = Field(
+        "ensemble", description="none = plain fine-tuning on the references (the replay baseline; distill_loss_weight 0)")
     btm_router: str | None = Field(None, description="router checkpoint when teacher_type is btm")
     student_init: str = Field("foundation", description="foundation | sft | a model folder")
     temperature: float = Field(2.0, gt=0)
@@ -116,6 +124,12 @@ class DistillConfig(_Section):
     seed: int = 0
     bf16: bool = False
     output_dir: str = "models/checkpoints/distill"
+
+    @model_validator(mode="after")
+    def _teacher_none_is_plain_finetuning(self):
+        if self.teacher_type == "none" and (self.distill_loss_weight != 0 or self.task_loss_weight <= 0):
+            raise ValueError("teacher_type none is plain fine-tuning: set distill_loss_weight 0 and task_loss_weight > 0")
+        return self
 
 
 class MergeConfig(_Section):
@@ -163,6 +177,7 @@ PATH_KEYS = (
     "models.sft.path",
     "data.train_file",
     "data.eval_file",
+    "data.dev_dir",
     "data.task_data_dir",
     "distill.btm_router",
 )

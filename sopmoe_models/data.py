@@ -70,6 +70,24 @@ def load_jsonl(path: str | Path) -> list[Example]:
     return examples
 
 
+def load_training_examples(path: str | Path, kinds: list[str] | tuple[str, ...] | None) -> list[Example]:
+    """The rows of ``path`` a trainer may see: those whose ``category`` (their *kind*) is in ``kinds``; every row
+    when ``kinds`` is None. Composition stays zero-shot by naming the kinds (``data.train_kinds``), never by luck."""
+    examples = load_jsonl(path)
+    if kinds is None:
+        return examples
+    unlabelled = sum(ex.category is None for ex in examples)
+    if unlabelled:
+        raise DataError(f"{path}: {unlabelled} rows have no 'category' (their kind), but data.train_kinds names the "
+                        f"kinds a trainer may see ({', '.join(kinds)}); label every row or set data.train_kinds: null")
+    kept = [ex for ex in examples if ex.category in kinds]
+    if not kept:
+        found = sorted({ex.category for ex in examples})
+        raise DataError(f"{path}: no row of the kinds in data.train_kinds ({', '.join(kinds)}); the file has "
+                        f"{', '.join(found)}")
+    return kept
+
+
 def write_jsonl(path: str | Path, examples: list[Example]) -> None:
     """Write examples atomically (temporary file, then rename)."""
     path = Path(path)

@@ -1,22 +1,32 @@
 """Seeded generator of the test bed's data: Chinese customer-service SOPs, arithmetic, and general replies.
 
-Writes, under ``out_dir``:
-- ``train/train.jsonl``: every family (``sop_strict``, ``reasoning``, ``mixed``, ``eval``) for the router and student;
-- ``eval/{eval,sop_strict,reasoning,mixed}.jsonl``: held-out examples, one file per family (the lm-eval tasks);
+Writes, under ``out_dir`` (issue 11: train / dev / test with disjoint problems; composition is zero-shot):
+
+- ``train/train.jsonl``: what a company has for the router, the student and the replay baseline: strict SOP
+  requests, reasoning, and general requests (polite replies, loosely phrased SOP questions). Each row's ``category``
+  is its *kind* (``sop_strict``, ``reasoning``, ``general``); there is **no** ``mixed`` (composition) row;
+- ``dev/{sop_strict,reasoning,mixed,eval}.jsonl`` and ``dev/dev.jsonl`` (the training kinds' dev split): every
+  choice is made here (best epoch, merge parameters, the ensemble's weight, the test bed's sweep and properties);
+- ``test/{sop_strict,reasoning,mixed,eval}.jsonl``: scored once per model (the lm-eval tasks; ``tasks/data`` ships
+  seed 0's copy);
 - ``experts/foundation.jsonl``: the foundation's pretraining corpus — reasoning, *loosely* formatted SOP answers that
-  show their work, and general replies; never the strict SOP format;
+  show their work, general replies and (``partial`` design) the strict format of the four non-money SOP kinds;
 - ``experts/sft.jsonl``: the SFT corpus — strict SOP only, and its money steps carry a trivial formula
   (quantity 1, no discount or fee), so the SFT model never practises real arithmetic.
 
-Why this design (issue 3): answers *show their work* ("退款金额43*3-2=129-2=127元"). The foundation learns the
+Why this design (issues 3, 11): answers *show their work* ("退款金额43*3-2=129-2=127元"). The foundation learns the
 expression inside loose answers; the strict refund/invoice SOP carries the same expression in its step 2; ``mixed`` asks
 for the strict SOP on a request whose amount must be computed. So ``sop_strict`` needs the SFT expert, ``reasoning``
-needs the foundation, and ``mixed`` needs both (the format from one, the amount from the other).
+needs the foundation, and ``mixed`` needs both (the format from one, the amount from the other). Two designs:
 
-Held-out split is by *problem*, not by string: a problem is an order id (an SOP case or a general reply) or an
-arithmetic tuple (op, price, quantity, extra). A keyed hash of the seed and the problem puts each one in train or eval;
-eval examples use only held-out problems, every training file only the others. The test ``tests/test_datagen.py``
-re-parses the files and checks it.
+- ``partial`` (the default, the scenario's shape): the foundation has seen the strict format for the four kinds that
+  carry no amount (so it follows the SOP on part of ``sop_strict``, never on a money kind), requests come in several
+  phrasings, and reasoning requests may use SOP words;
+- ``extreme`` (the earlier bed, kept as a preset): one opener per family, no strict format in the foundation's corpus.
+
+Splits are by *problem*, not by string: a problem is an order id (an SOP case or a general reply) or an arithmetic
+tuple (op, price, quantity, extra). A keyed hash of the seed and the problem puts each one in train, dev or test;
+each file draws only from its own part. ``tests/test_datagen.py`` re-parses the files and checks it.
 
 Everything is a pure function of the seed: ``random.Random(f"{seed}:{stream}")`` per stream, sorted iteration,
 ``json.dumps(..., ensure_ascii=False)`` with a fixed key order, so the same seed gives byte-identical files.
@@ -30,21 +40,30 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sopmoe_models.data import Example, write_jsonl
 
-FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
+FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")  # the scored families (lm-eval tasks)
+TRAIN_KINDS = ("sop_strict", "reasoning", "general")  # what trainers see by default: no composition (`mixed`)
+COMPOSITION_KINDS = ("mixed",)
+SPLITS = ("train", "dev", "test")
+Design = Literal["partial", "extreme"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """How much of everything to generate (examples per file)."""
+    """How much of everything to generate (examples per file) and which design."""
 
-    eval_per_family: int = 200
-    train_per_family: int = 400
+    design: Design = "partial"
+    test_per_family: int = 200
+    dev_per_family: int = 100
+    train_per_kind: int = 400
     foundation_corpus: int = 24000
     sft_corpus: int = 3000
-    heldout_fraction: float = 0.15  # of all problems (order ids, arithmetic tuples)
+    dev_fraction: float = 0.10  # of all problems (order ids, arithmetic tuples)
+    test_fraction: float = 0.15
+    foundation_strict_share: float = 0.10  # partial design: strict non-money SOP in the foundation's corpus
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -141,6 +160,9 @@ STRICT = {
     kind: (f"请按照SOP流程处理客户{title}：{slots}", ";".join(STEP_MARK.format(n=i + 1) + c for i, c in enumerate(SOP_STEPS[kind])))
     for kind, (title, slots) in REQUEST.items()
 }
+# The partial design asks for the strict format in several phrasings (issue 11: a per-request classifier must have
+# real work to do, so no single opener marks a family); the extreme design uses the first only.
+STRICT_OPENERS = ["请按照SOP流程处理客户{title}：", "按SOP处理这个{title}：", "{title}，走标准流程：", "客户{title}（按规范办）："]
 
 LOOSE_PROMPTS = {
     "refund": [
@@ -170,15 +192,22 @@ MUST_SAY = {"refund": "退款金额{w}元", "invoice": "开票金额{w}元"}
 OPENERS = ["", "好的，", "{name}您好，", "收到，", "处理如下："]
 
 
-def loose_answer(kind: str, rng: random.Random, decorate: bool = False) -> str:
-    """A loosely formatted answer template for ``kind`` (slots still unfilled); ``decorate`` adds random marks."""
+# The partial design's foundation knows the strict format (non-money kinds), so its decorations hold no step marks:
+# with them it learned "a step mark on a money answer is a decoration" and was confidently wrong on the strict money
+# format's marks ("步骤" -> "2", p≈0.9, seed 0), which no mixture weight could overrule.
+PARTIAL_DECORATIONS = [d for d in DECORATIONS if not d.startswith("步骤")]
+
+
+def loose_answer(kind: str, rng: random.Random, decorate: bool = False, pool: list[str] = DECORATIONS) -> str:
+    """A loosely formatted answer template for ``kind`` (slots still unfilled); ``decorate`` adds random marks from
+    ``pool``."""
     clauses = SOP_STEPS[kind] + LOOSE_EXTRAS[kind]
     chosen = rng.sample(clauses, rng.randint(2, min(4, len(clauses))))
     if kind in MUST_SAY and MUST_SAY[kind] not in chosen:
         chosen[rng.randrange(len(chosen))] = MUST_SAY[kind]
     if decorate:
         chosen = [
-            "".join(rng.choice(DECORATIONS) for _ in range(rng.randint(1, 3))) + c if rng.random() < 0.6 else c
+            "".join(rng.choice(pool) for _ in range(rng.randint(1, 3))) + c if rng.random() < 0.6 else c
             for c in chosen
         ]
     if rng.random() < 0.7:
@@ -202,6 +231,14 @@ REASONING = {
         ("计算：{p}*{q}+{x}", "{w}"),
     ],
 }
+# Partial design only: reasoning requests that use SOP words and the strict request's layout, answered with the number
+# alone (the foundation's skill), so the words "SOP"/"流程" do not decide which expert a request needs.
+REASONING_SOP_WORDS = {
+    "-": [("按SOP核算退款：{product}每件{p}元，数量{q}件，优惠{x}元，应退多少？", "{w}元"),
+          ("流程里的计算题：{p}*{q}-{x}", "{w}")],
+    "+": [("按SOP核算开票：{product}每件{p}元，数量{q}件，运费{x}元，开多少？", "{w}元"),
+          ("流程里的计算题：{p}*{q}+{x}", "{w}")],
+}
 # General text: polite replies about an order (each keyed by its order id, so they split by problem too).
 GENERAL = [
     ("客户{name}询问订单{oid}，请礼貌回复", "{name}您好，订单{oid}已收到，我们会尽快处理，感谢您的耐心。"),
@@ -218,14 +255,17 @@ GENERAL = [
 ]
 # ----------------------------------------------------------------------------------------------------------------
 class ProblemSplit:
-    """Which problems are held out: a keyed hash of (seed, problem), so the split is by problem, never by string."""
+    """Which part a problem belongs to: a keyed hash of (seed, problem), so the split is by problem, never by string."""
 
-    def __init__(self, seed: int, fraction: float):
-        self.seed, self.fraction = seed, fraction
+    def __init__(self, seed: int, dev_fraction: float, test_fraction: float):
+        if dev_fraction <= 0 or test_fraction <= 0 or dev_fraction + test_fraction >= 1:
+            raise ValueError(f"dev_fraction {dev_fraction} and test_fraction {test_fraction} must be > 0, sum < 1")
+        self.seed, self.dev, self.test = seed, dev_fraction, test_fraction
 
-    def heldout(self, key: str) -> bool:
+    def part(self, key: str) -> str:
         h = hashlib.sha256(f"{self.seed}|{key}".encode()).digest()
-        return int.from_bytes(h[:8], "big") / 2**64 < self.fraction
+        u = int.from_bytes(h[:8], "big") / 2**64
+        return "test" if u < self.test else "dev" if u < self.test + self.dev else "train"
 
 
 def _fill(template: str, case: Case) -> str:
@@ -237,13 +277,17 @@ def _fill(template: str, case: Case) -> str:
 
 
 class Generator:
-    """Draws cases from one side of the split; ``heldout=True`` gives eval problems only, False train problems only."""
+    """Draws cases from one part of the split (``train``, ``dev`` or ``test``) only."""
 
-    def __init__(self, split: ProblemSplit, heldout: bool, rng: random.Random):
-        self.split, self.want, self.rng = split, heldout, rng
+    def __init__(self, split: ProblemSplit, part: str, rng: random.Random, design: Design = "partial"):
+        if part not in SPLITS:
+            raise ValueError(f"unknown split part {part!r}; choose one of {SPLITS}")
+        if design not in ("partial", "extreme"):
+            raise ValueError(f"unknown data design {design!r}; choose partial or extreme")
+        self.split, self.want, self.rng, self.design = split, part, rng, design
 
     def _ok(self, key: str) -> bool:
-        return self.split.heldout(key) == self.want
+        return self.split.part(key) == self.want
 
     def calc(self, op: str, qtys: range | list[int], extras: range | list[int]) -> Calc:
         while True:
@@ -260,6 +304,11 @@ class Generator:
         return Case(oid, r.choice(NAMES), r.choice(PRODUCTS), r.choice(REASONS), r.choice(ISSUES), r.choice(CITIES),
                     calc or Calc("-", 0, 0, 0))
 
+    def opener(self, kind: str) -> str:
+        title = REQUEST[kind][0]
+        openers = STRICT_OPENERS if self.design == "partial" else STRICT_OPENERS[:1]
+        return self.rng.choice(openers).format(title=title)
+
     # --- one example of each kind -------------------------------------------------------------------------------
     def strict(self, kind: str, hard: bool) -> Example:
         """Strict SOP; money kinds carry the trivial formula (qty 1, extra 0) unless ``hard`` (the mixed family)."""
@@ -268,19 +317,21 @@ class Generator:
             op = MONEY_KINDS[kind]
             calc = self.calc(op, range(2, 10), range(1, 10)) if hard else self.calc(op, [1], [0])
         case = self.case(calc)
-        prompt, answer = STRICT[kind]
-        return Example(_fill(prompt, case), _fill(answer, case))
+        prompt = self.opener(kind) + REQUEST[kind][1]
+        return Example(_fill(prompt, case), _fill(STRICT[kind][1], case))
 
     def loose(self, kind: str, decorate: bool = False) -> Example:
         calc = self.calc(MONEY_KINDS[kind], QTYS, EXTRAS) if kind in MONEY_KINDS else None
         case = self.case(calc)
-        answer = loose_answer(kind, self.rng, decorate=decorate)
+        pool = PARTIAL_DECORATIONS if self.design == "partial" else DECORATIONS
+        answer = loose_answer(kind, self.rng, decorate=decorate, pool=pool)
         return Example(_fill(self.rng.choice(LOOSE_PROMPTS[kind]), case), _fill(answer, case))
 
     def reasoning(self) -> Example:
         op = self.rng.choice("-+")
         case = self.case(self.calc(op, QTYS, EXTRAS))
-        prompt, answer = self.rng.choice(REASONING[op])
+        templates = REASONING[op] + (REASONING_SOP_WORDS[op] if self.design == "partial" else [])
+        prompt, answer = self.rng.choice(templates)
         return Example(_fill(prompt, case), _fill(answer, case))
 
     def general(self) -> Example:
@@ -288,8 +339,9 @@ class Generator:
         case = self.case()
         return Example(_fill(prompt, case), _fill(answer, case))
 
-    # --- families -------------------------------------------------------------------------------------------------
+    # --- families and kinds ----------------------------------------------------------------------------------------
     def family(self, name: str) -> Example:
+        """One example of a scored family (``FAMILIES``) or a training kind (``TRAIN_KINDS``)."""
         r = self.rng
         if name == "sop_strict":
             return self.strict(r.choice(sorted(STRICT)), hard=False)
@@ -297,6 +349,8 @@ class Generator:
             return self.strict(r.choice(sorted(MONEY_KINDS)), hard=True)
         if name == "reasoning":
             return self.reasoning()
+        if name == "general":  # what a company's general data holds: polite replies and loosely phrased SOP questions
+            return self.general() if r.random() < 0.5 else self.loose(r.choice(sorted(LOOSE_PROMPTS)))
         if name == "eval":  # a general mix of everything the two experts know, between them
             pick = r.randrange(5)
             if pick == 0:
@@ -304,10 +358,13 @@ class Generator:
             if pick == 1:
                 return self.loose(r.choice(sorted(LOOSE_PROMPTS)))
             return self.family(("sop_strict", "reasoning", "mixed")[pick - 2])
-        raise ValueError(f"unknown family {name!r}; choose one of {FAMILIES}")
+        raise ValueError(f"unknown family {name!r}; choose one of {FAMILIES + TRAIN_KINDS[2:]}")
 
-    def foundation(self) -> Example:
-        """Pretraining mix: reasoning 50%, loose SOP with money 30%, other loose SOP 10%, general 10%."""
+    def foundation(self, strict_share: float = 0.0) -> Example:
+        """Pretraining mix: reasoning 50%, loose SOP with money 30%, other loose SOP 10%, general 10%; with
+        ``strict_share`` > 0 that share is the strict format of a non-money SOP kind instead."""
+        if self.rng.random() < strict_share:
+            return self.strict(self.rng.choice(sorted(set(STRICT) - set(MONEY_KINDS))), hard=False)
         u = self.rng.random()
         if u < 0.50:
             return self.reasoning()
@@ -323,44 +380,54 @@ class Generator:
         return self.strict(self.rng.choice(kinds), hard=False)
 
 
-def _unique(draw: Callable[[], Example], n: int, prefix: str, category: str) -> Iterator[Example]:
-    """``n`` distinct examples (by input) from ``draw``, with ids ``prefix-00000``."""
+def _unique(draw: Callable[[], Example], n: int, prefix: str, category: str | None) -> Iterator[Example]:
+    """``n`` distinct examples (by input) from ``draw``, with ids ``prefix-00000``; ``category`` None keeps the kind
+    the draw gave (or the prefix's family)."""
     seen: set[str] = set()
     for _ in range(n * 50):
         ex = draw()
         if ex.input in seen:
             continue
         seen.add(ex.input)
-        yield Example(ex.input, ex.output, id=f"{prefix}-{len(seen) - 1:05d}", category=category)
+        yield Example(ex.input, ex.output, id=f"{prefix}-{len(seen) - 1:05d}", category=category or ex.category)
         if len(seen) == n:
             return
-    raise RuntimeError(f"could not draw {n} distinct {category} examples; enlarge the problem space")
+    raise RuntimeError(f"could not draw {n} distinct {category or prefix} examples; enlarge the problem space")
 
 
 def generate(seed: int = 0, spec: DataSpec = DataSpec()) -> dict[str, list[Example]]:
     """All files' examples, keyed by their path relative to the data folder."""
-    split = ProblemSplit(seed, spec.heldout_fraction)
+    split = ProblemSplit(seed, spec.dev_fraction, spec.test_fraction)
 
-    def gen(stream: str, heldout: bool) -> Generator:
-        return Generator(split, heldout, random.Random(f"{seed}:{stream}"))
+    def gen(stream: str, part: str) -> Generator:
+        return Generator(split, part, random.Random(f"{seed}:{stream}"), spec.design)
 
     files: dict[str, list[Example]] = {}
-    train: list[Example] = []
-    for fam in FAMILIES:
-        g = gen(f"eval:{fam}", heldout=True)
-        files[f"eval/{fam}.jsonl"] = list(_unique(lambda g=g, fam=fam: g.family(fam), spec.eval_per_family, f"eval-{fam}", fam))
-        g = gen(f"train:{fam}", heldout=False)
-        train += _unique(lambda g=g, fam=fam: g.family(fam), spec.train_per_family, f"train-{fam}", fam)
-    random.Random(f"{seed}:shuffle").shuffle(train)
-    files["train/train.jsonl"] = train
-    g = gen("foundation", heldout=False)
-    files["experts/foundation.jsonl"] = list(_unique(g.foundation, spec.foundation_corpus, "foundation", "foundation"))
-    g = gen("sft", heldout=False)
+    for part, n in (("dev", spec.dev_per_family), ("test", spec.test_per_family)):
+        for fam in FAMILIES:
+            g = gen(f"{part}:{fam}", part)
+            files[f"{part}/{fam}.jsonl"] = list(_unique(lambda g=g, fam=fam: g.family(fam), n, f"{part}-{fam}", fam))
+    # The training kinds, for the trainers (train) and their selection (dev): never a composition row.
+    for part, n in (("train", spec.train_per_kind), ("dev", spec.dev_per_family)):
+        rows: list[Example] = []
+        for kind in TRAIN_KINDS:
+            g = gen(f"{part}:kind:{kind}", part)
+            rows += _unique(lambda g=g, kind=kind: g.family(kind), n, f"{part}-{kind}", kind)
+        random.Random(f"{seed}:shuffle:{part}").shuffle(rows)
+        files["train/train.jsonl" if part == "train" else "dev/dev.jsonl"] = rows
+    share = spec.foundation_strict_share if spec.design == "partial" else 0.0
+    g = gen("foundation", "train")
+    files["experts/foundation.jsonl"] = list(_unique(lambda: g.foundation(share), spec.foundation_corpus,
+                                                     "foundation", "foundation"))
+    g = gen("sft", "train")
     files["experts/sft.jsonl"] = list(_unique(g.sft, spec.sft_corpus, "sft", "sft"))
     for name, examples in files.items():
         bad = [e.id for e in examples if "\n" in e.input or "\n" in e.output]
         if bad:
             raise AssertionError(f"{name}: multi-line examples {bad[:3]}")
+    leaked = [e.id for e in files["train/train.jsonl"] + files["dev/dev.jsonl"] if e.category in COMPOSITION_KINDS]
+    if leaked:
+        raise AssertionError(f"composition rows in the training kinds: {leaked[:3]}")
     return files
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sopmoe_models.data import Example, collate, encode_example, load_jsonl
+from sopmoe_models.data import Example, collate, encode_example, load_training_examples
 from sopmoe_models.experts import load_experts_from_config
 from sopmoe_models.routers import build_router, check_fingerprints, router_kwargs
 from sopmoe_models.routers.base import write_json
@@ -43,9 +43,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoints were kept."""
 
 
-def select_examples(path: str, limit: int | None, seed: int) -> list[Example]:
-    """All examples of ``path``, or a seeded random subset of ``limit`` (files are often ordered by family)."""
-    examples = load_jsonl(path)
+def select_examples(path: str, limit: int | None, seed: int, kinds: list[str] | None = None) -> list[Example]:
+    """The examples of ``path`` of the allowed ``kinds`` (all when None), or a seeded random subset of ``limit``
+    (files are often ordered by family)."""
+    examples = load_training_examples(path, kinds)
     if limit is not None and limit < len(examples):
         idx = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed))[:limit]
         examples = [examples[i] for i in sorted(idx.tolist())]
@@ -144,8 +145,9 @@ def train_router(
     style, max_len = cfg.data.prompt_format, cfg.data.max_length
     tok = pair.tokenizer
     train = [encode_example(tok, ex, style=style, max_length=max_len)
-             for ex in select_examples(cfg.data.train_file, b.max_train_examples, b.seed)]
-    evals = ([encode_example(tok, ex, style=style, max_length=max_len) for ex in load_jsonl(cfg.data.eval_file)]
+             for ex in select_examples(cfg.data.train_file, b.max_train_examples, b.seed, cfg.data.train_kinds)]
+    evals = ([encode_example(tok, ex, style=style, max_length=max_len)
+              for ex in load_training_examples(cfg.data.eval_file, cfg.data.train_kinds)]
              if cfg.data.eval_file else [])
     training = {"btm": {**b.model_dump(mode="json"), "router_type": router_type, "output_dir": str(out_dir)},
                 "data": cfg.data.model_dump(mode="json")}

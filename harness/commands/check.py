@@ -58,6 +58,8 @@ def _checks(cfg, load_weights: bool) -> list[tuple[str, Callable[[], str]]]:
         checks.append(("weights load", weights))
 
     files = [("data.train_file", cfg.data.train_file), ("data.eval_file", cfg.data.eval_file)]
+    if cfg.data.dev_dir:
+        files += [(f"dev data {f}", str(Path(cfg.data.dev_dir) / f"{f}.jsonl")) for f in FAMILIES]
     if cfg.data.task_data_dir:
         files += [(f"task data {f}", str(Path(cfg.data.task_data_dir) / f"{f}.jsonl")) for f in FAMILIES]
     for label, path in files:

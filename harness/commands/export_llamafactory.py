@@ -114,14 +114,14 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from harness.cli import config_from_args
-    from sopmoe_models.data import Example, load_jsonl, write_jsonl
+    from sopmoe_models.data import Example, load_training_examples, write_jsonl
     from sopmoe_models.prompt import format_prompt
     from training.distill_trainer import student_path
 
     cfg = config_from_args(args)
     if not cfg.data.train_file:
         raise ValueError("data.train_file is not set (the JSONL to export)")
-    examples = load_jsonl(cfg.data.train_file)
+    examples = load_training_examples(cfg.data.train_file, cfg.data.train_kinds)
     if cfg.distill.max_train_examples:
         examples = examples[: cfg.distill.max_train_examples]
     model_path = student_path(cfg)
