@@ -23,7 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.model_specs import ModelSpec, Planned, device_for, parse_model_spec, plan, training_cost
+from harness.model_specs import (
+    ModelSpec,
+    Planned,
+    device_for,
+    parse_model_spec,
+    plan,
+    training_cost,
+    training_data,
+)
 from harness.runs import META, RESULTS, ROUTING, RUN_FORMAT, SUMMARY, write_json
 
 log = logging.getLogger(__name__)
@@ -119,13 +127,24 @@ def evaluate_one(p: Planned, out: Path, *, tasks: list[str], limit: int | None, 
                               for k in sorted(clock)}},
         "inference_cost": {"expert_forwards_per_token": p.forwards_per_token, "requests_s_vs_foundation": None,
                            "requests_cpu_s_vs_foundation": None},
-        "training": training_cost(p, load_s),
+        "training": {**training_cost(p, load_s), "data": training_data(p)},
         "routing_statistics": ROUTING if routing else None,
     }
     write_json(out / META, meta)
     del lm
     gc.collect()
     return meta
+
+
+def machine(device: str) -> dict[str, Any]:
+    """Where the times of this run were measured (the leaderboard states it next to every time column)."""
+    import os
+    import platform
+
+    import torch
+
+    return {"platform": f"{platform.system()} {platform.machine()}", "cpus": os.cpu_count(), "device": device,
+            "torch_threads": torch.get_num_threads()}
 
 
 def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir: str | Path | None = None, *,
@@ -160,7 +179,7 @@ def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "format": RUN_FORMAT, "command": command, "tasks": tasks, "limit": limit, "batch_size": batch_size,
-        "device": device, "task_metadata": task_metadata, "models": [],
+        "device": device, "task_metadata": task_metadata, "models": [], "machine": machine(device),
     }
     if append and (out / SUMMARY).is_file():
         summary = _appended(out, summary, {s.name for s in specs})

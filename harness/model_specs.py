@@ -30,10 +30,14 @@ BUILTIN = {  # kind -> lm-eval model
     "btm": "sopmoe_btm",
     "distill": "sopmoe_distill",
     "merge": "sopmoe_merge",
+    "dispatch": "sopmoe_dispatch",
+    "replay": "sopmoe_distill",
 }
-FORWARDS_PER_TOKEN = {"hf": 1, "sopmoe_merge": 1, "sopmoe_distill": 1, "sopmoe_ensemble": 2, "sopmoe_btm": 2}
+# Expert forwards per generated/scored token (dispatch also runs one foundation prefill of each prompt to route it).
+FORWARDS_PER_TOKEN = {"hf": 1, "sopmoe_merge": 1, "sopmoe_distill": 1, "sopmoe_dispatch": 1, "sopmoe_ensemble": 2,
+                      "sopmoe_btm": 2}
 LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
-PATH_ARGS = ("pretrained", "foundation", "sft", "student", "router")
+PATH_ARGS = ("pretrained", "foundation", "sft", "student", "router", "classifier")
 
 
 @dataclass(frozen=True)
@@ -113,9 +117,11 @@ def builtin_args(kind: str, cfg, *, btm_router: str | None, distill_model: str |
     if kind == "btm":
         router = btm_router or cfg.distill.btm_router or str(Path(cfg.btm.output_dir) / "best_router.safetensors")
         return {"router": router}
-    if kind == "distill":
+    if kind in ("distill", "replay"):
         return {"pretrained": distill_model or str(Path(cfg.distill.output_dir) / "best_student"),
                 "dtype": _dtype(m.foundation.dtype, device)}
+    if kind == "dispatch":
+        return {"classifier": None, "dtype": m.foundation.dtype}
     if kind == "merge":
         args = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype, "method": g.method}
         if g.method == "linear":
@@ -147,6 +153,9 @@ def _input_problem(args: dict[str, Any], kind: str) -> str | None:
             card = (p if p.is_dir() else p.parent) / "router.json"
             if not p.exists() or not card.is_file():
                 return f"no router checkpoint at {p} (train one with `sopmoe train-router`, or pass --btm_router)"
+        elif key == "classifier":
+            if not ((p if p.is_dir() else p.parent) / "dispatch.json").is_file():
+                return f"no dispatch classifier at {p} (train one with `sopmoe train-dispatch`)"
         elif not (p / "config.json").is_file():
             hint = HINTS.get(kind, "expected a transformers folder with config.json")
             return f"no model folder at {p} ({key}=; {hint})"
@@ -196,6 +205,48 @@ def _wall_in(record: dict) -> float | None:
     return None
 
 
+def _data_of(card: dict[str, Any]) -> str | None:
+    """'<train file> [kinds]' from a training record (router.json, distill.json or dispatch.json)."""
+    data = (card.get("training", {}) or {}).get("data") or (card.get("config", {}) or {}).get("data") \
+        or card.get("training") or {}
+    train = data.get("train_file") if isinstance(data, dict) else None
+    if not train:
+        return None
+    kinds = data.get("train_kinds")
+    return f"{Path(train).name} [{', '.join(kinds) if kinds else 'every row'}]"
+
+
+def training_data(p: Planned) -> str:
+    """What data made this model (the leaderboard's "Trained on"), from the records beside its artefact."""
+    a, kind = p.model_args, p.spec.kind
+    if kind in ("foundation", "sft") and a.get("pretrained"):
+        if (Path(a["pretrained"]).parent / "testbed.json").is_file():
+            return ("pretraining corpus (reasoning, loose SOP, general)" if kind == "foundation"
+                    else "SOP-only SFT corpus (from the foundation)")
+        return "given checkpoint"
+    if p.lm_eval_model == "sopmoe_ensemble":
+        return "none (weights chosen on dev)"
+    for key, card_name in (("router", "router.json"), ("classifier", "dispatch.json"), ("pretrained", "distill.json"),
+                           ("pretrained", "merge.json")):
+        if not a.get(key):
+            continue
+        q = Path(a[key])
+        for card in ((q if q.is_dir() else q.parent) / card_name, q.parent / card_name):
+            if card.is_file():
+                record = json.loads(card.read_text(encoding="utf-8"))
+                if card_name == "merge.json":
+                    return "none (weight merge; parameters chosen on dev)"
+                data = _data_of(record)
+                if card_name == "distill.json":
+                    teacher = record.get("teacher", {}).get("type")
+                    how = "plain CE" if teacher == "none" else f"KD from {teacher} + CE"
+                    return f"{data} ({how})" if data else how
+                return data or "–"
+    if p.lm_eval_model == "sopmoe_merge":
+        return "none (weight merge)"
+    return "–"
+
+
 def training_cost(p: Planned, load_s: float) -> dict[str, Any]:
     """Wall-clock of the step that made this model from its inputs, read from that step's JSON record.
 
@@ -219,6 +270,9 @@ def training_cost(p: Planned, load_s: float) -> dict[str, Any]:
     if a.get("router"):
         r = Path(a["router"])
         candidates.append((r if r.is_dir() else r.parent) / "router.json")
+    if a.get("classifier"):
+        c = Path(a["classifier"])
+        candidates.append((c if c.is_dir() else c.parent) / "dispatch.json")
     if a.get("pretrained"):
         d = Path(a["pretrained"])
         candidates += [d / "distill.json", d.parent / "distill.json", d / "merge.json"]
