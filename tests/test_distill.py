@@ -244,3 +244,37 @@ def test_btm_teacher(workdir, tiny_pair_dirs, tiny_data_dir, tiny_pair, monkeypa
     assert third["teacher_cache"]["train"]["built"]
     assert third["teacher"]["fingerprint"]["state_sha256"] != fp["state_sha256"]
     assert third["teacher_cache"]["train"]["path"] != card["teacher_cache"]["train"]["path"]
+
+
+def test_replay_is_plain_finetuning_without_a_teacher(workdir, tiny_pair_dirs, tiny_data_dir, monkeypatch):
+    """`--teacher_type none` (the replay_sft baseline): no teacher is built, the loss is the references' CE over all
+    the student's output rows, only the allowed kinds are trained on, and the card says so."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.config import ConfigError
+    from training import distill_trainer
+    from training.kd_losses import ce_per_token, select_output_positions
+
+    monkeypatch.chdir(workdir)
+    monkeypatch.setattr(distill_trainer, "build_teacher", lambda *a, **k: pytest.fail("replay built a teacher"))
+    out = workdir / "replay"
+    cfg = make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__teacher_type="none", distill__distill_loss_weight=0.0,
+                   distill__task_loss_weight=1.0, distill__num_epochs=1, data__train_kinds=["sop_strict", "reasoning"])
+    card = distill_trainer.train(cfg)
+    assert card["teacher"]["type"] == "none" and card["teacher_cache"] == {"train": None, "eval": None}
+    assert card["config"]["data"]["train_kinds"] == ["sop_strict", "reasoning"]
+    ev = card["epochs"][0]["eval"]
+    assert ev["kd"] == 0 and ev["loss"] == pytest.approx(ev["ce"])
+    # the eval CE is the best student's plain cross-entropy on the dev rows of the allowed kinds
+    from sopmoe_models.data import collate, encode_example, load_training_examples
+
+    student = AutoModelForCausalLM.from_pretrained(out / "best_student").eval()
+    rows = load_training_examples(cfg.data.eval_file, cfg.data.train_kinds)
+    tok = __import__("transformers").AutoTokenizer.from_pretrained(out / "best_student")
+    batch = collate([encode_example(tok, r, max_length=64) for r in rows], tok.pad_token_id)
+    with torch.no_grad():
+        s, t = select_output_positions(student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
+                                       batch["labels"])
+    assert ce_per_token(s, t).mean().item() == pytest.approx(ev["ce"], rel=1e-4)
+    with pytest.raises(ConfigError, match="teacher_type none is plain fine-tuning"):
+        make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__teacher_type="none")

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_jsonl
+from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_training_examples
 from sopmoe_models.experts import check_same_tokenizer, load_tokenizer
 from training import distill_checkpoint as ckpt
 from training.distill_teacher import (
@@ -86,7 +86,8 @@ def load_student(cfg, teacher_tokenizer, device: torch.device) -> torch.nn.Modul
 
 
 def encode_file(path: str, tokenizer, cfg, limit: int | None = None) -> list[dict[str, list[int]]]:
-    examples = load_jsonl(path)[:limit] if limit else load_jsonl(path)
+    examples = load_training_examples(path, cfg.data.train_kinds)
+    examples = examples[:limit] if limit else examples
     return [encode_example(tokenizer, ex, style=cfg.data.prompt_format, max_length=cfg.data.max_length) for ex in examples]
 
 
@@ -140,6 +141,10 @@ def evaluate(model, targets, features, cfg, accelerator, vocab_size: int, pad_id
     return {"loss": d.distill_loss_weight * kd + d.task_loss_weight * ce, "kd": kd, "ce": ce, "tokens": int(sums[2])}
 
 
+def _no_teacher(indices: list[int], batch: dict[str, torch.Tensor]) -> None:
+    return None
+
+
 def _teacher_targets(teacher, features, data_file, cfg, accelerator, out_dir: Path, fp: dict, what: str):
     k = cfg.distill.teacher_cache_topk
     if not k:
@@ -189,18 +194,29 @@ def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = 
     torch.manual_seed(d.seed)
 
     # setup: teacher, student, data, teacher targets
-    teacher = build_teacher(cfg, accelerator.device)
-    fp = teacher_fingerprint(teacher)
-    tok, vocab, pad_id = teacher.tokenizer, teacher.vocab_size, teacher.tokenizer.pad_token_id
+    if d.teacher_type == "none":  # plain fine-tuning (replay): no teacher is loaded or run
+        teacher, fp = None, {"class": None, "name": "none (plain fine-tuning on the references)"}
+        tok = load_tokenizer(student_path(cfg))
+        vocab = None  # cross-entropy over all the student's output rows, as plain fine-tuning computes it
+    else:
+        teacher = build_teacher(cfg, accelerator.device)
+        fp = teacher_fingerprint(teacher)
+        tok, vocab = teacher.tokenizer, teacher.vocab_size
+    pad_id = tok.pad_token_id
     student = load_student(cfg, tok, accelerator.device)
     train_feats = encode_file(cfg.data.train_file, tok, cfg, d.max_train_examples)
     eval_feats = encode_file(cfg.data.eval_file, tok, cfg) if cfg.data.eval_file else []
     if not eval_feats:
         log.warning("data.eval_file is not set: the best student is chosen by training loss")
-    train_targets, train_cache = _teacher_targets(teacher, train_feats, cfg.data.train_file, cfg, accelerator, out_dir, fp, "train")
-    eval_targets, eval_cache = (
-        _teacher_targets(teacher, eval_feats, cfg.data.eval_file, cfg, accelerator, out_dir, fp, "eval") if eval_feats else (None, None)
-    )
+    if teacher is None:
+        (train_targets, train_cache), (eval_targets, eval_cache) = (_no_teacher, None), (_no_teacher, None)
+    else:
+        train_targets, train_cache = _teacher_targets(teacher, train_feats, cfg.data.train_file, cfg, accelerator,
+                                                      out_dir, fp, "train")
+        eval_targets, eval_cache = (
+            _teacher_targets(teacher, eval_feats, cfg.data.eval_file, cfg, accelerator, out_dir, fp, "eval")
+            if eval_feats else (None, None)
+        )
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=d.learning_rate, weight_decay=d.weight_decay)
     n_batches = math.ceil(len(train_feats) / d.batch_size)

@@ -129,7 +129,7 @@ def _divergence(log_p: torch.Tensor, log_q: torch.Tensor, kind: Divergence, beta
 
 def kd_per_token(
     student_logits: torch.Tensor,
-    teacher: torch.Tensor | TopKTeacher,
+    teacher: torch.Tensor | TopKTeacher | None,
     temperature: float,
     kind: Divergence = "forward",
     beta: float = 0.5,
@@ -157,7 +157,7 @@ def ce_per_token(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.T
 def distill_loss(
     student_logits: torch.Tensor,
     labels: torch.Tensor,
-    teacher: torch.Tensor | TopKTeacher,
+    teacher: torch.Tensor | TopKTeacher | None,
     *,
     temperature: float = 2.0,
     distill_loss_weight: float = 0.5,
@@ -177,12 +177,15 @@ def distill_loss(
     """
     s, targets = select_output_positions(student_logits, labels, vocab_size)
     n = s.shape[0]
+    denom = float(normalizer) if normalizer is not None else float(max(n, 1))
+    if teacher is None:  # no teacher: plain fine-tuning on the references (the replay baseline)
+        ce = ce_per_token(s, targets).sum() / denom
+        return DistillLoss(task_loss_weight * ce, torch.zeros((), device=ce.device), ce.detach(), n)
     if isinstance(teacher, torch.Tensor) and teacher.dim() == 3:
         teacher, _ = select_output_positions(teacher, labels, vocab_size)
     if len(teacher) != n:
         raise ValueError(f"teacher has {len(teacher)} rows but the batch has {n} output tokens")
     kd_sum = kd_per_token(s, teacher, temperature, kind, beta).sum()
     ce_sum = ce_per_token(s, targets).sum()
-    denom = float(normalizer) if normalizer is not None else float(max(n, 1))
     kd, ce = kd_sum / denom, ce_sum / denom
     return DistillLoss(distill_loss_weight * kd + task_loss_weight * ce, kd.detach(), ce.detach(), n)

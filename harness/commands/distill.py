@@ -17,13 +17,16 @@ EXAMPLES = [
     "sopmoe distill --config configs/config.yaml --teacher_type ensemble --student_init sft",
     "sopmoe distill --config configs/config.yaml --teacher_type btm --btm_router models/checkpoints/btm "
     "--student_init foundation --lora --teacher_cache_topk 32",
+    "sopmoe distill --teacher_type none --distill_loss_weight 0 --task_loss_weight 1 --output_dir runs/replay_sft",
     "accelerate launch --num_processes 2 -m harness.cli distill --config configs/config.yaml --resume",
 ]
 ORDER = 40
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher_type", dest="distill.teacher_type", choices=["ensemble", "btm"], help="the fused teacher")
+    p.add_argument("--teacher_type", dest="distill.teacher_type", choices=["ensemble", "btm", "none"],
+                   help="the fused teacher; none = plain fine-tuning on the references (the replay_sft baseline: "
+                   "--distill_loss_weight 0 --task_loss_weight 1)")
     p.add_argument("--btm_router", dest="distill.btm_router", help="router checkpoint (folder or .safetensors) for btm")
     p.add_argument("--student_init", dest="distill.student_init", help="foundation | sft | a model folder")
     p.add_argument("--output_dir", dest="distill.output_dir", help="run folder (default: distill.output_dir)")
