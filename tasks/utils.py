@@ -2,7 +2,7 @@
 their ``*_gen`` generation variants).
 
 Data: ``custom_dataset`` resolves the folder from ``--metadata data_dir=DIR`` (or ``'{"data_dir": "DIR"}'``),
-then ``$SOPMOE_DATA_DIR``, then the shipped default ``tasks/data`` (the generator's eval split for seed 0), so the
+then ``$SOPMOE_DATA_DIR``, then the shipped default ``tasks/data`` (the generator's test split for seed 0), so the
 tasks work from any working directory. The prompt is built by :func:`sopmoe_models.prompt.format_prompt`, the
 same function training and generation use (``--metadata prompt_format=chat`` for chat checkpoints).
 
@@ -10,7 +10,8 @@ Per-token perplexity: lm-eval's own ``perplexity`` is exp(-mean per-document log
 exp(-Σ ll / Σ n_tokens), so each doc carries the number of target tokens and ``process_results_ll`` returns
 ``(ll, n_tokens)`` for lm-eval's ``weighted_perplexity`` aggregation. Counting needs the evaluated model's
 tokenizer: it is read (locally, never downloaded) from the model arguments lm-eval passes as metadata
-(``tokenizer``, ``pretrained``, ``foundation``, ``student``, a router's ``router.json``, or ``config``). Tokens are
+(``tokenizer``, ``pretrained``, ``foundation``, ``student``, a router's ``router.json``, a dispatch classifier's
+``dispatch.json``, or ``config``). Tokens are
 counted as lm-eval splits them: len(enc(prompt + target)) - len(enc(prompt)).
 """
 
@@ -37,14 +38,15 @@ def _tokenizer_source(meta: dict) -> str | None:
         value = meta.get(key)
         if isinstance(value, str) and Path(value).expanduser().is_dir():
             return str(Path(value).expanduser())
-    router = meta.get("router")
-    if isinstance(router, str) and router:
-        p = Path(router).expanduser()
-        card = (p if p.is_dir() else p.parent) / "router.json"
-        if card.is_file():
-            path = json.loads(card.read_text()).get("experts", {}).get("foundation", {}).get("path")
-            if path and Path(path).is_dir():
-                return path
+    for key, card_name in (("router", "router.json"), ("classifier", "dispatch.json")):
+        value = meta.get(key)
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            card = (p if p.is_dir() else p.parent) / card_name
+            if card.is_file():
+                path = json.loads(card.read_text()).get("experts", {}).get("foundation", {}).get("path")
+                if path and Path(path).is_dir():
+                    return path
     cfg = meta.get("config")
     if isinstance(cfg, str) and Path(cfg).is_file():
         from harness.config import load_config
@@ -126,10 +128,34 @@ def steps(text: str) -> list[str]:
     return [a or b for a, b in STEP.findall(text)]
 
 
+ORDER_ID = re.compile(r"\b[A-Z]{1,3}\d{3,}\b|(?<![A-Za-z0-9])[A-Z]\d{4}(?!\d)")
+AMOUNT = re.compile(r"(\d+(?:\.\d+)?)\s*元|[$€£¥]\s*(\d+(?:\.\d+)?)")
+
+
+def step_bodies(text: str) -> list[str]:
+    """The text after each step label, up to the next label (stripped of separators)."""
+    marks = list(STEP.finditer(text))
+    ends = [m.start() for m in marks[1:]] + [len(text)]
+    return [text[m.end() : end].strip(" :：;；,，.。\n\t") for m, end in zip(marks, ends)]
+
+
+def content_keys(reference: str) -> list[str]:
+    """What a step's content must carry, read from the reference: its order ids and its final amounts."""
+    ids = [m.group(0) for m in ORDER_ID.finditer(reference)]
+    amounts = [a or b for a, b in AMOUNT.findall(reference)]
+    return ids + amounts
+
+
 def format_ok(prediction: str, reference: str) -> int:
-    """1 when the prediction has exactly the reference's SOP steps in order (and at least one), else 0."""
+    """1 when the prediction has exactly the reference's SOP steps in order (at least one), every step has content,
+    and the content the reference carries (order ids, final amounts) is there; else 0. Markers alone
+    ("步骤1步骤2步骤3步骤4") are not the format."""
     ref = steps(reference)
-    return int(bool(ref) and steps(prediction) == ref)
+    if not ref or steps(prediction) != ref:
+        return 0
+    if not all(step_bodies(prediction)):
+        return 0
+    return int(all(key in prediction for key in content_keys(reference)))
 
 
 def process_results_gen_sop(doc: dict, results: list) -> dict:
