@@ -17,12 +17,20 @@ Deterministic: the same run folders give the same bytes (markdown and PNG: no ti
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.runs import Metric, Run, collect, mean_spread, model_order, read_runs
+from harness.stats import paired_bootstrap, wilson
 
 FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
+CORE = ("sop_strict", "reasoning", "mixed")
+# Trained fusions (routers and the student distilled from one) against everything else: the experts, the ensemble,
+# the dispatch and replay baselines and the merges (issue 11's comparison).
+FUSION_KINDS = ("btm", "distill")
+README_BEGIN, README_END = "<!-- sopmoe:results:begin -->", "<!-- sopmoe:results:end -->"
 FAMILY_TITLES = {"sop_strict": "SOP", "reasoning": "Reasoning", "mixed": "Mixed", "eval": "General (eval)"}
 # (header, task suffix, metric)
 FAMILY_COLUMNS = (
@@ -61,6 +69,29 @@ class Leaderboard:
     routing: Table | None
     notes: list[str]
     chart: dict[str, dict[str, Metric]]  # family -> model -> accuracy
+    intervals: list[Table] = field(default_factory=list)  # per core family: every model vs the best non-fusion one
+    pareto: list[dict[str, Any]] = field(default_factory=list)  # name, mean acc, spread, forwards, time ratio
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for t in [d["summary"], d["models"], *d["families"], *d["intervals"], *([d["routing"]] if d["routing"] else [])]:
+            t["bold"] = sorted([list(b) for b in t["bold"]])
+        d["chart"] = {f: {n: [m["value"], m["stderr"]] for n, m in per.items()} for f, per in d["chart"].items()}
+        return {"format": "sopmoe-leaderboard/1", **d}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Leaderboard:
+        if d.get("format") != "sopmoe-leaderboard/1":
+            raise ValueError("not a sopmoe leaderboard JSON (format sopmoe-leaderboard/1)")
+
+        def table(t: dict | None) -> Table | None:
+            return None if t is None else Table(t["title"], t["columns"], t["rows"], {tuple(b) for b in t["bold"]},
+                                                t.get("align"))
+
+        return cls(d["command"], d["sources"], d["header"], [table(t) for t in d["families"]], table(d["summary"]),
+                   table(d["models"]), table(d["routing"]), d["notes"],
+                   {f: {n: Metric(*v) for n, v in per.items()} for f, per in d["chart"].items()},
+                   [table(t) for t in d["intervals"]], d["pareto"])
 
 
 def _fmt(m: Metric | None, metric: str) -> str:
@@ -145,8 +176,9 @@ def _summary_table(runs: list[Run], names: list[str], cells) -> Table:
     has_mean = len(core) > 1
     if has_mean:
         cols.append(f"Mean acc ({', '.join(FAMILY_TITLES[f] for f in core)}) ↑")
-    cols += ["Inference cost (expert forwards / token)", "Scoring time (× foundation)", "Training cost (wall s)"]
-    table = Table("summary", ["Model", *cols], align=["l"] + ["r"] * len(cols))
+    cols += ["Inference cost (expert forwards / token)", "Scoring time (× foundation)", "Training cost (wall s)",
+             "Trained on"]
+    table = Table("summary", ["Model", *cols], align=["l"] + ["r"] * (len(cols) - 1) + ["l"])
     accs: list[list[float | None]] = []
     for name in names:
         per = [mean_spread(v) if (v := cells.get(name, {}).get(f, {}).get("acc")) else None for f in fams]
@@ -159,12 +191,90 @@ def _summary_table(runs: list[Run], names: list[str], cells) -> Table:
             row.append(_fmt(mean, "acc"))
             values.append(mean.value if mean else None)
         fw, ratio, train = _costs(runs, name)
-        row += [fw, _fmt_plain(ratio, 2, "×"), _fmt_plain(train, 1)]
+        row += [fw, _fmt_plain(ratio, 2, "×"), _fmt_plain(train, 1), _trained_on(runs, name)]
         table.rows.append(row)
         accs.append(values)
     for c in range(len(fams) + int(has_mean)):
         _mark_best(table, c + 1, [v[c] for v in accs], True)
     return table
+
+
+def _trained_on(runs: list[Run], name: str) -> str:
+    """What data made this model, as its training record states (``meta.json`` ``training.data``)."""
+    for run in runs:
+        mr = run.models.get(name)
+        if mr is not None and mr.meta.get("training", {}).get("data"):
+            return str(mr.meta["training"]["data"])
+    return "–"
+
+
+def _is_fusion(runs: list[Run], name: str) -> bool:
+    return any(run.models[name].meta.get("kind") in FUSION_KINDS for run in runs if name in run.models)
+
+
+def _per_example(runs: list[Run], name: str, fam: str) -> list[list[float]] | None:
+    """Per seed (run), the 0/1 accuracy of each test example in doc order; None when a run lacks the samples."""
+    out = []
+    for run in runs:
+        mr = run.models.get(name)
+        rows = mr.per_example(fam) if mr is not None else None
+        if rows is None:
+            return None
+        out.append([rows[k] for k in sorted(rows)])
+    return out
+
+
+def _interval_tables(runs: list[Run], names: list[str], cells) -> list[Table]:
+    """Per core family: each model's accuracy (mean ± spread over runs), its pooled Wilson 95% interval, and the
+    paired bootstrap 95% interval of its difference to the best model that is not a trained fusion."""
+    tables = []
+    for fam in CORE:
+        have = [n for n in names if cells.get(n, {}).get(fam, {}).get("acc")]
+        others = [n for n in have if not _is_fusion(runs, n)]
+        if not have or not others:
+            continue
+        mean = {n: mean_spread(cells[n][fam]["acc"]).value for n in have}
+        best_other = max(others, key=lambda n: (mean[n], -others.index(n)))
+        ref = _per_example(runs, best_other, fam)
+        if ref is None:  # no per-example samples (evaluate --log_samples): no paired interval to give
+            continue
+        t = Table(fam, ["Model", "Accuracy ↑", "Wilson 95% (pooled)", f"Δ vs {best_other} (paired bootstrap 95%)"],
+                  align=["l", "r", "r", "r"])
+        for n in have:
+            acc = mean_spread(cells[n][fam]["acc"])
+            mine = _per_example(runs, n, fam)
+            if mine is not None:
+                k, total = sum(sum(x) for x in mine), sum(len(x) for x in mine)
+                lo, hi = wilson(k, total)
+                w = f"[{lo:.3f}, {hi:.3f}]"
+            else:
+                w = "–"
+            if n == best_other:
+                delta = "(reference)"
+            elif mine is not None and ref is not None and [len(x) for x in mine] == [len(x) for x in ref]:
+                b = paired_bootstrap(mine, ref)
+                delta = f"{b['diff']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}]"
+            else:
+                delta = "–"
+            t.rows.append([n + (" (fusion)" if _is_fusion(runs, n) else ""), _fmt(acc, "acc"), w, delta])
+        _mark_best(t, 1, [mean[n] for n in have], True)
+        tables.append(t)
+    return tables
+
+
+def _pareto_points(runs: list[Run], names: list[str], cells) -> list[dict[str, Any]]:
+    points = []
+    for name in names:
+        lists = [cells.get(name, {}).get(f, {}).get("acc") or [] for f in CORE]
+        if not all(lists):
+            continue
+        mean = _mean([sum(m.value for m in ms) / len(ms) for ms in zip(*lists)])
+        fw, ratio, _ = _costs(runs, name)
+        forwards = [int(x[:-1]) for x in fw.split(" / ") if x.endswith("×")]
+        points.append({"name": name, "mean_acc": mean.value, "spread": mean.stderr,
+                       "forwards": forwards[0] if forwards else None, "time_ratio": ratio.value if ratio else None,
+                       "fusion": _is_fusion(runs, name)})
+    return points
 
 
 def build(run_dirs: list[str | Path], command: str | None = None) -> Leaderboard:
@@ -214,8 +324,17 @@ def build(run_dirs: list[str | Path], command: str | None = None) -> Leaderboard
             notes.append(f"`{name}` not evaluated in `{src}`: {reason}")
     chart = {t.title: {n: mean_spread(cells[n][t.title]["acc"]) for n in names
                        if cells.get(n, {}).get(t.title, {}).get("acc")} for t in families}
+    machines = sorted({json.dumps(run.summary.get("machine"), sort_keys=True) for run in runs
+                       if run.summary.get("machine")})
+    if machines:
+        m = json.loads(machines[0])
+        header.append(f"Times (scoring time, training cost) were measured by `sopmoe evaluate` and the training "
+                      f"commands on {m.get('cpus', '?')}-CPU {m.get('platform', '?')}, {m.get('device', '?')}, "
+                      f"torch {m.get('torch_threads', '?')} thread(s){' (and others)' if len(machines) > 1 else ''}; "
+                      "they change with the machine and its load, the accuracies do not.")
     return Leaderboard(command, sources, header, families, _summary_table(runs, names, cells), models,
-                       _routing_table(runs, names), notes, chart)
+                       _routing_table(runs, names), notes, chart, _interval_tables(runs, names, cells),
+                       _pareto_points(runs, names, cells))
 
 
 def _routing_table(runs: list[Run], names: list[str]) -> Table | None:
@@ -264,6 +383,10 @@ def to_markdown(lb: Leaderboard) -> str:
             "Training cost: wall-clock seconds of the step that produced the model from its inputs (test bed "
             "pretraining / fine-tuning, router training, distillation, merge), as its own record states; the "
             "ensemble is training-free.", ""]
+    if lb.intervals:
+        out += ["## Intervals", "", INTERVALS_TEXT, ""]
+        for t in lb.intervals:
+            out += [f"### {t.title}", "", *_md_table(t), ""]
     if lb.routing is not None:
         out += ["## Routing", "", "Mean gate on the sft expert over the scored tokens, per task (foundation = 1 − "
                 "sft; per-layer detail in the run's `routing.json`).", "", *_md_table(lb.routing), ""]
@@ -271,6 +394,72 @@ def to_markdown(lb: Leaderboard) -> str:
     if lb.notes:
         out += ["## Not evaluated", "", *(f"- {n}" for n in lb.notes), ""]
     return "\n".join(out)
+
+
+INTERVALS_TEXT = (
+    "Accuracy: mean ± sample standard deviation over runs (seeds). Wilson 95%: the score interval of the pooled "
+    "rate (all seeds' examples together; not degenerate at 0 or 1). Δ: the model's accuracy minus the best model "
+    "that is not a trained fusion (experts, ensemble, dispatch, replay_sft, merges), averaged over seeds, with the "
+    "95% percentile interval of a paired bootstrap (2000 resamples of each seed's test examples, the same resample "
+    "for both models). An interval that excludes 0 is a difference the test sets can tell.")
+
+
+def readme_block(lb: Leaderboard) -> str:
+    """The README's results section: the summary and the intervals, generated from the leaderboard (never typed)."""
+    out = [README_BEGIN, f"<!-- generated by `{lb.command}` from the committed results/leaderboard.json — do not "
+           "edit -->", "", *lb.header[:1], "", *_md_table(lb.summary), ""]
+    for t in lb.intervals:
+        out += [f"**{t.title}** — " + INTERVALS_TEXT.split(". ")[0] + "; Δ vs the best non-fusion model, paired "
+                "bootstrap 95%:", "", *_md_table(t), ""]
+    if lb.routing is not None:
+        out += ["Mean gate on the sft expert per task (routers):", "", *_md_table(lb.routing), ""]
+    out.append(README_END)
+    return "\n".join(out)
+
+
+def update_readme(path: Path, lb: Leaderboard) -> None:
+    """Replace the block between the results markers of ``path`` (which must have them) by :func:`readme_block`."""
+    text = path.read_text(encoding="utf-8")
+    if README_BEGIN not in text or README_END not in text:
+        raise ValueError(f"{path}: no results section ({README_BEGIN} ... {README_END}) to regenerate")
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    _write_atomic(path, (head + readme_block(lb) + tail).encode("utf-8"))
+
+
+def to_pareto_png(lb: Leaderboard) -> bytes:
+    """Mean accuracy (SOP, reasoning, mixed) against inference cost: the Pareto view. Stable bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in lb.pareto if p.get("time_ratio") is not None or p.get("forwards") is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=100)
+    for p in pts:
+        x = p["time_ratio"] if p.get("time_ratio") is not None else float(p["forwards"])
+        color = "tab:red" if p["fusion"] else ("tab:blue" if p.get("forwards") == 1 else "tab:orange")
+        ax.errorbar([x], [p["mean_acc"]], yerr=[p.get("spread") or 0.0], fmt="o", color=color, capsize=3)
+        ax.annotate(p["name"], (x, p["mean_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front, best = [], -1.0  # the Pareto frontier: no cheaper point is as accurate
+    for p in sorted(pts, key=lambda p: (p["time_ratio"] if p.get("time_ratio") is not None else p["forwards"])):
+        if p["mean_acc"] > best:
+            front.append(p)
+            best = p["mean_acc"]
+    if len(front) > 1:
+        ax.plot([p["time_ratio"] if p.get("time_ratio") is not None else p["forwards"] for p in front],
+                [p["mean_acc"] for p in front], "--", color="grey", linewidth=0.8, label="Pareto frontier")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel("inference cost: scoring time × foundation (1x models blue, 2x orange, trained fusions red)")
+    ax.set_ylabel("mean accuracy (SOP, reasoning, mixed)")
+    ax.set_ylim(0, 1.05)
+    runs = f"{len(lb.sources)} runs: mean ± std" if len(lb.sources) > 1 else "1 run"
+    ax.set_title(f"sopmoe: accuracy against cost ({runs})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def to_png(lb: Leaderboard) -> bytes:
@@ -312,13 +501,26 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_leaderboard(run_dirs: list[str | Path], out: str | Path, png: str | Path | None = None,
-                      command: str | None = None) -> Leaderboard:
-    """Build the leaderboard from the run folders and write the markdown (and the PNG) atomically."""
+                      command: str | None = None, *, pareto: str | Path | None = None,
+                      json_path: str | Path | None = None, readme: str | Path | None = None) -> Leaderboard:
+    """Build the leaderboard from the run folders and write the markdown (and the charts, the JSON the README is
+    generated from, and the README's results section) atomically."""
     lb = build(run_dirs, command)
+    write_outputs(lb, out, png, pareto=pareto, json_path=json_path, readme=readme)
+    return lb
+
+
+def write_outputs(lb: Leaderboard, out: str | Path, png: str | Path | None = None, *, pareto: str | Path | None = None,
+                  json_path: str | Path | None = None, readme: str | Path | None = None) -> None:
     _write_atomic(Path(out), to_markdown(lb).encode("utf-8"))
     if png is not None:
         _write_atomic(Path(png), to_png(lb))
-    return lb
+    if pareto is not None:
+        _write_atomic(Path(pareto), to_pareto_png(lb))
+    if json_path is not None:
+        _write_atomic(Path(json_path), (json.dumps(lb.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    if readme is not None:
+        update_readme(Path(readme), lb)
 
 
 def print_rich(lb: Leaderboard, console=None) -> None:

@@ -45,6 +45,7 @@ class ModelRun:
     results: dict[str, Any]
     meta: dict[str, Any]
     routing: dict[str, Any] | None = None
+    path: Path | None = None  # the model's folder in the run (for per-example samples)
 
     @property
     def metrics(self) -> dict[str, dict[str, Metric]]:
@@ -55,6 +56,22 @@ class ModelRun:
         if metric in hib:
             return bool(hib[metric])
         return HIGHER_IS_BETTER.get(metric.split(",")[0], True)
+
+    def per_example(self, task: str, metric: str = "acc") -> dict[int, float] | None:
+        """``{doc_id: value}`` of one metric from ``samples/<task>.jsonl`` (``--log_samples``), else None."""
+        path = self.path / "samples" / f"{task}.jsonl" if self.path else None
+        if path is None or not path.is_file():
+            return None
+        out: dict[int, float] = {}
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                out[int(row["doc_id"])] = float(row[metric])
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise ValueError(f"{path}:{lineno}: not a sample record with doc_id and {metric}") from None
+        return out
 
     def n_samples(self, task: str) -> int | None:
         n = self.results.get("n-samples", {}).get(task, {})
@@ -132,7 +149,7 @@ def read_run(path: str | Path) -> Run:
             raise FileNotFoundError(f"{d / RESULTS}: not found but {path / SUMMARY} says model {name!r} ran")
         meta = read_json(d / META) if (d / META).is_file() else {}
         routing = read_json(d / ROUTING) if (d / ROUTING).is_file() else None
-        run.models[name] = ModelRun(name, read_json(d / RESULTS), meta, routing)
+        run.models[name] = ModelRun(name, read_json(d / RESULTS), meta, routing, d)
     if not run.models and not run.skipped:
         raise ValueError(f"{path}: no model results (expected {path}/<model>/{RESULTS}, written by `sopmoe evaluate`)")
     return run

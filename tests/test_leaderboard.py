@@ -81,3 +81,68 @@ def test_missing_run_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["leaderboard", str(tmp_path / "empty"), "--out", str(tmp_path / "x.md")]) == 2
     assert not (tmp_path / "x.md").exists()
+
+
+def _fake_run(root: Path, seed: int, accs: dict[str, dict[str, list[int]]], kinds: dict[str, str]) -> Path:
+    """A run folder as `sopmoe evaluate --log_samples` writes it, with given per-example accuracies."""
+    import json
+
+    run = root / f"seed{seed}"
+    models = []
+    for name, per_task in accs.items():
+        d = run / name
+        (d / "samples").mkdir(parents=True)
+        results = {"results": {t: {"acc,none": sum(v) / len(v), "acc_stderr,none": 0.01} for t, v in per_task.items()},
+                   "n-samples": {t: {"effective": len(v)} for t, v in per_task.items()}, "lm_eval_version": "0.4.13",
+                   "config": {"model": "hf", "model_args": {}}}
+        (d / "results.json").write_text(json.dumps(results))
+        meta = {"kind": kinds[name], "lm_eval_model": "hf", "model_args": {},
+                "inference_cost": {"expert_forwards_per_token": 2 if kinds[name] == "btm" else 1},
+                "time": {"requests_s": 2.0 if kinds[name] == "btm" else 1.0},
+                "training": {"wall_s": 1.0, "data": f"train.jsonl [{name} data]"}}
+        (d / "meta.json").write_text(json.dumps(meta))
+        for t, v in per_task.items():
+            (d / "samples" / f"{t}.jsonl").write_text(
+                "\n".join(json.dumps({"doc_id": i, "acc": x}) for i, x in enumerate(v)) + "\n")
+        models.append({"name": name, "status": "ran"})
+    (run / "summary.json").write_text(json.dumps({"tasks": list(next(iter(accs.values()))), "limit": None,
+                                                   "models": models, "machine": {"cpus": 2, "platform": "Linux x86_64",
+                                                                                 "device": "cpu", "torch_threads": 1}}))
+    return run
+
+
+def test_intervals_json_round_trip_and_readme_block(tmp_path, monkeypatch):
+    from harness.leaderboard import Leaderboard, readme_block, update_readme, write_leaderboard
+
+    monkeypatch.chdir(tmp_path)
+    runs = []
+    for seed in (0, 1):
+        fam = {"sop_strict": [1] * 40, "reasoning": [1] * 40, "mixed": [1] * 30 + [0] * 10}
+        runs.append(_fake_run(tmp_path, seed, {
+            "foundation": {"sop_strict": [0] * 40, "reasoning": [1] * 40, "mixed": [0] * 40},
+            "dispatch": {"sop_strict": [1] * 40, "reasoning": [1] * 36 + [0] * 4, "mixed": [0] * 38 + [1] * 2},
+            "router": fam}, {"foundation": "foundation", "dispatch": "dispatch", "router": "btm"}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- sopmoe:results:begin -->\nold\n<!-- sopmoe:results:end -->\n\nrest\n")
+    lb = write_leaderboard([r.name for r in runs], tmp_path / "LB.md", tmp_path / "lb.png", command="sopmoe leaderboard",
+                           pareto=tmp_path / "pareto.png", json_path=tmp_path / "lb.json", readme=readme)
+    mixed = next(t for t in lb.intervals if t.title == "mixed")
+    row = next(r for r in mixed.rows if r[0].startswith("router"))
+    assert row[0] == "router (fusion)" and row[1] == "0.750 ± 0.000"
+    diff, ci = row[3].split(" ", 1)
+    assert float(diff) == pytest.approx(0.75 - 0.05)  # vs dispatch, the best model that is not a trained fusion
+    lo, hi = (float(x) for x in ci.strip("[]").split(", "))
+    assert 0 < lo < 0.70 < hi <= 0.9
+    assert next(r for r in mixed.rows if r[0] == "foundation")[2] == "[0.000, 0.046]"  # Wilson at 0 of 80: not [0, 0]
+    assert "(reference)" in next(r for r in mixed.rows if r[0] == "dispatch")[3]
+    summary = lb.summary.columns
+    assert summary[-1] == "Trained on" and lb.summary.rows[0][-1] == "train.jsonl [foundation data]"
+    assert any("2-CPU Linux x86_64" in h for h in lb.header)
+    assert (tmp_path / "pareto.png").stat().st_size > 5000
+    again = Leaderboard.from_json(__import__("json").loads((tmp_path / "lb.json").read_text()))
+    assert to_markdown(again) == (tmp_path / "LB.md").read_text(encoding="utf-8")
+    text = readme.read_text(encoding="utf-8")
+    assert readme_block(again) in text and text.startswith("# x\n\n") and text.endswith("\n\nrest\n") and "old" not in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="no results section"):
+        update_readme(readme, again)
