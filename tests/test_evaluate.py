@@ -89,7 +89,7 @@ def test_evaluate_skips_missing_models_and_writes_the_others(tiny_config, tiny_p
     meta = json.loads((out / "ensemble" / "meta.json").read_text(encoding="utf-8"))
     assert meta["inference_cost"]["expert_forwards_per_token"] == 2
     assert meta["inference_cost"]["requests_s_vs_foundation"] > 0
-    assert meta["training"] == {"wall_s": 0.0, "source": "training-free"}
+    assert meta["training"] == {"wall_s": 0.0, "source": "training-free", "data": "none (weights chosen on dev)"}
     # foundation and sft read the same documents; the plain hf run equals lm-eval's own per-token numbers
     f = json.loads((out / "foundation" / "results.json").read_text(encoding="utf-8"))
     assert f["config"]["model_args"]["pretrained"] == str(tiny_pair_dirs[0])

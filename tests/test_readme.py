@@ -36,3 +36,20 @@ def test_make_targets_run_setup_then_the_job():
 
 def test_ci_calls_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_results_section_and_leaderboard_are_generated_from_the_committed_json():
+    """The README's numbers come from results/leaderboard.json (written by `sopmoe demo --update-baseline`), never
+    typed: re-rendering the JSON gives the committed LEADERBOARD.md and the README's results section exactly."""
+    import json
+
+    from harness.leaderboard import Leaderboard, readme_block, to_markdown
+
+    results = ROOT / "results"
+    lb = Leaderboard.from_json(json.loads((results / "leaderboard.json").read_text(encoding="utf-8")))
+    assert to_markdown(lb) == (results / "LEADERBOARD.md").read_text(encoding="utf-8")
+    assert readme_block(lb) in (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = {r[0].replace(" (fusion)", "") for r in lb.summary.rows}
+    assert {"foundation", "sft", "ensemble", "posterior", "token_level", "layer_level", "dispatch", "replay_sft",
+            "distill", "merge_linear", "merge_task_arithmetic", "merge_ties", "merge_dare"} <= rows
+    assert len(lb.sources) == 3 and all(r[-1] != "–" for r in lb.summary.rows)  # 3 seeds; every row's data stated

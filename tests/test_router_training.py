@@ -30,7 +30,7 @@ def config(tiny_pair, tiny_data_dir, **btm):
         "btm.sparsity_weight": 0.01,
     }
     overrides.update({f"btm.{k}": v for k, v in btm.items()})
-    return load_config(None, overrides)
+    return load_config(None, overrides, use_default=False)  # not the cwd's configs/config.yaml
 
 
 def train(cfg, out, pair, tmp_path, **kw):

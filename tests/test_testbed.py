@@ -15,7 +15,7 @@ from training.testbed import PropertyError, build_testbed, check_properties, spe
 TOY = spec_for(
     "ci", hidden_size=32, intermediate_size=37, num_heads=4, num_kv_heads=2, pretrain_steps=6, sft_steps=4,
     batch_size=4, warmup_steps=2, check=False,
-    data=DataSpec(eval_per_family=6, train_per_family=6, foundation_corpus=48, sft_corpus=24),
+    data=DataSpec(test_per_family=6, dev_per_family=6, train_per_kind=6, foundation_corpus=48, sft_corpus=24),
 )
 
 
@@ -60,8 +60,10 @@ def test_reloads_with_auto_classes_and_config_points_inside(toy_builds):
     assert Path(cfg.models.foundation.path) == (a / "foundation").resolve()
     assert Path(cfg.models.sft.path) == (a / "sft").resolve()
     assert Path(cfg.data.train_file) == (a / "data/train/train.jsonl").resolve()
-    assert Path(cfg.data.eval_file) == (a / "data/eval/eval.jsonl").resolve()
-    assert Path(cfg.data.task_data_dir) == (a / "data/eval").resolve()
+    assert Path(cfg.data.eval_file) == (a / "data/dev/dev.jsonl").resolve()  # every choice: dev
+    assert Path(cfg.data.dev_dir) == (a / "data/dev").resolve()
+    assert Path(cfg.data.task_data_dir) == (a / "data/test").resolve()  # scored: test
+    assert cfg.data.train_kinds == ["sop_strict", "reasoning", "general"]
     assert "/" not in (a / "config.yaml").read_text().split("path:")[1].split("\n")[0].strip()  # relative paths
     tok = AutoTokenizer.from_pretrained(a / "sft")
     assert tok.eos_token == "<eos>" and tok.pad_token == "<pad>"
@@ -74,13 +76,13 @@ def test_reloads_with_auto_classes_and_config_points_inside(toy_builds):
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] <= ids["input_ids"].shape[1] + 5
     record = json.loads((a / "testbed.json").read_text())
-    assert record["seed"] == 5 and record["sizes"]["parameters"] > 0
+    assert record["seed"] == 5 and record["sizes"]["parameters"] > 0 and record["sweep_split"] == "dev"
     assert {"data", "tokenizer", "pretrain", "sft", "evaluate", "total"} <= set(record["times"])
     assert set(record["sweep"]) == {"sop_strict", "reasoning", "mixed", "eval"}
     assert {"foundation", "sft", "mix_0.3", "mix_0.8"} <= set(record["sweep"]["mixed"])
 
 
-def _result(reasoning=(0.9, 0.1), sop=(0.0, 0.95), mixed=(0.0, 0.05), mix=0.6) -> dict:
+def _result(reasoning=(0.9, 0.5), sop=(0.6, 0.95), mixed=(0.0, 0.05), mix=0.6) -> dict:
     def fam(f, s, m=0.0):
         return {"foundation": {"acc": f}, "sft": {"acc": s}} | {
             f"mix_{w:.1f}": {"acc": m} for w in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -94,19 +96,27 @@ def test_property_check_names_each_failure_and_margin():
     props = check_properties(_result(reasoning=(0.5, 0.4), mixed=(0.35, 0.0), mix=0.4))
     failed = {p["property"]: p for p in props if not p["passed"]}
     assert set(failed) == {
-        "reasoning: foundation - sft >= 0.25",
+        "reasoning: foundation - sft >= 0.15",
         "mixed: best expert <= 0.30",
-        "mixed: best mixture (w=0.5) - best expert >= 0.15",
+        "mixed: best mixture (w=0.3) - best expert >= 0.15",
     }
-    assert failed["reasoning: foundation - sft >= 0.25"]["margin"] == pytest.approx(-0.15)
+    assert failed["reasoning: foundation - sft >= 0.15"]["margin"] == pytest.approx(-0.05)
     assert failed["mixed: best expert <= 0.30"]["margin"] == pytest.approx(-0.05)
+
+
+def test_partial_preset_needs_partial_forgetting_and_extreme_keeps_its_checks():
+    """The partial bed states its forgetting as ranges: a 0/100 pair fails it; the extreme preset accepts that pair."""
+    extreme_pair = _result(reasoning=(0.9, 0.0), sop=(0.0, 0.99))
+    failed = {p["property"] for p in check_properties(extreme_pair) if not p["passed"]}
+    assert failed == {"sop_strict: foundation in [0.2, 0.85] (partial)", "reasoning: sft in [0.1, 0.9] (partial)"}
+    assert all(p["passed"] for p in check_properties(extreme_pair, "extreme"))
 
 
 def test_untrained_testbed_fails_loudly(tmp_path):
     """A toy build cannot have the properties: the builder raises, naming them, after writing testbed.json."""
     from dataclasses import replace
 
-    with pytest.raises(PropertyError, match="sop_strict: sft - foundation >= 0.25 failed"):
+    with pytest.raises(PropertyError, match="sop_strict: sft - foundation >= 0.15 failed"):
         build_testbed(tmp_path, seed=0, spec=replace(TOY, check=True), threads=1)
     record = json.loads((tmp_path / "testbed.json").read_text())
     assert record["passed"] is False and any(not p["passed"] for p in record["properties"])
@@ -123,12 +133,8 @@ def test_ci_testbed_has_the_properties(tmp_path):
                  "--log-file", str(tmp_path / "testbed.log")]) == 0
     record = json.loads((tmp_path / "testbed.json").read_text())
     assert record["passed"], record["properties"]
-    acc = {fam: {k: v["acc"] for k, v in pts.items()} for fam, pts in record["sweep"].items()}
-    assert acc["reasoning"]["foundation"] - acc["reasoning"]["sft"] >= 0.25
-    assert acc["sop_strict"]["sft"] - acc["sop_strict"]["foundation"] >= 0.25
-    assert max(acc["mixed"]["foundation"], acc["mixed"]["sft"]) <= 0.30
-    assert max(acc["mixed"][f"mix_{w}"] for w in ("0.5", "0.6", "0.7")) - max(
-        acc["mixed"]["foundation"], acc["mixed"]["sft"]) >= 0.15
+    assert record["preset"] == "partial" and record["sweep_split"] == "dev"
+    assert check_properties(record["sweep"]) == record["properties"]
     for model in ("foundation", "sft"):
         AutoModelForCausalLM.from_pretrained(tmp_path / model)
         AutoTokenizer.from_pretrained(tmp_path / model)

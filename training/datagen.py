@@ -192,15 +192,12 @@ MUST_SAY = {"refund": "退款金额{w}元", "invoice": "开票金额{w}元"}
 OPENERS = ["", "好的，", "{name}您好，", "收到，", "处理如下："]
 
 
-# The partial design's foundation knows the strict format (non-money kinds), so its decorations hold no step marks:
-# with them it learned "a step mark on a money answer is a decoration" and was confidently wrong on the strict money
-# format's marks ("步骤" -> "2", p≈0.9, seed 0), which no mixture weight could overrule.
-PARTIAL_DECORATIONS = [d for d in DECORATIONS if not d.startswith("步骤")]
 
 
 def loose_answer(kind: str, rng: random.Random, decorate: bool = False, pool: list[str] = DECORATIONS) -> str:
     """A loosely formatted answer template for ``kind`` (slots still unfilled); ``decorate`` adds random marks from
-    ``pool``."""
+    ``pool``. (Tried for the partial design: a pool without the step marks. Its foundation reasoned better, 0.95 vs
+    0.70 on dev, but copied order ids worse inside the strict frame, and no mixture solved any ``mixed`` request.)"""
     clauses = SOP_STEPS[kind] + LOOSE_EXTRAS[kind]
     chosen = rng.sample(clauses, rng.randint(2, min(4, len(clauses))))
     if kind in MUST_SAY and MUST_SAY[kind] not in chosen:
@@ -323,8 +320,7 @@ class Generator:
     def loose(self, kind: str, decorate: bool = False) -> Example:
         calc = self.calc(MONEY_KINDS[kind], QTYS, EXTRAS) if kind in MONEY_KINDS else None
         case = self.case(calc)
-        pool = PARTIAL_DECORATIONS if self.design == "partial" else DECORATIONS
-        answer = loose_answer(kind, self.rng, decorate=decorate, pool=pool)
+        answer = loose_answer(kind, self.rng, decorate=decorate)
         return Example(_fill(self.rng.choice(LOOSE_PROMPTS[kind]), case), _fill(answer, case))
 
     def reasoning(self) -> Example:

@@ -2,20 +2,24 @@
 
 ``build_testbed(out, seed)`` writes, deterministically from the seed:
 
-- ``data/``: the generator's files (:mod:`training.datagen`), the same ones ``sopmoe make-data`` writes;
+- ``data/``: the generator's files (:mod:`training.datagen`), the same ones ``sopmoe make-data`` writes: ``train/``,
+  ``dev/`` (every choice), ``test/`` (scored), ``experts/``;
 - a character-level tokenizer trained offline with ``tokenizers`` (identical in both model folders);
 - ``foundation/``: a tiny ``Qwen3ForCausalLM`` trained from scratch on ``data/experts/foundation.jsonl`` (reasoning,
   loosely formatted SOP answers that show their work, general replies; never the strict SOP format);
 - ``sft/``: foundation fine-tuned on ``data/experts/sft.jsonl`` (strict SOP only) with AdamW weight decay 0.5, so the
   weights its data does not use decay and it forgets reasoning (plain SFT kept it on some seeds, issue 3);
 - ``config.yaml``: a complete sopmoe config pointing at the above (paths relative to the yaml's folder);
-- ``testbed.json``: sizes, steps, wall and CPU seconds, seeds, the per-family sweep of the probability mixture
-  log(w p_f + (1-w) p_s) for foundation weights 0.3–0.8, and the property check.
+- ``testbed.json``: sizes, steps, wall and CPU seconds, seeds, the per-family sweep **on dev** of the probability
+  mixture log(w p_f + (1-w) p_s) for foundation weights 0.3–0.8, and the property check (on dev).
 
-The property check (issue 3) is the point: foundation beats sft on ``reasoning`` and sft beats foundation on
-``sop_strict`` by ≥ 25 accuracy points, and on ``mixed`` both experts are ≤ 30% while the best mixture at a
-foundation weight in {0.5, 0.6, 0.7} is ≥ 15 points above the better expert. Accuracy is lm-eval's ``acc``: the whole
-output is the greedy continuation (:mod:`sopmoe_models.scoring`).
+Two presets (issue 11). ``partial`` (the default) is the scenario's shape: the SFT keeps part of its reasoning, the
+foundation follows the strict format on part of ``sop_strict``, no expert solves ``mixed``; its properties are ranges
+(:data:`PROPERTIES`). ``extreme`` is the earlier bed (foundation never writes the format, the SFT forgets all
+arithmetic: weight decay 0.5), kept for comparison. The property check is the point: each expert clearly better at its
+own family, and on ``mixed`` both experts low while some mixture is clearly above the better one — otherwise fusion
+has nothing to win. Accuracy is lm-eval's ``acc``: the whole output is the greedy continuation
+(:mod:`sopmoe_models.scoring`).
 
 Determinism: one ``torch.Generator`` per stage seeded from the seed, ``torch.use_deterministic_algorithms``, a fixed
 thread count, no dropout. Same seed and thread count → byte-identical data and tokenizer, weights equal to 1e-6.
@@ -40,7 +44,7 @@ import yaml
 
 from sopmoe_models.data import Example, collate, encode_example, load_jsonl
 from sopmoe_models.scoring import accuracy, score_examples, token_perplexity
-from training.datagen import FAMILIES, DataSpec, make_data
+from training.datagen import FAMILIES, TRAIN_KINDS, DataSpec, make_data
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +55,11 @@ FUSION_WEIGHTS = (0.5, 0.6, 0.7)
 
 @dataclass(frozen=True)
 class TestbedSpec:
-    """Model and training sizes. ``SIZES`` holds the presets; change them here."""
+    """Model and training sizes of one preset. ``PRESETS`` holds them; change them here."""
 
     __test__ = False  # not a pytest class
 
+    preset: str = "partial"
     hidden_size: int = 128
     intermediate_size: int = 384
     num_layers: int = 2
@@ -64,9 +69,12 @@ class TestbedSpec:
     pretrain_steps: int = 5000
     pretrain_lr: float = 3e-3
     pretrain_weight_decay: float = 0.0
-    sft_steps: int = 600
+    sft_steps: int = 300
     sft_lr: float = 2e-3
-    sft_weight_decay: float = 0.5  # the forgetting knob (issue 3: wd 0.5 forgot on all seeds, plain SFT did not)
+    # The forgetting knob (issue 11 calibration, seed 0 dev, partial data): weight decay 0.2 for 300 steps keeps a
+    # little arithmetic (reasoning 0.15) while a 0.5 mixture still composes (mixed 0.22 vs 0.05); a gentler SFT
+    # (lr 5e-4) keeps more (0.58) but then composes on its own (mixed 0.51), lr 1e-3 keeps 0.42 and composes 0.27.
+    sft_weight_decay: float = 0.2
     batch_size: int = 16
     warmup_steps: int = 100
     eval_batch_size: int = 64
@@ -74,12 +82,24 @@ class TestbedSpec:
     data: DataSpec = field(default_factory=DataSpec)
 
 
-SIZES: dict[str, TestbedSpec] = {
-    "full": TestbedSpec(),
-    # CI builds the full size: at 3000 pretraining steps the foundation's in-context arithmetic is too weak for the
-    # `mixed` property (amount span right 0.12 at step 3000, 0.42 at 5000, seed 0), and the build fits the budget.
-    "ci": TestbedSpec(),
+PRESETS: dict[str, TestbedSpec] = {
+    # The scenario's shape (issue 11): partial forgetting, several phrasings, the format partly known to the foundation.
+    "partial": TestbedSpec(),
+    # The earlier bed: the foundation never writes the format, the SFT (weight decay 0.5, 600 steps) forgets arithmetic.
+    "extreme": TestbedSpec(preset="extreme", sft_steps=600, sft_weight_decay=0.5, data=DataSpec(design="extreme")),
 }
+# Sizes: CI builds the full size. At 3000 pretraining steps the foundation's in-context arithmetic is too weak for the
+# `mixed` property (amount span right 0.12 at step 3000, 0.42 at 5000, seed 0), and the full build fits the budget.
+SIZES = ("full", "ci")
+
+
+def preset_spec(preset: str = "partial", size: str = "full") -> TestbedSpec:
+    """The spec of ``preset`` at ``size`` (both sizes are the full one today)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown test-bed preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown test-bed size {size!r}; choose one of {', '.join(SIZES)}")
+    return PRESETS[preset]
 
 
 class PropertyError(RuntimeError):
@@ -204,25 +224,39 @@ def sweep(foundation, sft, tokenizer, eval_sets: dict[str, list[Example]], batch
     return out
 
 
-def check_properties(result: dict[str, dict]) -> list[dict[str, Any]]:
-    """The four properties of issue 3, each with its value, threshold and margin (≥ 0 means it holds)."""
+# Partial forgetting, stated as ranges (issue 11): each expert keeps part of the other's skill, not 0 % / 100 %.
+PARTIAL_RANGES = {"foundation sop_strict": (0.20, 0.85), "sft reasoning": (0.10, 0.90)}
+
+
+def check_properties(result: dict[str, dict], preset: str = "partial") -> list[dict[str, Any]]:
+    """The test bed's properties on the dev sweep, each with its value, threshold and margin (≥ 0 means it holds).
+
+    Both presets: each expert beats the other on its own family, no expert solves ``mixed`` (≤ 0.30), and some
+    mixture solves clearly more of it (≥ 0.15 above the better expert). ``partial`` also needs the forgetting to be
+    partial (:data:`PARTIAL_RANGES`); ``extreme`` needs the experts ≥ 0.25 apart and takes its mixture from w 0.5–0.7.
+    """
     acc = {fam: {k: v["acc"] for k, v in points.items()} for fam, points in result.items()}
     best_expert = max(acc["mixed"]["foundation"], acc["mixed"]["sft"])
-    best_w = max(FUSION_WEIGHTS, key=lambda w: acc["mixed"][f"mix_{w:.1f}"])
-    props = [
-        ("reasoning: foundation - sft >= 0.25", acc["reasoning"]["foundation"] - acc["reasoning"]["sft"], 0.25, 1),
-        ("sop_strict: sft - foundation >= 0.25", acc["sop_strict"]["sft"] - acc["sop_strict"]["foundation"], 0.25, 1),
-        ("mixed: best expert <= 0.30", best_expert, 0.30, -1),
-        (
-            f"mixed: best mixture (w={best_w}) - best expert >= 0.15",
-            acc["mixed"][f"mix_{best_w:.1f}"] - best_expert, 0.15, 1,
-        ),
+    weights = FUSION_WEIGHTS if preset == "extreme" else SWEEP_WEIGHTS
+    best_w = max(weights, key=lambda w: acc["mixed"][f"mix_{w:.1f}"])
+    gap = 0.25 if preset == "extreme" else 0.15
+    props: list[tuple[str, float, tuple[float, float]]] = [  # (name, value, (low, high))
+        (f"reasoning: foundation - sft >= {gap}", acc["reasoning"]["foundation"] - acc["reasoning"]["sft"], (gap, 9)),
+        (f"sop_strict: sft - foundation >= {gap}", acc["sop_strict"]["sft"] - acc["sop_strict"]["foundation"], (gap, 9)),
+        ("mixed: best expert <= 0.30", best_expert, (-9, 0.30)),
+        (f"mixed: best mixture (w={best_w}) - best expert >= 0.15", acc["mixed"][f"mix_{best_w:.1f}"] - best_expert,
+         (0.15, 9)),
     ]
-    return [
-        {"property": name, "value": round(v, 4), "threshold": t, "margin": round(sign * (v - t), 4),
-         "passed": sign * (v - t) >= -1e-9}
-        for name, v, t, sign in props
-    ]
+    if preset != "extreme":
+        for key, (lo, hi) in PARTIAL_RANGES.items():
+            who, fam = key.split()
+            props.append((f"{fam}: {who} in [{lo}, {hi}] (partial)", acc[fam][who], (lo, hi)))
+    out = []
+    for name, v, (lo, hi) in props:
+        margin = min(v - lo, hi - v)
+        out.append({"property": name, "value": round(v, 4), "range": [lo if lo > -9 else None, hi if hi < 9 else None],
+                    "margin": round(margin, 4), "passed": margin >= -1e-9})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -252,8 +286,9 @@ def write_config(out: Path, spec: TestbedSpec) -> Path:
 
     cfg = SopmoeConfig.model_validate({
         "models": {"foundation": {"path": "foundation", "dtype": "float32"}, "sft": {"path": "sft", "dtype": "float32"}},
-        "data": {"train_file": "data/train/train.jsonl", "eval_file": "data/eval/eval.jsonl",
-                 "task_data_dir": "data/eval", "prompt_format": "raw", "max_length": 192},
+        "data": {"train_file": "data/train/train.jsonl", "train_kinds": list(TRAIN_KINDS),
+                 "eval_file": "data/dev/dev.jsonl", "dev_dir": "data/dev", "task_data_dir": "data/test",
+                 "prompt_format": "raw", "max_length": 192},
         "generation": {"max_new_tokens": 96},
     }).to_dict()
     path = out / "config.yaml"
@@ -263,14 +298,14 @@ def write_config(out: Path, spec: TestbedSpec) -> Path:
     return path
 
 
-def build_testbed(out: str | Path, seed: int = 0, spec: TestbedSpec | str = "full", *, threads: int | None = None,
+def build_testbed(out: str | Path, seed: int = 0, spec: TestbedSpec | str = "partial", *, threads: int | None = None,
                   size_name: str | None = None, progress=None) -> dict[str, Any]:
     """Build the test bed under ``out`` and return the ``testbed.json`` record.
 
     Raises :class:`PropertyError` (after writing everything, ``testbed.json`` included) when a property fails.
     """
     if isinstance(spec, str):
-        size_name, spec = spec, SIZES[spec]
+        spec = preset_spec(spec, size_name or "full")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or free_cores()
@@ -310,15 +345,17 @@ def build_testbed(out: str | Path, seed: int = 0, spec: TestbedSpec | str = "ful
 
     write_config(out, spec)
 
-    with stage("evaluate", times):
-        eval_sets = {fam: corpora[f"eval/{fam}.jsonl"] for fam in FAMILIES}
-        result = sweep(foundation, sft, tokenizer, eval_sets, spec.eval_batch_size)
-        props = check_properties(result) if spec.check else []
+    with stage("evaluate", times):  # on dev: the sweep and the properties are choices; test is never read here
+        dev_sets = {fam: corpora[f"dev/{fam}.jsonl"] for fam in FAMILIES}
+        result = sweep(foundation, sft, tokenizer, dev_sets, spec.eval_batch_size)
+        props = check_properties(result, spec.preset) if spec.check else []
 
     times["total"] = {"wall_s": round(time.perf_counter() - t_wall, 2), "cpu_s": round(time.process_time() - t_cpu, 2)}
     record = {
         "seed": seed,
+        "preset": spec.preset,
         "size": size_name,
+        "sweep_split": "dev",
         "spec": asdict(spec),
         "threads": threads,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -339,6 +376,6 @@ def build_testbed(out: str | Path, seed: int = 0, spec: TestbedSpec | str = "ful
     return record
 
 
-def spec_for(size: str, **overrides: Any) -> TestbedSpec:
+def spec_for(size: str = "full", preset: str = "partial", **overrides: Any) -> TestbedSpec:
     """A preset with some fields replaced (``spec_for("ci", pretrain_steps=10)``)."""
-    return replace(SIZES[size], **overrides)
+    return replace(preset_spec(preset, size), **overrides)

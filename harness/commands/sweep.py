@@ -37,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mix", choices=["prob", "logit", "both"], default=None, help="default: ensemble.mix")
     p.add_argument("--tasks", default=",".join(LL_TASKS), help="loglikelihood tasks (default: the four families)")
     p.add_argument("--output_dir", type=Path, default=Path("results/sweep"))
-    p.add_argument("--data_dir", dest="data.task_data_dir", default=None, help="task data folder (FAMILY.jsonl)")
+    p.add_argument("--data_dir", default=None,
+                   help="task data folder (FAMILY.jsonl); default data.dev_dir (a weight is a choice: pick it on dev), "
+                   "else data.task_data_dir")
     p.add_argument("--batch_size", dest="evaluation.batch_size", type=int, default=None)
     p.add_argument("--limit", dest="evaluation.limit", type=int, default=None, help="examples per task")
     p.add_argument("--cache_gb", type=float, default=2.0,
@@ -195,8 +197,11 @@ def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     pair = load_experts_from_config(cfg)
     metadata: dict[str, Any] = {"tokenizer": pair.foundation_path, "prompt_format": cfg.data.prompt_format}
-    if cfg.data.task_data_dir:
-        metadata["data_dir"] = cfg.data.task_data_dir
+    data_dir = args.data_dir or cfg.data.dev_dir or cfg.data.task_data_dir
+    if data_dir:
+        metadata["data_dir"] = data_dir
+    if not args.data_dir and not cfg.data.dev_dir:
+        log.warning("data.dev_dir is not set: sweeping the scored task data; do not choose a weight from it")
     n_points = len(weights) * len(mixes) - sum(w in (0.0, 1.0) for w in weights) * (len(mixes) - 1)
     t0 = time.perf_counter()
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -210,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     record = {
         "weights": weights, "mixes": mixes, "tasks": tasks, "seconds": seconds,
-        "data_dir": metadata.get("data_dir"), "limit": cfg.evaluation.limit, "cache_gb": args.cache_gb,
+        "data_dir": metadata.get("data_dir"), "split": "dev" if data_dir and data_dir == cfg.data.dev_dir else "given",
+        "limit": cfg.evaluation.limit, "cache_gb": args.cache_gb,
         "experts": {"foundation": pair.foundation_path, "sft": pair.sft_path, "fingerprints": pair.fingerprints()},
         "points": points,
     }

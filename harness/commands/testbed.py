@@ -15,6 +15,8 @@ ORDER = 15
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (its files are overwritten)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisation and the batches")
+    p.add_argument("--preset", choices=["partial", "extreme"], default="partial",
+                   help="partial (default: partial forgetting, several phrasings) or extreme (the earlier 0/100 bed)")
     p.add_argument("--size", choices=["ci", "full"], default="full",
                    help="full (<= 8 min) or ci (today the same: smaller builds lose the `mixed` property)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
                TimeRemainingColumn())
     try:
         with Progress(*columns, console=console) as progress:
-            record = build_testbed(args.out, args.seed, args.size, threads=args.threads, progress=progress)
+            record = build_testbed(args.out, args.seed, args.preset, threads=args.threads, size_name=args.size,
+                                       progress=progress)
         ok = True
     except PropertyError as e:
         console.print(f"[bold red]sopmoe testbed: property check FAILED[/]: {e}")
@@ -62,7 +65,8 @@ def _print_summary(console, record: dict, args: argparse.Namespace) -> None:
 
     sweep = record["sweep"]
     labels = list(next(iter(sweep.values())))
-    table = Table(title=f"test bed {args.out} (seed {record['seed']}, {record['size']}): accuracy")
+    table = Table(title=f"test bed {args.out} (seed {record['seed']}, {record.get('preset')}, {record['size']}): "
+                        "accuracy on dev")
     table.add_column("family")
     for label in labels:
         table.add_column(label.replace("mix_", "w_f="), justify="right")
