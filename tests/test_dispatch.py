@@ -108,4 +108,22 @@ def test_cli_and_evaluate_label(tiny_pair, tiny_data_dir, tmp_path):
     assert card["metrics"]["dev_routed_nll"] >= card["metrics"]["dev_oracle_nll"] - 1e-9
     p = plan(parse_model_spec(f"dispatch=dispatch:classifier={tmp_path / 'd'}"), cfg)
     assert p.problem is None and p.lm_eval_model == "sopmoe_dispatch" and p.forwards_per_token == 1
-    assert "no dispatch classifier" in plan(parse_model_spec("dispatch"), cfg).problem
+    assert "classifier is not set" in plan(parse_model_spec("dispatch"), cfg).problem
+    assert "no dispatch classifier" in plan(parse_model_spec(f"d=dispatch:classifier={tmp_path}"), cfg).problem
+
+
+def test_routing_statistics_per_task(classifier):
+    from types import SimpleNamespace
+
+    from sopmoe_models.adapters.dispatch import DispatchLMEval
+
+    out, _ = classifier
+    lm = DispatchLMEval(classifier=str(out), device="cpu", dtype="float32", batch_size=2)
+    reqs = [SimpleNamespace(args=("计算 12+7 等于多少\n答:", {"until": ["\n"], "max_gen_toks": 4}), task_name="reasoning_gen"),
+            SimpleNamespace(args=("请按照SOP流程处理客户投诉:订单B7\n答:", {"until": ["\n"], "max_gen_toks": 4}),
+                            task_name="sop_strict_gen")]
+    lm._split = lambda items, contexts, run: [""] * len(lm._choose(contexts))  # route only, generate nothing
+    lm.generate_until(reqs)
+    stats = lm.routing_statistics()
+    assert set(stats["tasks"]) == {"reasoning_gen", "sop_strict_gen"}
+    assert all(t["foundation"] + t["sft"] == pytest.approx(1) and t["requests"] == 1 for t in stats["tasks"].values())

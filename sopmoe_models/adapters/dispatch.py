@@ -52,6 +52,8 @@ class DispatchLMEval(HFLM):
         self.classifier_path = str(classifier)
         self.pair = pair
         self.sent = [0, 0]  # requests sent to (foundation, sft)
+        self.per_task: dict[str, list[int]] = {}  # task -> requests sent to (foundation, sft)
+        self._tasks: list[str] | None = None  # task of each request of the call in flight
         with _quiet_preloaded_warnings():
             super().__init__(pretrained=pair.foundation, tokenizer=pair.tokenizer, backend="causal",
                              batch_size=batch_size, max_batch_size=max_batch_size)
@@ -61,8 +63,11 @@ class DispatchLMEval(HFLM):
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         cut = [c[-self.max_length:] or [pad] for c in contexts]
         choice = self.dispatcher.choose(prompt_features(self.pair.foundation, cut, pad))
-        for c in choice:
+        tasks = self._tasks if self._tasks is not None and len(self._tasks) == len(choice) else [None] * len(choice)
+        for c, task in zip(choice, tasks, strict=True):
             self.sent[c] += 1
+            if task is not None:
+                self.per_task.setdefault(task, [0, 0])[c] += 1
         return choice
 
     @contextmanager
@@ -88,18 +93,39 @@ class DispatchLMEval(HFLM):
         return out
 
     # -- lm-eval's request types -------------------------------------------------------------------------------
+    @contextmanager
+    def _tasks_of(self, requests):
+        self._tasks = [getattr(r, "task_name", None) for r in requests]
+        try:
+            yield
+        finally:
+            self._tasks = None
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        with self._tasks_of(requests):  # HFLM keeps the order into _loglikelihood_tokens, which routes
+            return super().loglikelihood(requests, disable_tqdm)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         return self._split(requests, [list(r[1]) for r in requests],
                            lambda part: super(DispatchLMEval, self)._loglikelihood_tokens(part, disable_tqdm, override_bs))
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         contexts = [self.tok_encode(r.args[0]) for r in requests]
-        return self._split(requests, contexts, lambda part: super(DispatchLMEval, self).generate_until(part, disable_tqdm))
+        with self._tasks_of(requests):
+            return self._split(requests, contexts,
+                               lambda part: super(DispatchLMEval, self).generate_until(part, disable_tqdm))
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         contexts = [self.tok_encode(r.args[0]) for r in requests]  # no prompt: the document routes itself
-        return self._split(requests, contexts,
-                           lambda part: super(DispatchLMEval, self).loglikelihood_rolling(part, disable_tqdm))
+        with self._tasks_of(requests):
+            return self._split(requests, contexts,
+                               lambda part: super(DispatchLMEval, self).loglikelihood_rolling(part, disable_tqdm))
+
+    def routing_statistics(self) -> dict:
+        """Share of each task's requests sent to each expert (what `sopmoe evaluate` writes to routing.json)."""
+        return {"unit": "request", "tasks": {
+            task: {"foundation": n[0] / max(sum(n), 1), "sft": n[1] / max(sum(n), 1), "requests": sum(n)}
+            for task, n in sorted(self.per_task.items())}}
 
     # -- provenance --------------------------------------------------------------------------------------------
     def get_model_info(self) -> dict:
