@@ -4,6 +4,9 @@ Per seed: build the test bed, fit the three routers, distil one student from the
 zoo through lm-eval; then one leaderboard (mean ± spread over seeds) and the regression check against the
 committed baseline. Every stage is a ``sopmoe`` subcommand run in-process (:func:`harness.cli.main`), so the demo
 exercises exactly the code paths of the CLI; ``demo.json`` records each stage's command, exit code and time.
+
+The demo owns its work folder (``--out``, marked ``.sopmoe.json`` / ``demo.json``): a rerun rebuilds everything in it,
+so its stages pass ``--overwrite``. A non-empty folder the demo did not write is refused.
 """
 
 from __future__ import annotations
@@ -71,16 +74,18 @@ class Demo:
         # committed baseline. Exit 1 = a property failed (everything was still written): the pipeline goes on and
         # the failure is reported in the summary and demo.json rather than hiding every later number.
         rc = self.run_stage(f"test bed (seed {seed}, {self.size})",
-                            ["testbed", "--out", tb, "--seed", seed, "--size", self.size, "--threads", 1], allowed=(0, 1))
+                            ["testbed", "--out", tb, "--seed", seed, "--size", self.size, "--threads", 1, "--overwrite"],
+                            allowed=(0, 1))
         if rc == 1:
             self.property_failures.append(seed)
         for router in ROUTERS:
             self.run_stage(f"router {router}", ["train-router", *cfg, "--router_type", router,
-                                                 "--output_dir", root / "btm" / router, *ROUTER_FLAGS[router]])
+                                                 "--output_dir", root / "btm" / router, *ROUTER_FLAGS[router],
+                                                 "--overwrite"])
         teacher = root / "btm" / "token_level" / "best_router.safetensors"
         self.run_stage("distil a student from the token_level router",
                        ["distill", *cfg, "--teacher_type", "btm", "--btm_router", teacher, "--student_init",
-                        "foundation", "--output_dir", root / "distill", *DISTILL_FLAGS])
+                        "foundation", "--output_dir", root / "distill", *DISTILL_FLAGS, "--overwrite"])
         for method in MERGES:
             self.run_stage(f"merge {method} (parameters chosen on dev data)",
                            ["merge", *cfg, "--method", method, "--auto", "--out", root / f"merge_{method}", "--overwrite"])
@@ -92,13 +97,24 @@ class Demo:
             *(f"merge_{m}=hf:pretrained={root / f'merge_{m}'}" for m in MERGES),
         ]
         run_dir = root / "eval"
-        argv = ["evaluate", *cfg, "--models", *models, "--tasks", *self.tasks, "--output_dir", run_dir]
+        argv = ["evaluate", *cfg, "--models", *models, "--tasks", *self.tasks, "--output_dir", run_dir, "--overwrite"]
         if self.limit:
             argv += ["--limit", self.limit]
         self.run_stage("evaluate the zoo through lm-eval", argv)
         return run_dir
 
+    def claim_folder(self) -> None:
+        """Refuse a non-empty --out the demo did not write; mark it as the demo's."""
+        from sopmoe_models.errors import UserError
+        from sopmoe_models.outputs import has_content, write_marker, written_by
+
+        if has_content(self.out) and not (written_by(self.out, "demo") or (self.out / "demo.json").is_file()):
+            raise UserError(f"--out {self.out} is not empty and is not a demo folder (no demo.json); the demo rebuilds "
+                            "everything in its folder: choose another --out")
+        write_marker(self.out, "demo")
+
     def run(self, update_baseline: bool = False) -> int:
+        self.claim_folder()
         t0 = time.perf_counter()
         ok = True
         try:
@@ -128,13 +144,14 @@ class Demo:
 
     def print_summary(self) -> None:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f"sopmoe demo ({self.out})")
+        table = Table(title=escape(f"sopmoe demo ({self.out})"))
         for col in ("stage", "exit", "wall s", "cpu s"):
             table.add_column(col, justify="left" if col == "stage" else "right")
         for s in self.stages:
-            table.add_row(s["stage"], "[green]0[/]" if s["rc"] == 0 else f"[red]{s['rc']}[/]",
+            table.add_row(escape(s["stage"]), "[green]0[/]" if s["rc"] == 0 else f"[red]{s['rc']}[/]",
                           f"{s['wall_s']:.0f}", f"{s['cpu_s']:.0f}")
         table.add_row("[bold]total[/]", "", f"{sum(s['wall_s'] for s in self.stages):.0f}",
                       f"{sum(s['cpu_s'] for s in self.stages):.0f}")
@@ -145,7 +162,7 @@ class Demo:
                           "see testbed.json (fusion may have less to win there)[/]")
         board = self.results / "LEADERBOARD.md"
         if board.is_file():
-            console.print(f"leaderboard: {board}  chart: {self.results / 'leaderboard.png'}")
+            console.print(escape(f"leaderboard: {board}  chart: {self.results / 'leaderboard.png'}"))
 
 
 def best_ensemble_weight(testbed_json: Path, families=("sop_strict", "reasoning", "mixed")) -> float:
