@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import pkgutil
 import sys
@@ -14,6 +15,32 @@ from types import ModuleType
 from harness import commands
 
 log = logging.getLogger("sopmoe")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``sopmoe X: error: ... (see sopmoe X --help)``, exit 2) instead of the usage
+    block: a user mistake is one line that names the flag."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type=`` for every float flag: a finite number (``nan``, ``inf`` are refused, naming the flag)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number (NaN and infinity are refused)")
+    return value
+
+
+def escape(text: object) -> str:
+    """``str(text)`` safe to print through rich (a prompt, id or path holding ``[/x]`` is not markup)."""
+    from rich.markup import escape as _escape
+
+    return _escape(str(text))
 
 
 def discover_commands() -> list[ModuleType]:
@@ -41,7 +68,7 @@ def config_from_args(args: argparse.Namespace):
 def build_parser() -> argparse.ArgumentParser:
     mods = discover_commands()
     epilog = "examples:\n" + "\n".join(f"  {ex}" for m in mods for ex in getattr(m, "EXAMPLES", []))
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sopmoe",
         description="Fuse a foundation LLM with its SFT fine-tune and measure which fusion wins.",
         epilog=epilog,
@@ -90,14 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(args.log_level)
-    from harness.config import ConfigError
-    from sopmoe_models.data import DataError
 
     try:
         return int(args._run(args) or 0)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        # User errors: one line naming what is wrong, no traceback.
-        print(f"sopmoe {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+            FileExistsError) as e:
+        # User errors (UserError, ConfigError, DataError, ExpertMismatchError are ValueErrors): one line naming the
+        # file, key or flag and what to do; no traceback.
+        message = " ".join(str(e).split("\n")).strip() or type(e).__name__
+        print(f"sopmoe {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"sopmoe {args.command}: interrupted", file=sys.stderr)

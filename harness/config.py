@@ -7,28 +7,41 @@ Round trip: ``SopmoeConfig.model_validate(cfg.to_dict()) == cfg``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sopmoe_models.errors import UserError
 
 DEFAULT_CONFIG = Path("configs/config.yaml")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+# The devices a model can be placed on; whether this machine has it is checked where it is used (and by `check`).
+DEVICE = re.compile(r"^(auto|cpu|mps|meta|(cuda|xpu|npu)(:\d+)?)$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """The config is unusable; the message names the file and key."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: a NaN or infinite number anywhere in the YAML or a flag is an error naming the key.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class ExpertConfig(_Section):
     path: str | None = Field(None, description="local folder of a transformers causal LM (never downloaded)")
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
-    device: str = Field("auto", description="'auto' (cuda:0 if present, else cpu), 'cpu', 'cuda:1', ...")
+    device: str = Field("auto", description="'auto' (cuda:0 if present, else cpu), 'cpu', 'cuda:1', 'mps', ...")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE.match(v):
+            raise ValueError(f"{v!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
+        return v
 
 
 class ModelsConfig(_Section):
@@ -200,12 +213,13 @@ def _set(d: dict, dotted: str, value: Any) -> None:
     d[leaf] = value
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _format_errors(err: ValidationError, source: str, overridden: set[str] = frozenset()) -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(x) for x in e["loc"]) or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        parts.append(f"{key}: {msg}")
+        key = ".".join(str(x) for x in e["loc"] if not isinstance(x, int)) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        where = " (given as a flag or model argument)" if key in overridden else ""
+        parts.append(f"{key}{where}: {msg}")
     return f"{source}: invalid config: " + "; ".join(parts)
 
 
@@ -227,9 +241,13 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+        try:
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         raw = loaded or {}
@@ -244,4 +262,4 @@ def load_config(
     try:
         return SopmoeConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_errors(e, source)) from None
+        raise ConfigError(_format_errors(e, source, set(overrides or {}))) from None

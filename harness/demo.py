@@ -11,6 +11,10 @@ Every stage is a ``sopmoe`` subcommand run in-process (:func:`harness.cli.main`)
 code paths of the CLI; ``demo.json`` records each stage's command, exit code and time. The leaderboard goes to
 ``<out>/results``; only ``--update-baseline`` rewrites the committed ``results/`` (leaderboard, charts, baseline) and
 the README's results section, so ``make demo`` leaves the working tree clean.
+
+The demo owns its work folder (``--out``, marked ``.sopmoe.json`` / ``demo.json``): a rerun rebuilds everything in it,
+so its stages pass ``--overwrite`` (``--reuse-testbed`` keeps a test bed built for the same seed and preset). A
+non-empty folder the demo did not write is refused.
 """
 
 from __future__ import annotations
@@ -93,20 +97,21 @@ class Demo:
         else:
             rc = self.run_stage(f"test bed (seed {seed}, {self.preset}, {self.size})",
                                 ["testbed", "--out", tb, "--seed", seed, "--preset", self.preset, "--size", self.size,
-                                 "--threads", 1], allowed=(0, 1))
+                                 "--threads", 1, "--overwrite"], allowed=(0, 1))
             if rc == 1:
                 self.property_failures.append(seed)
         for router in ROUTERS:
             self.run_stage(f"router {router}", ["train-router", *cfg, "--router_type", router,
-                                                 "--output_dir", root / "btm" / router, *ROUTER_FLAGS[router]])
+                                                 "--output_dir", root / "btm" / router, *ROUTER_FLAGS[router],
+                                                 "--overwrite"])
         self.run_stage("dispatch baseline (prompt classifier, L2 chosen on dev)",
-                       ["train-dispatch", *cfg, "--output_dir", root / "dispatch"])
+                       ["train-dispatch", *cfg, "--output_dir", root / "dispatch", "--overwrite"])
         self.run_stage("replay_sft baseline (plain fine-tuning on the router's data)",
-                       ["distill", *cfg, *REPLAY_FLAGS, "--output_dir", root / "replay_sft"])
+                       ["distill", *cfg, *REPLAY_FLAGS, "--output_dir", root / "replay_sft", "--overwrite"])
         teacher = root / "btm" / "token_level" / "best_router.safetensors"
         self.run_stage("distil a student from the token_level router",
                        ["distill", *cfg, "--teacher_type", "btm", "--btm_router", teacher, "--student_init",
-                        "foundation", "--output_dir", root / "distill", *DISTILL_FLAGS])
+                        "foundation", "--output_dir", root / "distill", *DISTILL_FLAGS, "--overwrite"])
         for method in MERGES:
             self.run_stage(f"merge {method} (parameters chosen on dev data)",
                            ["merge", *cfg, "--method", method, "--auto", "--out", root / f"merge_{method}", "--overwrite"])
@@ -122,13 +127,24 @@ class Demo:
         ]
         run_dir = root / "eval"
         argv = ["evaluate", *cfg, "--models", *models, "--tasks", *self.tasks, "--output_dir", run_dir,
-                "--log_samples"]
+                "--log_samples", "--overwrite"]
         if self.limit:
             argv += ["--limit", self.limit]
         self.run_stage("evaluate the zoo through lm-eval", argv)
         return run_dir
 
+    def claim_folder(self) -> None:
+        """Refuse a non-empty --out the demo did not write; mark it as the demo's."""
+        from sopmoe_models.errors import UserError
+        from sopmoe_models.outputs import has_content, write_marker, written_by
+
+        if has_content(self.out) and not (written_by(self.out, "demo") or (self.out / "demo.json").is_file()):
+            raise UserError(f"--out {self.out} is not empty and is not a demo folder (no demo.json); the demo rebuilds "
+                            "everything in its folder: choose another --out")
+        write_marker(self.out, "demo")
+
     def run(self, update_baseline: bool = False) -> int:
+        self.claim_folder()
         t0 = time.perf_counter()
         ok = True
         try:
@@ -163,13 +179,14 @@ class Demo:
 
     def print_summary(self) -> None:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f"sopmoe demo ({self.out})")
+        table = Table(title=escape(f"sopmoe demo ({self.out})"))
         for col in ("stage", "exit", "wall s", "cpu s"):
             table.add_column(col, justify="left" if col == "stage" else "right")
         for s in self.stages:
-            table.add_row(s["stage"], "[green]0[/]" if s["rc"] == 0 else f"[red]{s['rc']}[/]",
+            table.add_row(escape(s["stage"]), "[green]0[/]" if s["rc"] == 0 else f"[red]{s['rc']}[/]",
                           f"{s['wall_s']:.0f}", f"{s['cpu_s']:.0f}")
         table.add_row("[bold]total[/]", "", f"{sum(s['wall_s'] for s in self.stages):.0f}",
                       f"{sum(s['cpu_s'] for s in self.stages):.0f}")
@@ -181,7 +198,8 @@ class Demo:
         for folder in (self.out / "results", self.results):
             board = folder / "LEADERBOARD.md"
             if board.is_file() and (folder != self.results or any(s["stage"] == "leaderboard" for s in self.stages)):
-                console.print(f"leaderboard: {board}  charts: {folder / 'leaderboard.png'}, {folder / 'pareto.png'}")
+                console.print(escape(f"leaderboard: {board}  charts: {folder / 'leaderboard.png'}, "
+                                     f"{folder / 'pareto.png'}"))
                 break
 
 

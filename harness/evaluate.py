@@ -12,6 +12,11 @@ generate_until; no task building or loading), whose ratio to ``foundation``'s in
 wall time on a shared machine measures the neighbours too.
 Training cost is the wall-clock recorded by the artefact that produced the model
 (:func:`harness.model_specs.training_cost`).
+
+A run folder that already holds results is never replaced silently: ``append`` adds models to it (same tasks and
+limit; a model of the same name is re-run), ``overwrite`` replaces it (only a folder sopmoe wrote: its
+``summary.json`` or marker says so), anything else is an error. Each model's sub-folder is written whole and renamed
+into place.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,8 @@ from harness.model_specs import (
     training_data,
 )
 from harness.runs import META, RESULTS, ROUTING, RUN_FORMAT, SUMMARY, write_json
+from sopmoe_models.errors import UserError
+from sopmoe_models.outputs import has_content, new_temp_dir, read_marker, replace_dir, write_marker
 
 log = logging.getLogger(__name__)
 REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
@@ -73,9 +81,23 @@ def _task_manager(task_manager_cls, tasks: list[str], meta: dict[str, Any]):
     return task_manager_cls(metadata=meta)
 
 
-def evaluate_one(p: Planned, out: Path, *, tasks: list[str], limit: int | None, batch_size: int | str,
+def evaluate_one(p: Planned, final: Path, *, tasks: list[str], limit: int | None, batch_size: int | str,
                  device: str, task_metadata: dict[str, Any], log_samples: bool = False) -> dict[str, Any]:
-    """Evaluate one planned model with lm-eval in-process; write ``results.json`` and ``meta.json`` under ``out``."""
+    """Evaluate one planned model with lm-eval in-process; write ``results.json`` and ``meta.json`` under ``final``
+    (written whole in a temporary sibling, then renamed into place)."""
+    out = new_temp_dir(final)
+    try:
+        meta = _evaluate_into(p, out, tasks=tasks, limit=limit, batch_size=batch_size, device=device,
+                              task_metadata=task_metadata, log_samples=log_samples)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    replace_dir(out, final)
+    return meta
+
+
+def _evaluate_into(p: Planned, out: Path, *, tasks: list[str], limit: int | None, batch_size: int | str,
+                   device: str, task_metadata: dict[str, Any], log_samples: bool = False) -> dict[str, Any]:
     import lm_eval
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
@@ -151,13 +173,17 @@ def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir
                     tasks: list[str] | None = None, limit: int | None = None, batch_size: int | str | None = None,
                     btm_router: str | None = None, distill_model: str | None = None, device: str | None = None,
                     log_samples: bool = False, progress: bool = True, command: str | None = None,
-                    append: bool = False) -> dict[str, Any]:
+                    append: bool = False, overwrite: bool = False, allow_remote_code: bool = False,
+                    allow_missing_fingerprint: bool = False) -> dict[str, Any]:
     """Evaluate every model spec; missing inputs are skipped and reported; returns (and writes) ``summary.json``.
 
     Arguments left None come from ``cfg.evaluation``. A model that fails while running is recorded as ``failed``
     with its error, and the rest still run. ``append``: add these models to an existing run folder (same tasks and
-    limit), keeping its other models; a model of the same name is replaced.
+    limit), keeping its other models; a model of the same name is replaced. ``overwrite``: replace an existing run
+    folder. Without either, a folder that already holds results is an error.
     """
+    from sopmoe_models.experts import resolve_device
+
     ev = cfg.evaluation
     models = list(models or ev.models)
     tasks = list(tasks or ev.tasks)
@@ -165,24 +191,31 @@ def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir
     batch_size = batch_size or ev.batch_size
     out = Path(output_dir or ev.output_dir)
     device = device or device_for(cfg.models.foundation.device)
+    resolve_device(device)  # a device this machine lacks (or "banana") is one line now, not a failure per model
     specs = [m if isinstance(m, ModelSpec) else parse_model_spec(m) for m in models]
     dupes = sorted({s.name for s in specs if [t.name for t in specs].count(s.name) > 1})
     if dupes:
-        raise ValueError(f"--models: label(s) {', '.join(dupes)} given twice; name variants LABEL=KIND:...")
+        raise UserError(f"--models: label(s) {', '.join(dupes)} given twice; name variants LABEL=KIND:...")
+    old_summary = guard_run_folder(out, append=append, overwrite=overwrite)
     task_metadata: dict[str, Any] = {}
     if cfg.data.task_data_dir:
         task_metadata["data_dir"] = cfg.data.task_data_dir
     if cfg.data.prompt_format != "raw":
         task_metadata["prompt_format"] = cfg.data.prompt_format
-    plans = [plan(s, cfg, btm_router=btm_router, distill_model=distill_model, device=device) for s in specs]
+    plans = [plan(s, cfg, btm_router=btm_router, distill_model=distill_model, device=device,
+                  allow_remote_code=allow_remote_code, allow_missing_fingerprint=allow_missing_fingerprint)
+             for s in specs]
 
-    out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "format": RUN_FORMAT, "command": command, "tasks": tasks, "limit": limit, "batch_size": batch_size,
         "device": device, "task_metadata": task_metadata, "models": [], "machine": machine(device),
     }
-    if append and (out / SUMMARY).is_file():
-        summary = _appended(out, summary, {s.name for s in specs})
+    if append and old_summary is not None:
+        summary = _appended(out, summary, {s.name for s in specs}, old_summary)
+    elif overwrite and old_summary is not None:
+        _clear_run(out, old_summary)
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "evaluate")
     summary["evaluated"] = [s.name for s in specs]  # this call's models (``--append`` keeps others)
     cfg.save(out / "config.yaml")
     metas: dict[str, dict] = {}
@@ -213,14 +246,48 @@ def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir
     return _finish(summary)
 
 
-def _appended(out: Path, new: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    """The existing summary with this call's models removed (they are re-run), checked to be comparable."""
+def guard_run_folder(out: Path, *, append: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The existing ``summary.json`` of ``out`` (None when there is none), after refusing what was not asked for:
+    results without ``append``/``overwrite``, or a folder sopmoe did not write."""
     from harness.runs import read_json
 
-    old = read_json(out / SUMMARY)
+    if append and overwrite:
+        raise UserError("--append and --overwrite contradict each other: add to the run folder, or replace it")
+    if not has_content(out):
+        return None
+    if not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file, not a run folder; choose another path")
+    summary = read_json(out / SUMMARY) if (out / SUMMARY).is_file() else None
+    ours = (isinstance(summary, dict) and summary.get("format") == RUN_FORMAT) or \
+        (read_marker(out) or {}).get("written_by") == "sopmoe evaluate"
+    if not ours:
+        raise UserError(f"--output_dir {out} is not empty and is not a run folder written by `sopmoe evaluate` "
+                        f"(no {SUMMARY}); choose another folder (sopmoe never replaces other files)")
+    if not append and not overwrite:
+        names = [m.get("name") for m in (summary or {}).get("models", [])]
+        raise UserError(f"{out} already holds an evaluation run ({', '.join(map(str, names)) or 'no models yet'}); "
+                        "pass --append to add these models to it, --overwrite to replace it, or choose another "
+                        "--output_dir")
+    return summary if isinstance(summary, dict) else None
+
+
+def _clear_run(out: Path, old: dict[str, Any]) -> None:
+    """--overwrite: remove the model folders the old summary lists (sopmoe wrote them) and the summary itself."""
+    from harness.model_specs import LABEL
+
+    for m in old.get("models", []):
+        name = str(m.get("name", ""))
+        d = out / name
+        if LABEL.match(name) and d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d)
+    (out / SUMMARY).unlink(missing_ok=True)
+
+
+def _appended(out: Path, new: dict[str, Any], names: set[str], old: dict[str, Any]) -> dict[str, Any]:
+    """The existing summary with this call's models removed (they are re-run), checked to be comparable."""
     for key in ("tasks", "limit", "task_metadata"):
         if old.get(key) != new[key]:
-            raise ValueError(f"--append: {out / SUMMARY} has {key}={old.get(key)!r} but this call has {new[key]!r}; "
+            raise UserError(f"--append: {out / SUMMARY} has {key}={old.get(key)!r} but this call has {new[key]!r}; "
                              "use a new --output_dir")
     commands = old.get("commands") or [old.get("command")]
     return {**new, "command": new["command"], "commands": [*commands, new["command"]],

@@ -525,15 +525,16 @@ def write_outputs(lb: Leaderboard, out: str | Path, png: str | Path | None = Non
 
 def print_rich(lb: Leaderboard, console=None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
     console = console or Console()
     for t in [*lb.families, lb.summary, *([lb.routing] if lb.routing else [])]:
-        rt = RichTable(title=t.title)
+        rt = RichTable(title=escape(t.title))
         for c, col in enumerate(t.columns):
-            rt.add_column(col, justify="right" if (t.align or [])[c:c + 1] == ["r"] else "left")
+            rt.add_column(escape(col), justify="right" if (t.align or [])[c:c + 1] == ["r"] else "left")
         for r, row in enumerate(t.rows):
-            rt.add_row(*(f"[bold green]{x}[/]" if (r, c) in t.bold else x for c, x in enumerate(row)))
+            rt.add_row(*(f"[bold green]{escape(x)}[/]" if (r, c) in t.bold else escape(x) for c, x in enumerate(row)))
         console.print(rt)
     for n in lb.notes:
-        console.print(f"[yellow]{n}[/]")
+        console.print(f"[yellow]{escape(n)}[/]")

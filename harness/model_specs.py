@@ -11,17 +11,26 @@ Specs, simplest first:
   syntax on top) or any registered lm-eval model (then exactly these arguments). E.g. ``btm_token=btm:router=DIR``,
   ``student_sft=distill:pretrained=DIR``, ``ties=merge:method=ties,density=0.3``, ``mine=hf:pretrained=DIR``.
 
-The label names the leaderboard row and the run's sub-folder.
+The label names the leaderboard row and the run's sub-folder, so it is a name, never a path: letters, digits and
+``_.@+-``, not starting with ``.`` (no ``..``, no ``/``), and none of the run folder's own files.
+
+Refused before anything runs (a :class:`UserError`, exit 2): a kind that is neither built in nor a registered lm-eval
+model, a NaN/infinite number in the arguments, and ``trust_remote_code`` unless ``allow_remote_code`` (``sopmoe
+evaluate --trust_remote_code``), which lets it through to lm-eval's own models (``hf``, and the built-in
+``foundation``/``sft``); sopmoe's adapters never run remote code.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+
+from sopmoe_models.errors import UserError
 
 BUILTIN = {  # kind -> lm-eval model
     "foundation": "hf",
@@ -36,8 +45,10 @@ BUILTIN = {  # kind -> lm-eval model
 # Expert forwards per generated/scored token (dispatch also runs one foundation prefill of each prompt to route it).
 FORWARDS_PER_TOKEN = {"hf": 1, "sopmoe_merge": 1, "sopmoe_distill": 1, "sopmoe_dispatch": 1, "sopmoe_ensemble": 2,
                       "sopmoe_btm": 2}
-LABEL = re.compile(r"^[A-Za-z0-9_.@+-]+$")
+LABEL = re.compile(r"^[A-Za-z0-9_@+-][A-Za-z0-9_.@+-]*$")  # a folder name: never "..", "/", or hidden
+RESERVED = {"config.yaml", "summary.json", ".sopmoe.json"}  # files of the run folder itself
 PATH_ARGS = ("pretrained", "foundation", "sft", "student", "router", "classifier")
+OURS = ("sopmoe_ensemble", "sopmoe_btm", "sopmoe_distill", "sopmoe_merge", "sopmoe_dispatch")  # never run remote code
 
 
 @dataclass(frozen=True)
@@ -74,19 +85,29 @@ def parse_model_spec(text: str) -> ModelSpec:
     if "@" in kind:  # ensemble@W: foundation weight W, sft weight 1 - W (explicit args still win)
         kind, weight = kind.split("@", 1)
         if kind != "ensemble":
-            raise ValueError(f"--models {text}: KIND@W is the ensemble shorthand only (ensemble@0.7)")
+            raise UserError(f"--models {text}: KIND@W is the ensemble shorthand only (ensemble@0.7)")
         try:
             w = float(weight)
         except ValueError:
-            raise ValueError(f"--models {text}: {weight!r} is not a number (ensemble@0.7)") from None
+            raise UserError(f"--models {text}: {weight!r} is not a number (ensemble@0.7)") from None
         if not 0 <= w <= 1:
-            raise ValueError(f"--models {text}: foundation weight must be in [0, 1]")
+            raise UserError(f"--models {text}: foundation weight must be in [0, 1]")
         args = {"foundation_weight": w, "sft_weight": round(1 - w, 10), **args}
-    if not LABEL.match(name or ""):
-        raise ValueError(f"--models {text}: label {name!r} must be letters, digits or _.@+- (it names a folder)")
+    if not LABEL.match(name or "") or name in RESERVED or len(name) > 100:
+        raise UserError(f"--models {text}: label {name!r} must be a name (letters, digits, _.@+-, not starting with "
+                        "'.', no '/', at most 100 characters): it names the model's sub-folder of the run")
     if not kind:
-        raise ValueError(f"--models {text}: missing model kind after '=' (e.g. {name}=btm:router=DIR)")
+        raise UserError(f"--models {text}: missing model kind after '=' (e.g. {name}=btm:router=DIR)")
+    for key, value in args.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--models {text}: {key}={value} is not a finite number (NaN and infinity are refused)")
     return ModelSpec(name, kind, args, text)
+
+
+def wants_remote_code(args: dict[str, Any]) -> bool:
+    """Whether model args ask for ``trust_remote_code`` (any value but false/0/none/empty)."""
+    value = args.get("trust_remote_code")
+    return value not in (None, False, 0) and str(value).strip().lower() not in ("", "false", "0", "none", "no")
 
 
 def device_for(setting: str) -> str:
@@ -162,8 +183,8 @@ def _input_problem(args: dict[str, Any], kind: str) -> str | None:
     return None
 
 
-def _adapter_problem(lm_eval_model: str) -> str | None:
-    """Why lm-eval cannot build this model here (adapter module missing or broken), else None."""
+def _adapter_problem(spec: ModelSpec, lm_eval_model: str) -> str | None:
+    """Why lm-eval cannot build this model here (adapter module broken), else None; an unknown model is an error."""
     for ep in importlib_metadata.entry_points(group="lm_eval.models"):
         if ep.name == lm_eval_model:
             try:
@@ -176,19 +197,30 @@ def _adapter_problem(lm_eval_model: str) -> str | None:
     try:
         get_model(lm_eval_model)
     except Exception:
-        return f"unknown lm-eval model {lm_eval_model!r}"
+        raise UserError(f"--models {spec.text or spec.name}: unknown model {lm_eval_model!r}: not a built-in kind "
+                        f"({', '.join(BUILTIN)}) nor a registered lm-eval model (e.g. hf); check the spelling") from None
     return None
 
 
-def plan(spec: ModelSpec, cfg, *, btm_router=None, distill_model=None, device="cpu") -> Planned:
+def plan(spec: ModelSpec, cfg, *, btm_router=None, distill_model=None, device="cpu", allow_remote_code: bool = False,
+         allow_missing_fingerprint: bool = False) -> Planned:
     if spec.kind in BUILTIN:
         lm_model = BUILTIN[spec.kind]
         args = builtin_args(spec.kind, cfg, btm_router=btm_router, distill_model=distill_model, device=device)
         args.update(spec.args)
     else:
         lm_model, args = spec.kind, dict(spec.args)
+    if wants_remote_code(args):
+        if lm_model in OURS:
+            raise UserError(f"--models {spec.text or spec.name}: sopmoe's {lm_model} never runs remote code; drop "
+                            "trust_remote_code (or evaluate the folder with KIND hf and --trust_remote_code)")
+        if not allow_remote_code:
+            raise UserError(f"--models {spec.text or spec.name}: trust_remote_code runs Python code shipped with the "
+                            "model; pass --trust_remote_code to allow it for this run")
+    if allow_missing_fingerprint and lm_model == "sopmoe_btm":
+        args.setdefault("allow_missing_fingerprint", True)
     p = Planned(spec, lm_model, args, FORWARDS_PER_TOKEN.get(lm_model))
-    p.problem = _input_problem(args, spec.kind) or _adapter_problem(lm_model)
+    p.problem = _adapter_problem(spec, lm_model) or _input_problem(args, spec.kind)
     return p
 
 

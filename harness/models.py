@@ -73,9 +73,10 @@ def _ensemble(cfg, pair: ExpertPair, **_: Any) -> FusedLM:
 
 
 @register("btm")
-def _btm(cfg, pair: ExpertPair, *, router_checkpoint: str | None = None, **_: Any) -> FusedLM:
+def _btm(cfg, pair: ExpertPair, *, router_checkpoint: str | None = None, allow_missing_fingerprint: bool = False,
+         **_: Any) -> FusedLM:
     """A router from ``router_checkpoint`` (default ``<btm.output_dir>/best_router.safetensors``; see
     harness/router_view.py, which also fills missing expert paths from the checkpoint's router.json)."""
     from harness.router_view import build_btm
 
-    return build_btm(cfg, pair, router_checkpoint)
+    return build_btm(cfg, pair, router_checkpoint, allow_missing_fingerprint=allow_missing_fingerprint)

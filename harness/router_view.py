@@ -41,14 +41,14 @@ def btm_config(cfg, router_checkpoint: str | None):
     return cfg.model_copy(update={"models": cfg.models.model_copy(update=update)})
 
 
-def build_btm(cfg, pair, router_checkpoint: str | None = None):
+def build_btm(cfg, pair, router_checkpoint: str | None = None, *, allow_missing_fingerprint: bool = False):
     """The router of ``router_checkpoint`` (default ``<btm.output_dir>/best_router.safetensors``) over ``pair``."""
     from sopmoe_models.routers import build_router, load_router
 
     path = checkpoint_path(cfg, router_checkpoint)
     if not path.exists() and cfg.btm.router_type == "posterior" and router_checkpoint is None:
         return build_router("posterior", pair)
-    return load_router(path, pair)
+    return load_router(path, pair, allow_missing_fingerprint=allow_missing_fingerprint)
 
 
 class RoutingView:
@@ -81,18 +81,20 @@ class RoutingView:
         from rich.console import Console
         from rich.table import Table
 
+        from harness.cli import escape
+
         names = self.model.gate_names() or []
         layer_cols = names if len(names) <= 6 else []  # deep models: a separate per-layer table below
-        table = Table(title=f"routing ({self.model.router_type}): share of each expert over the generated tokens")
+        table = Table(title=f"routing ({escape(self.model.router_type)}): share of each expert over the generated tokens")
         for col in ("query", "tokens", "foundation", "sft"):
             table.add_column(col, justify="left" if col == "query" else "right")
         for nm in layer_cols:
-            table.add_column(f"sft@{nm}", justify="right")
+            table.add_column(escape(f"sft@{nm}"), justify="right")
         for i, rec in enumerate(self.records[:limit]):
             if rec is None:
                 continue
             s = rec["shares"]
-            label = (labels[i] if labels else rec["prompt"])[:40].replace("\n", " ")
+            label = escape((labels[i] if labels else rec["prompt"])[:40].replace("\n", " "))
             cells = [label, str(s["n_tokens"]), _fmt(s["foundation"]), _fmt(s["sft"])]
             cells += [_fmt(s.get("per_layer", {}).get(nm, {}).get("sft")) for nm in layer_cols]
             table.add_row(*cells)
@@ -104,7 +106,7 @@ class RoutingView:
             per_layer.add_column("gate")
             per_layer.add_column("sft", justify="right")
             for nm in names:
-                per_layer.add_row(nm, _fmt(sum(r["shares"]["per_layer"][nm]["sft"] for r in done) / len(done)))
+                per_layer.add_row(escape(nm), _fmt(sum(r["shares"]["per_layer"][nm]["sft"] for r in done) / len(done)))
             console.print(per_layer)
 
     def write_html(self, path: str | Path) -> Path:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sopmoe_models.errors import UserError
 from sopmoe_models.prompt import PromptFormat, format_prompt
 
 IGNORE_INDEX = -100
@@ -18,7 +19,7 @@ REQUIRED = ("input", "output")
 OPTIONAL = ("id", "category")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file is unusable; the message names the file and line."""
 
 
@@ -45,7 +46,9 @@ def load_jsonl(path: str | Path) -> list[Example]:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: invalid UTF-8 (byte {e.start}); save the file as UTF-8") from None
     examples: list[Example] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # Lines end at "\n" only (JSONL): str.splitlines() would also split inside a JSON string at U+2028, U+2029,
+    # U+0085, \v, \f or \x1c-\x1e, which json.dumps(ensure_ascii=False) writes raw, so valid files were rejected.
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

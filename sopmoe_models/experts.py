@@ -19,12 +19,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from sopmoe_models.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A folder holds a tokenizer when it has one of these (the vocabulary itself; tokenizer_config.json alone is not one).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+# What transformers (5.x) loads as a causal LM's weights from a local folder, besides config.json: single-file and
+# sharded safetensors and torch ``.bin`` (with their ``*.index.json``), and a PEFT adapter (adapter_config.json plus
+# adapter_model.safetensors / .bin). ``.pt``/``.pth``, TF (``.h5``) and Flax (``.msgpack``) files are never loaded by
+# ``from_pretrained`` here, so they are not part of the identity.
+WEIGHT_PATTERNS = ("*.bin", "*.index.json", "adapter_config.json")
 
 
-class ExpertMismatchError(ValueError):
+class ExpertMismatchError(UserError):
     """The two experts cannot be fused (different tokenizers, architectures or shapes)."""
 
 
@@ -54,10 +63,27 @@ class ExpertPair:
         }
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` -> cuda:0 when present, else cpu; any other device must exist on this machine (else a UserError)."""
     if device in (None, "auto"):
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device {device!r} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
+    check_device_available(dev)
+    return dev
+
+
+def check_device_available(dev: torch.device) -> None:
+    """A :class:`UserError` naming the device when this machine lacks it (a GPU index past the last, no CUDA)."""
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            raise UserError(f"device {str(dev)!r} is not on this machine ({n} CUDA device(s)); set "
+                            "models.foundation.device / models.sft.device (or --device) to auto, cpu or an existing GPU")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' is not available on this machine; use auto or cpu")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -80,9 +106,17 @@ def check_model_dir(path: str | Path, role: str) -> Path:
 
 
 def load_tokenizer(path: str | Path):
+    """The folder's own tokenizer; a folder without tokenizer files is an error (transformers would otherwise build
+    an empty tokenizer from config.json, and two empty tokenizers look identical)."""
     from transformers import AutoTokenizer
 
+    path = Path(path).expanduser()
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer "
+                                "with the model (tokenizer.save_pretrained(DIR))")
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    if len(tok) < 2:
+        raise FileNotFoundError(f"{path}: the tokenizer has {len(tok)} token(s); its files are incomplete")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -176,25 +210,63 @@ def check_same_architecture(a: nn.Module, b: nn.Module, *, strict_shapes: bool =
 
 
 def fingerprint(path: str | Path) -> str:
-    """A cheap, stable identity of a model folder: config plus each weight file's size, header and edges.
+    """A cheap, stable identity of a model folder: ``config.json`` plus every file transformers would load as its
+    weights (``*.safetensors`` and :data:`WEIGHT_PATTERNS`): each file's name, size, first and last MiB.
 
     Hashing 16 GB of an 8B model would take minutes; the safetensors header (names, shapes, offsets) plus the first
-    and last MiB of every shard changes whenever the weights do in practice (any training step touches them all).
+    and last MiB of every shard changes whenever the weights do in practice (any training step touches them all), and
+    a ``.bin`` is a zip whose central directory at the end holds the CRC-32 of every tensor. Files are hashed in
+    the order config, ``*.safetensors``, then the rest, so a folder of config + safetensors keeps the fingerprint it
+    had before ``.bin``/index/adapter files counted (see :func:`legacy_fingerprint_matches`).
     """
+    return _fingerprint(Path(path), legacy=False)
+
+
+def legacy_fingerprint_matches(path: str | Path, recorded: str) -> bool:
+    """Whether ``recorded`` is the folder's fingerprint as computed before index/``.bin``/adapter files counted
+    (config + ``*.safetensors``), and that older identity still covers every weight the folder loads (no ``.bin``,
+    no adapter): then a router recorded with it is beside the same weights."""
     path = Path(path)
+    if any(path.glob("*.bin")) or (path / "adapter_config.json").exists():
+        return False
+    return _fingerprint(path, legacy=True) == recorded
+
+
+def _fingerprint(path: Path, legacy: bool) -> str:
     h = hashlib.sha256()
     cfg = path / "config.json"
     if cfg.is_file():
-        h.update(json.dumps(json.loads(cfg.read_text()), sort_keys=True).encode())
-    for f in sorted(path.glob("*.safetensors")):
-        size = f.stat().st_size
-        h.update(f.name.encode() + str(size).encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-            if size > 1 << 20:
-                fh.seek(max(size - (1 << 20), 1 << 20))
-                h.update(fh.read())
+        try:
+            h.update(json.dumps(json.loads(cfg.read_text(encoding="utf-8")), sort_keys=True).encode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"{cfg}: not valid JSON ({e}); the model folder is damaged") from None
+    files = sorted(path.glob("*.safetensors"))
+    if not legacy:
+        files += sorted({f for pattern in WEIGHT_PATTERNS for f in path.glob(pattern) if f.is_file()} - set(files))
+    for f in files:
+        _hash_file(h, f)
     return h.hexdigest()[:16]
+
+
+def _hash_file(h, f: Path) -> None:
+    size = f.stat().st_size
+    h.update(f.name.encode() + str(size).encode())
+    with f.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        if size > 1 << 20:
+            fh.seek(max(size - (1 << 20), 1 << 20))
+            h.update(fh.read())
+
+
+def nonfinite_parameters(model: nn.Module, limit: int = 3) -> list[str]:
+    """Names of (up to ``limit``) parameters/buffers holding NaN or infinity."""
+    bad = []
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+            if len(bad) >= limit:
+                break
+    return bad
 
 
 def cache_kwarg(model: nn.Module) -> str:

@@ -44,8 +44,11 @@ def _tokenizer_source(meta: dict) -> str | None:
             p = Path(value).expanduser()
             card = (p if p.is_dir() else p.parent) / card_name
             if card.is_file():
-                path = json.loads(card.read_text()).get("experts", {}).get("foundation", {}).get("path")
-                if path and Path(path).is_dir():
+                try:  # a broken card is reported by its loader (one line); here it only means "no hint"
+                    path = json.loads(card.read_text(encoding="utf-8"))["experts"]["foundation"]["path"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    path = None
+                if isinstance(path, str) and Path(path).is_dir():
                     return path
     cfg = meta.get("config")
     if isinstance(cfg, str) and Path(cfg).is_file():

@@ -153,8 +153,9 @@ def test_cached_teacher_with_k_equal_v_matches_live(full_run, workdir, tiny_pair
     for ea, eb in zip(live["epochs"], card["epochs"]):
         assert eb["train"]["loss"] == pytest.approx(ea["train"]["loss"], abs=1e-5)
         assert eb["eval"]["loss"] == pytest.approx(ea["eval"]["loss"], abs=1e-5)
-    # A second run reuses both caches.
-    again = train(make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__teacher_cache_topk=tiny_pair.vocab_size))
+    # A second run (replacing the first: --overwrite) reuses both caches.
+    again = train(make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__teacher_cache_topk=tiny_pair.vocab_size),
+                  overwrite=True)
     assert not again["teacher_cache"]["train"]["built"] and not again["teacher_cache"]["eval"]["built"]
 
 
@@ -218,8 +219,6 @@ def test_bad_inputs_are_one_line_errors(workdir, tiny_pair_dirs, tiny_data_dir, 
 
 def test_btm_teacher(workdir, tiny_pair_dirs, tiny_data_dir, tiny_pair, monkeypatch):
     """A saved router is a teacher too; its weights enter the fingerprint and so the cache key."""
-    from safetensors.torch import save_file
-
     from sopmoe_models.routers import build_router
     from training.distill_trainer import train
 
@@ -238,8 +237,8 @@ def test_btm_teacher(workdir, tiny_pair_dirs, tiny_data_dir, tiny_pair, monkeypa
     assert not again["teacher_cache"]["train"]["built"]
     # Retrained router (other weights): a new cache, never the stale one.
     weights = router_dir / "best_router.safetensors"
-    state = {k: v + 0.1 for k, v in load_file(str(weights)).items()}
-    save_file(state, str(weights))
+    router.load_state_dict({k: v + 0.1 for k, v in load_file(str(weights)).items()})
+    router.save_router(router_dir)
     third = train(make_cfg(tiny_pair_dirs, tiny_data_dir, workdir / "btm3", **over))
     assert third["teacher_cache"]["train"]["built"]
     assert third["teacher"]["fingerprint"]["state_sha256"] != fp["state_sha256"]

@@ -52,7 +52,8 @@ def test_plan_reports_missing_inputs(tiny_config, tmp_path):
     ens = plan(parse_model_spec("ensemble@0.25"), cfg)
     assert ens.model_args["foundation_weight"] == 0.25 and ens.model_args["sft_weight"] == 0.75
     assert ens.forwards_per_token == 2
-    assert "unknown lm-eval model" in plan(parse_model_spec("x=no_such_lm:a=1"), cfg).problem
+    with pytest.raises(ValueError, match="unknown model 'no_such_lm'"):  # an error, not a skipped row
+        plan(parse_model_spec("x=no_such_lm:a=1"), cfg)
     gone = plan(parse_model_spec(f"gone=foundation:pretrained={tmp_path / 'nothing'}"), cfg)
     assert "no model folder" in gone.problem
     merge = plan(parse_model_spec("ties=merge:method=ties,density=0.3"), cfg)

@@ -62,8 +62,8 @@ def test_folder_is_plain_hf_with_provenance(dare_dir, tiny_pair, tiny_pair_dirs)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert sorted(p.name for p in dare_dir.iterdir()) == [
-        "config.json", "generation_config.json", "merge.json", "model.safetensors", "sopmoe_config.yaml",
-        "tokenizer.json", "tokenizer_config.json"]
+        ".sopmoe.json", "config.json", "generation_config.json", "merge.json", "model.safetensors",
+        "sopmoe_config.yaml", "tokenizer.json", "tokenizer_config.json"]
     assert not dare_dir.with_name("dare.tmp").exists()
     loaded = AutoModelForCausalLM.from_pretrained(dare_dir)
     expected = merge_models(tiny_pair, "dare", scale=0.9, density=0.5, seed=3)

@@ -1,4 +1,5 @@
-"""``sopmoe regress``: exit 0/1 on crafted runs, each regression named, tolerances by direction, ``--update``."""
+"""``sopmoe regress``: exit 0/1 on crafted runs, each regression named, tolerances by direction, ``--update``.
+The guards (two-sided, nats, NaN, malformed and format 1 baselines) are in tests/test_reliability_regress.py."""
 
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ def _regress(runs: Path, *extra: str) -> int:
 def test_update_then_same_run_passes(runs, capsys):
     assert _regress(runs, "--update") == 0
     base = json.loads((runs / "baseline.json").read_text(encoding="utf-8"))
-    assert base["format"] == "sopmoe-baseline/1" and "--update" in base["made_by"]
+    assert base["format"] == "sopmoe-baseline/2" and "--update" in base["made_by"]
     assert base["metrics"]["sft"]["sop_strict"]["acc"] == 0.85
-    assert base["tolerance"]["perplexity"] == {"rel": 0.1} and base["tolerance"]["acc"] == {"abs": 0.05}
+    assert base["tolerance"]["perplexity"] == {"nats": 0.05} and base["tolerance"]["acc"] == {"abs": 0.05}
+    assert base["allow_improvement"] is False
     assert base["higher_is_better"] == {"acc": True, "exact_match": True, "format_ok": True, "perplexity": False}
     capsys.readouterr()
     assert _regress(runs) == 0
@@ -53,22 +55,23 @@ def test_accuracy_drop_beyond_tolerance_fails_and_is_named(runs, capsys):
     out = capsys.readouterr().out
     assert "REGRESSION: sft/sop_strict/acc: baseline 0.8500 -> current 0.7000" in out
     assert "foundation/reasoning/acc" not in out
-    assert "FAILED: 1 regression(s) beyond tolerance, 0 missing" in out
+    assert "FAILED: 1 regression(s) beyond tolerance, 0 improvement(s) beyond tolerance" in out and "0 missing" in out
     assert _regress(runs, "--tolerance", "acc=0.2") == 0  # a looser absolute tolerance lets it pass
 
 
-def test_perplexity_is_relative_and_lower_is_better(runs, capsys):
+def test_perplexity_is_compared_in_nats_and_lower_is_better(runs, capsys):
     _regress(runs, "--update")
-    _set(runs / "seed0", "ensemble", "mixed", "perplexity", 1.7433 * 1.05)  # +5% < 10%: ok
+    _set(runs / "seed0", "ensemble", "mixed", "perplexity", 1.7433 * 1.05)  # ln 1.05 = 0.049 < 0.05 nats: ok
     assert _regress(runs) == 0
-    _set(runs / "seed0", "ensemble", "mixed", "perplexity", 1.7433 * 1.15)  # +15%: regression
+    _set(runs / "seed0", "ensemble", "mixed", "perplexity", 1.7433 * 1.15)  # +0.14 nats/token: regression
     capsys.readouterr()
     assert _regress(runs) == 1
     assert "REGRESSION: ensemble/mixed/perplexity" in capsys.readouterr().out
-    _set(runs / "seed0", "ensemble", "mixed", "perplexity", 1.2)  # much lower: an improvement, not a failure
+    _set(runs / "seed0", "ensemble", "mixed", "perplexity", 1.2)  # much lower: reported, and a failure unless allowed
     capsys.readouterr()
-    assert _regress(runs) == 0
-    assert "IMPROVED: ensemble/mixed/perplexity" in capsys.readouterr().out
+    assert _regress(runs) == 1
+    assert "IMPROVED BEYOND TOLERANCE: ensemble/mixed/perplexity" in capsys.readouterr().out
+    assert _regress(runs, "--allow-improvement") == 0
 
 
 def test_missing_model_is_a_regression_unless_allowed(runs, capsys):
@@ -102,7 +105,7 @@ def test_several_runs_are_compared_by_their_mean(runs):
     assert current["foundation"]["sop_strict"]["acc"] == pytest.approx(0.375)
     findings = compare(base, current, {})
     assert {f.status for f in findings} <= {"ok", "improved", "regressed"}
-    assert not [f for f in findings if f.status == "regressed" and f.metric == "perplexity"]  # +1.5% < 10%
+    assert not [f for f in findings if f.status == "regressed" and f.metric == "perplexity"]  # +0.015 < 0.05 nats
 
 
 def test_bad_inputs_are_one_line_errors(runs, capsys):
@@ -114,4 +117,4 @@ def test_bad_inputs_are_one_line_errors(runs, capsys):
     with pytest.raises(ValueError, match="METRIC=NUMBER"):
         parse_tolerance("acc")
     assert parse_tolerance("acc=0.1,perplexity=0.2,*=0.03") == {
-        "acc": {"abs": 0.1}, "perplexity": {"rel": 0.2}, "*": {"abs": 0.03}}
+        "acc": {"abs": 0.1}, "perplexity": {"nats": 0.2}, "*": {"abs": 0.03}}

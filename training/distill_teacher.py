@@ -36,8 +36,9 @@ CACHE_FORMAT = 1
 MANIFEST = "cache.json"
 
 
-def build_teacher(cfg, device: str | torch.device | None = None) -> FusedLM:
-    """The configured teacher on ``device`` (used where the config says ``auto``), frozen and in eval mode."""
+def build_teacher(cfg, device: str | torch.device | None = None, *, allow_missing_fingerprint: bool = False) -> FusedLM:
+    """The configured teacher on ``device`` (used where the config says ``auto``), frozen and in eval mode. A btm
+    teacher's router must record its experts' fingerprints unless ``allow_missing_fingerprint``."""
     m, d = cfg.models, cfg.distill
     if not m.foundation.path or not m.sft.path:
         raise ValueError("models.foundation.path and models.sft.path must be set (config or --foundation/--sft)")
@@ -59,17 +60,15 @@ def build_teacher(cfg, device: str | torch.device | None = None) -> FusedLM:
             from sopmoe_models.routers import load_router
         except ImportError as err:
             raise ValueError(f"--teacher_type btm needs sopmoe_models.routers ({err})") from None
-        teacher = load_router(d.btm_router, pair=pair)
+        teacher = load_router(d.btm_router, pair=pair, allow_missing_fingerprint=allow_missing_fingerprint)
         teacher.router_path = str(Path(d.btm_router).expanduser().resolve())
     return teacher.eval().requires_grad_(False)
 
 
 def _sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from sopmoe_models.outputs import file_sha256
+
+    return file_sha256(path)
 
 
 def teacher_fingerprint(teacher: FusedLM) -> dict[str, Any]:

@@ -12,6 +12,12 @@ averages gradients. Dropout (LoRA dropout) is reseeded at each step from (seed, 
 a checkpoint continues exactly as an uninterrupted one would.
 
 Entry point: :func:`train` (``sopmoe distill``; several processes with ``accelerate launch -m harness.cli distill``).
+
+A run folder that already holds a trained student is never replaced silently
+(:func:`training.distill_checkpoint.guard_run_folder`):
+``resume=True`` continues its checkpoint (the best so far is kept unless a later epoch beats it; other settings or
+training data are refused), ``overwrite=True`` discards it (the keyed teacher cache stays: it is reused only when
+teacher and data match), anything else is an error.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from typing import Any
 import torch
 
 from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_training_examples
+from sopmoe_models.errors import UserError
 from sopmoe_models.experts import check_same_tokenizer, load_tokenizer
+from sopmoe_models.outputs import remove_leftovers
 from training import distill_checkpoint as ckpt
 from training.distill_teacher import (
     LiveTeacher,
@@ -159,8 +167,14 @@ def _teacher_targets(teacher, features, data_file, cfg, accelerator, out_dir: Pa
     return cache, info
 
 
-def _same_run(saved: dict, cfg) -> None:
-    """Refuse to resume a checkpoint written under other settings (it would not continue the same run)."""
+def _same_run(saved: dict, cfg, saved_data: dict | None = None) -> None:
+    """Refuse to resume a checkpoint written under other settings or data (it would not continue the same run)."""
+    if saved_data is not None:
+        now_data = ckpt.data_identity(cfg)
+        for key, name in (("train_file_sha256", "data.train_file"), ("eval_file_sha256", "data.eval_file")):
+            if saved_data.get(key) != now_data[key]:
+                raise UserError(f"--resume: {name} has other content than the file the checkpoint was trained on "
+                                "(its bytes are checked, not only its path); resume with the same data or drop --resume")
     now = cfg.to_dict()
     for section in ("models", "data", "ensemble", "distill"):
         a, b = dict(saved.get(section, {})), dict(now.get(section, {}))
@@ -168,14 +182,15 @@ def _same_run(saved: dict, cfg) -> None:
             a.pop(volatile, None), b.pop(volatile, None)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         if diff:
-            raise ValueError(f"--resume: the checkpoint was written with other {section}.{diff[0]} "
+            raise UserError(f"--resume: the checkpoint was written with other {section}.{diff[0]} "
                              f"({a.get(diff[0])!r} vs {b.get(diff[0])!r}); use the same config or drop --resume")
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
 
 
-def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_fingerprint: bool = False,
+          on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) distillation as configured; returns the ``distill.json`` card of the best student."""
     from accelerate import Accelerator
 
@@ -188,9 +203,14 @@ def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = 
     if d.batch_size < world:
         raise ValueError(f"distill.batch_size ({d.batch_size}) is the global batch; it must be >= the {world} processes")
     if not cfg.data.train_file:
-        raise ValueError("data.train_file is not set (a JSONL of {input, output} to distil on)")
+        raise UserError("data.train_file is not set (a JSONL of {input, output} to distil on)")
     out_dir = Path(d.output_dir)
+    ckpt.guard_run_folder(cfg, out_dir, resume=resume, overwrite=overwrite, main=main)
+    accelerator.wait_for_everyone()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        for name in (ckpt.CHECKPOINT, ckpt.BEST_STUDENT):
+            remove_leftovers(out_dir, name)
     torch.manual_seed(d.seed)
 
     # setup: teacher, student, data, teacher targets
@@ -199,7 +219,7 @@ def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = 
         tok = load_tokenizer(student_path(cfg))
         vocab = None  # cross-entropy over all the student's output rows, as plain fine-tuning computes it
     else:
-        teacher = build_teacher(cfg, accelerator.device)
+        teacher = build_teacher(cfg, accelerator.device, allow_missing_fingerprint=allow_missing_fingerprint)
         fp = teacher_fingerprint(teacher)
         tok, vocab = teacher.tokenizer, teacher.vocab_size
     pad_id = tok.pad_token_id
@@ -225,14 +245,17 @@ def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = 
     warmup = math.ceil(d.warmup_ratio * total_steps)
 
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "sums": [0.0, 0.0, 0.0, 0], "history": [],
-                             "best": None, "wall_s": 0.0, "cpu_s": 0.0, "done": False, "config": cfg.to_dict()}
+                             "best": None, "wall_s": 0.0, "cpu_s": 0.0, "done": False, "config": cfg.to_dict(),
+                             "data": ckpt.data_identity(cfg)}
     if resume:
         loaded = ckpt.load_checkpoint(out_dir, student, optimizer)
         if loaded is None:
             log.warning("--resume: no checkpoint in %s; starting from the beginning", out_dir)
         else:
-            _same_run(loaded["config"], cfg)
-            state = loaded
+            if "data" not in loaded:
+                log.warning("--resume: %s predates data checks; cannot verify the training file is the same", out_dir)
+            _same_run(loaded["config"], cfg, loaded.get("data"))
+            state = {**loaded, "data": ckpt.data_identity(cfg)}
             log.info("resumed from %s: epoch %d, batch %d, step %d", out_dir / ckpt.CHECKPOINT, state["epoch"] + 1,
                      state["batch"], state["step"])
     model, optimizer = accelerator.prepare(student, optimizer)

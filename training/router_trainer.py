@@ -9,6 +9,11 @@ as ``best_router.safetensors`` + ``router.json``, and ``last/`` for ``resume=Tru
 one, because the batch order is a pure function of (seed, epoch). A NaN/inf loss stops training before the
 optimizer step, keeping the last good checkpoints. ``posterior`` has nothing to learn by gradient: training
 estimates its prior on the training data (EM, :func:`~sopmoe_models.routers.posterior.estimate_prior`).
+
+An output folder that already holds a trained router is never replaced silently (:func:`guard_output_dir`):
+``resume=True`` continues it (with the best recorded so far, so only a better epoch replaces the best checkpoint; a
+different router type, trajectory setting, expert or training/eval file is refused), ``overwrite=True`` discards it
+and starts again; anything else is an error.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +29,14 @@ from typing import Any
 import torch
 
 from sopmoe_models.data import Example, collate, encode_example, load_training_examples
+from sopmoe_models.errors import UserError
 from sopmoe_models.experts import load_experts_from_config
+from sopmoe_models.outputs import file_sha256, leftovers, overlaps, remove_leftovers
 from sopmoe_models.routers import build_router, check_fingerprints, router_kwargs
-from sopmoe_models.routers.base import write_json
+from sopmoe_models.routers.base import BEST, CARD, _parse_card, write_json
 from sopmoe_models.routers.losses import gate_means, output_mask, router_loss, shifted_targets
 from sopmoe_models.routers.posterior import estimate_prior
-from training.router_state import load_last, restore_optimizer, save_last
+from training.router_state import LAST, load_last, restore_optimizer, save_last
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,56 @@ TRAJECTORY_KEYS = ("router_type", "router_hidden_size", "num_epochs", "batch_siz
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoints were kept."""
+
+
+def guard_output_dir(out_dir: Path, router_type: str, *, resume: bool, overwrite: bool,
+                     inputs: tuple = ()) -> None:
+    """Refuse to replace a trained router in ``out_dir`` unless asked: ``resume`` continues the same router type,
+    ``overwrite`` discards it (only sopmoe's own router files are deleted). ``out_dir`` may not be or hold an input."""
+    hit = overlaps(out_dir, inputs)
+    if hit:
+        raise UserError(f"--output_dir {out_dir} is or contains an input ({hit[0]}); choose another folder")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other: continue the run, or replace it")
+    card_path, last = out_dir / CARD, out_dir / LAST
+    trained = card_path.is_file() or (out_dir / BEST).is_file() or last.is_dir() or bool(leftovers(out_dir, LAST, "old"))
+    if not trained:
+        return
+    try:
+        card = _parse_card(card_path) if card_path.is_file() else {}
+    except UserError:
+        if not overwrite:
+            raise
+        card = {}  # a damaged card may still be replaced when asked
+    what = f"a trained {card.get('type', 'router')} router"
+    best = (card.get("metrics") or {}).get("best_epoch")
+    if best is not None:
+        what += f" (best epoch {best})"
+    if overwrite:
+        log.warning("--overwrite: replacing %s in %s", what, out_dir)
+        for name in (BEST, CARD):
+            (out_dir / name).unlink(missing_ok=True)
+        for p in [last, *leftovers(out_dir, LAST, "old")]:
+            if p.is_dir():
+                shutil.rmtree(p)
+        return
+    if not resume:
+        raise UserError(f"{out_dir} already holds {what}; pass --resume to continue that run, --overwrite to "
+                        "replace it, or choose another --output_dir")
+    if card.get("type") and card["type"] != router_type:
+        raise UserError(f"--resume: {out_dir} holds a {card['type']} router, not {router_type}; resume it with "
+                        f"--router_type {card['type']}, or replace it with --overwrite")
+    if router_type == "posterior":
+        raise UserError(f"--resume: a posterior router has nothing to resume ({out_dir} holds one); refit it with "
+                        "--overwrite")
+
+
+def data_identity(cfg) -> dict[str, Any]:
+    """What the training data is: the files' bytes and how they are tokenised (a resume must see the same)."""
+    d = cfg.data
+    return {"train_file_sha256": file_sha256(d.train_file), "eval_file_sha256": file_sha256(d.eval_file)
+            if d.eval_file else None, "prompt_format": d.prompt_format, "max_length": d.max_length,
+            "train_kinds": list(d.train_kinds) if d.train_kinds else None}
 
 
 def select_examples(path: str, limit: int | None, seed: int, kinds: list[str] | None = None) -> list[Example]:
@@ -126,6 +184,7 @@ def train_router(
     router_type: str | None = None,
     output_dir: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     max_steps: int | None = None,
     save_steps: int = 50,
     pair=None,
@@ -138,7 +197,10 @@ def train_router(
     router_type = router_type or b.router_type
     out_dir = Path(output_dir or b.output_dir)
     if not cfg.data.train_file:
-        raise ValueError("data.train_file is not set (config or --train_file): the router learns from it")
+        raise UserError("data.train_file is not set (config or --train_file): the router learns from it")
+    guard_output_dir(out_dir, router_type, resume=resume, overwrite=overwrite,
+                     inputs=(cfg.models.foundation.path, cfg.models.sft.path, cfg.data.train_file, cfg.data.eval_file))
+    remove_leftovers(out_dir, LAST)
     pair = pair or load_experts_from_config(cfg)
     torch.manual_seed(b.seed)
     router = build_router(router_type, pair, **router_kwargs(router_type, {"hidden_size": b.router_hidden_size}))
@@ -164,15 +226,18 @@ def train_router(
     total = steps_per_epoch * b.num_epochs
     warmup = max(1, math.ceil(b.warmup_ratio * total)) if b.warmup_ratio > 0 else 0
     traj = {k: training["btm"][k] for k in TRAJECTORY_KEYS}
+    data_id = data_identity(cfg)
     state: dict[str, Any] = {"epoch": 0, "group": 0, "global_step": 0, "best_eval_nll": None, "best_epoch": None,
-                             "history": [], "trajectory": traj, "train_seconds": 0.0}
+                             "history": [], "trajectory": traj, "data": data_id, "train_seconds": 0.0}
     if resume:
         router_t, opt_t, saved = load_last(out_dir)
         changed = {k: (saved["trajectory"].get(k), v) for k, v in traj.items() if saved["trajectory"].get(k) != v}
         if changed:
-            raise ValueError(f"--resume: settings differ from the interrupted run in {out_dir} (was, now): {changed}; "
-                             "resume with the same settings or start a new output_dir")
-        check_fingerprints(json.loads((out_dir / "last" / "router.json").read_text()), pair, str(out_dir / "last"))
+            raise UserError(f"--resume: settings differ from the interrupted run in {out_dir} (was, now): {changed}; "
+                            "resume with the same settings or start a new output_dir")
+        _same_data(saved.get("data"), data_id, out_dir)
+        check_fingerprints(_parse_card(out_dir / LAST / CARD), pair, str(out_dir / LAST))
+        saved.pop("files", None)
         router.load_state_dict(router_t)
         restore_optimizer(opt, opt_t, saved.pop("param_groups"))
         state.update(saved)
@@ -223,6 +288,20 @@ def train_router(
         writer.close()
         router.eval()
     return _finish(out_dir, state, status, router_type)
+
+
+def _same_data(saved: dict | None, now: dict, out_dir: Path) -> None:
+    """Refuse to resume on other training/eval data than the interrupted run saw (same path, other bytes too)."""
+    if saved is None:
+        log.warning("--resume: %s predates data checks; cannot verify the training file is the same", out_dir / LAST)
+        return
+    names = {"train_file_sha256": "data.train_file (--train_file)", "eval_file_sha256": "data.eval_file (--eval_file)",
+             "prompt_format": "data.prompt_format", "max_length": "data.max_length"}
+    for key, name in names.items():
+        if saved.get(key) != now.get(key):
+            raise UserError(f"--resume: {name} differs from the one the interrupted run in {out_dir} trained on "
+                            "(its content is checked, not only its path); resume with the same data, or start again "
+                            "with --overwrite")
 
 
 def _optimizer_step(router, opt, train, group, b, lr) -> dict[str, float] | None:

@@ -1,7 +1,10 @@
 """``sopmoe check`` (the seed's config_loader.py): is this config usable?
 
-Validates the config, that both model folders exist and load, that their tokenizers are identical, and that every
-data file parses. Prints a rich table; exits 1 with a one-line reason naming the first problem.
+Validates the config, that both model folders exist, hold a tokenizer and load, that their tokenizers are identical,
+that the configured devices exist on this machine, that every weight is a finite number, that every data file parses,
+and that the router checkpoint the config names (``distill.btm_router``, else ``<btm.output_dir>/best_router.safetensors``
+when present) is readable, finite and was trained beside these experts. Prints a rich table; exits 1 with a one-line
+reason naming the first problem.
 """
 
 from __future__ import annotations
@@ -45,17 +48,61 @@ def _checks(cfg, load_weights: bool) -> list[tuple[str, Callable[[], str]]]:
         return f"identical, {len(tok)} tokens"
 
     checks.append(("tokenizers", tokenizers))
+
+    def devices() -> str:
+        from sopmoe_models.experts import resolve_device
+
+        placed = {role: str(resolve_device(getattr(m, role).device)) for role in ("foundation", "sft")}
+        return f"foundation on {placed['foundation']}, sft on {placed['sft']}"
+
+    checks.append(("devices", devices))
     if load_weights:
 
         def weights() -> str:
             from transformers.utils import logging as hf_logging
 
+            from sopmoe_models.experts import nonfinite_parameters
+
             hf_logging.disable_progress_bar()  # the table is the output; no loading bars on stderr
             pair = load_experts(m.foundation.path, m.sft.path, dtype=m.foundation.dtype, device="cpu")
+            for role, model in zip(pair.names, pair.experts):
+                bad = nonfinite_parameters(model)
+                if bad:
+                    raise ValueError(f"the {role} weights hold NaN or infinity ({', '.join(bad)}) in "
+                                     f"{getattr(pair, role + '_path')}: the checkpoint is damaged or diverged")
             n = sum(p.numel() for p in pair.foundation.parameters())
-            return f"{type(pair.foundation).__name__}, {n / 1e6:.2f}M parameters each, usable vocab {pair.vocab_size}"
+            return (f"{type(pair.foundation).__name__}, {n / 1e6:.2f}M parameters each, all finite, "
+                    f"usable vocab {pair.vocab_size}")
 
         checks.append(("weights load", weights))
+
+    router = cfg.distill.btm_router or (str(Path(cfg.btm.output_dir) / "best_router.safetensors")
+                                        if (Path(cfg.btm.output_dir) / "best_router.safetensors").is_file() else None)
+    if router:
+
+        def router_check(router=router) -> str:
+            from sopmoe_models.experts import fingerprint
+            from sopmoe_models.routers.base import (
+                check_fingerprints,
+                read_card,
+                read_router_weights,
+                resolve_checkpoint,
+            )
+
+            weights, _ = resolve_checkpoint(router)
+            card = read_card(router)
+            read_router_weights(weights, card)
+
+            class Paths:  # the experts by path only: fingerprints need no loaded weights
+                foundation_path, sft_path = m.foundation.path, m.sft.path
+
+                def fingerprints(self):
+                    return {"foundation": fingerprint(self.foundation_path), "sft": fingerprint(self.sft_path)}
+
+            check_fingerprints(card, Paths(), str(weights))
+            return f"{card['type']} router {weights}: readable, finite, trained beside these experts"
+
+        checks.append(("router", router_check))
 
     files = [("data.train_file", cfg.data.train_file), ("data.eval_file", cfg.data.eval_file)]
     if cfg.data.dev_dir:
@@ -77,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.cli import config_from_args
+    from harness.cli import config_from_args, escape
 
     cfg = config_from_args(args)  # a bad key or value raises ConfigError naming it (exit 2)
     table = Table(title="sopmoe check")
@@ -85,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col)
     first_error = None
     for label, fn in _checks(cfg, load_weights=not args.no_load):
-        if label in ("tokenizers", "weights load") and first_error and "folder" in first_error.split(":")[0]:
+        if label in ("tokenizers", "weights load", "router") and first_error and "folder" in first_error.split(":")[0]:
             table.add_row(label, "[yellow]skipped[/]", "a model folder is missing")
             continue
         try:
@@ -93,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         except Exception as e:  # every failure becomes a row; the first one is the exit reason
             detail, ok = str(e).splitlines()[0] if str(e) else type(e).__name__, False
             first_error = first_error or f"{label}: {detail}"
-        table.add_row(label, "[green]ok[/]" if ok else "[red]FAIL[/]", detail)
+        table.add_row(escape(label), "[green]ok[/]" if ok else "[red]FAIL[/]", escape(detail))
     console = Console()
     console.print(table)
     if first_error:

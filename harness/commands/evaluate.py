@@ -32,6 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log_samples", action="store_true", help="also write per-example records to MODEL/samples/")
     p.add_argument("--append", action="store_true",
                    help="add these models to an existing run folder (same tasks and limit), keeping its others")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing run folder (refused without --append or this flag)")
+    p.add_argument("--trust_remote_code", action="store_true",
+                   help="allow trust_remote_code=true in --models specs of lm-eval's own models (hf): it runs Python "
+                        "code shipped with the model; refused without this flag")
+    p.add_argument("--allow_missing_fingerprint", action="store_true",
+                   help="run btm routers whose router.json records no expert fingerprint (unverified)")
     p.add_argument("--log-file", default="logs/evaluate.log", help="log file (default: logs/evaluate.log)")
 
 
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.cli import config_from_args
+    from harness.cli import config_from_args, escape
     from harness.evaluate import evaluate_models
 
     cfg = config_from_args(args)
@@ -53,17 +60,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = evaluate_models(cfg, btm_router=args.btm_router, distill_model=args.distill_model,
                                   device=args.device, log_samples=args.log_samples, append=args.append,
-                                  command=_command(args))
+                                  overwrite=args.overwrite, allow_remote_code=args.trust_remote_code,
+                                  allow_missing_fingerprint=args.allow_missing_fingerprint, command=_command(args))
     finally:
         logging.getLogger().removeHandler(fh)
         fh.close()
-    table = Table(title=f"sopmoe evaluate -> {cfg.evaluation.output_dir}")
+    table = Table(title=escape(f"sopmoe evaluate -> {cfg.evaluation.output_dir}"))
     for col in ("model", "lm-eval model", "status", "wall s / reason"):
         table.add_column(col)
     for m in summary["models"]:
         colour = {"ran": "green", "skipped": "yellow", "failed": "red"}[m["status"]]
         detail = f"{m['wall_s']:.1f}" if m["status"] == "ran" else m.get("reason", "")
-        table.add_row(m["name"], m["lm_eval_model"], f"[{colour}]{m['status']}[/]", detail)
+        table.add_row(escape(m["name"]), escape(m["lm_eval_model"]), f"[{colour}]{m['status']}[/]", escape(detail))
     Console().print(table)
     print(f"ran: {' '.join(summary['ran']) or '-'}; skipped: {' '.join(summary['skipped']) or '-'}; "
           f"failed: {' '.join(summary['failed']) or '-'}")
@@ -89,5 +97,7 @@ def _command(args: argparse.Namespace) -> str:
         value = v.get(dest)
         if value is not None:
             parts += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
-    flags = [f for f, on in (("--log_samples", args.log_samples), ("--append", args.append)) if on]
+    flags = [f for f, on in (("--log_samples", args.log_samples), ("--append", args.append),
+                             ("--overwrite", args.overwrite), ("--trust_remote_code", args.trust_remote_code),
+                             ("--allow_missing_fingerprint", args.allow_missing_fingerprint)) if on]
     return shlex.join(parts + flags)

@@ -20,6 +20,8 @@ import json
 import logging
 from pathlib import Path
 
+from harness.cli import finite_float
+
 NAME = "export-llamafactory"
 HELP = "write dataset_info.json, the training JSONL (optionally teacher outputs) and a LlamaFactory SFT yaml"
 EXAMPLES = [
@@ -39,13 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher_outputs", action="store_true", help="responses = the teacher's greedy outputs (seq-KD)")
     p.add_argument("--teacher_type", dest="distill.teacher_type", choices=["ensemble", "btm"], help="the fused teacher")
     p.add_argument("--btm_router", dest="distill.btm_router", help="router checkpoint for --teacher_type btm")
-    p.add_argument("--foundation_weight", dest="ensemble.foundation_weight", type=float)
-    p.add_argument("--sft_weight", dest="ensemble.sft_weight", type=float)
+    p.add_argument("--foundation_weight", dest="ensemble.foundation_weight", type=finite_float)
+    p.add_argument("--sft_weight", dest="ensemble.sft_weight", type=finite_float)
     p.add_argument("--student_init", dest="distill.student_init", help="foundation | sft | a model folder")
     p.add_argument("--max_train_examples", dest="distill.max_train_examples", type=int)
     p.add_argument("--max_new_tokens", dest="generation.max_new_tokens", type=int, help="teacher output length cap")
     p.add_argument("--template", default=None, help="LlamaFactory template (default: empty for raw prompts, qwen3 for chat)")
     p.add_argument("--batch_size", type=int, default=16, help="teacher generation batch size")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export in --output_dir")
+    p.add_argument("--allow_missing_fingerprint", action="store_true",
+                   help="run a btm teacher whose router.json records no expert fingerprint (unverified)")
 
 
 def teacher_responses(teacher, examples, cfg, batch_size: int) -> list[str]:
@@ -128,12 +133,17 @@ def run(args: argparse.Namespace) -> int:
     raw = cfg.data.prompt_format == "raw"
     template = args.template or ("empty" if raw else "qwen3")
     out_dir: Path = args.output_dir
+    if not args.overwrite:
+        from sopmoe_models.outputs import refuse_existing
+
+        for name in (DATA_FILE, "dataset_info.json", YAML_FILE):
+            refuse_existing(out_dir / name, "an export")
     responses = [ex.output for ex in examples]
     source = "reference"
     if args.teacher_outputs:
         from training.distill_teacher import build_teacher
 
-        teacher = build_teacher(cfg)
+        teacher = build_teacher(cfg, allow_missing_fingerprint=args.allow_missing_fingerprint)
         responses = teacher_responses(teacher, examples, cfg, args.batch_size)
         source = f"teacher:{cfg.distill.teacher_type}"
     # raw: the separator is part of the prompt text (LlamaFactory's `empty` template adds nothing);

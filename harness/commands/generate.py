@@ -6,6 +6,9 @@ with the chosen model's answer *and each expert's* (``outputs``), exact match pe
 wins per category (the seed's "analyse each model's advantage scenarios"); ``O.summary.json`` holds the same table
 and ``O.config.yaml`` the resolved config. Generation is batched (left padding, prompts sorted by length) and
 KV-cached (:meth:`sopmoe_models.fused.FusedLM.generate`); models are built by :func:`harness.models.build_fused_model`.
+
+Nothing is replaced silently: an existing output (``O``, ``O.summary.json``, ``O.config.yaml``, ``--route_html``) needs
+``--overwrite``, and an output that is the input file (``--eval_file``, the config) is refused whatever the flags.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from harness.cli import finite_float
 from harness.models import model_names
 from harness.router_view import RoutingView, btm_config
 
@@ -38,12 +42,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--eval_file", dest="data.eval_file", help="JSONL {input, output[, id, category]} to answer")
     p.add_argument("--output_file", type=Path, help="JSONL written in --eval_file mode (default: results/generate/...)")
     p.add_argument("--limit", type=int, default=None, help="only the first N examples of --eval_file")
-    p.add_argument("--foundation_weight", dest="ensemble.foundation_weight", type=float, default=None)
-    p.add_argument("--sft_weight", dest="ensemble.sft_weight", type=float, default=None)
+    p.add_argument("--foundation_weight", dest="ensemble.foundation_weight", type=finite_float, default=None)
+    p.add_argument("--sft_weight", dest="ensemble.sft_weight", type=finite_float, default=None)
     p.add_argument("--mix", dest="ensemble.mix", choices=["prob", "logit"], default=None)
     p.add_argument("--max_new_tokens", dest="generation.max_new_tokens", type=int, default=None)
-    p.add_argument("--temperature", dest="generation.temperature", type=float, default=None, help="0 = greedy")
-    p.add_argument("--top_p", dest="generation.top_p", type=float, default=None)
+    p.add_argument("--temperature", dest="generation.temperature", type=finite_float, default=None, help="0 = greedy")
+    p.add_argument("--top_p", dest="generation.top_p", type=finite_float, default=None)
     p.add_argument("--seed", dest="generation.seed", type=int, default=None, help="sampling seed")
     p.add_argument("--stop", dest="generation.stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--batch_size", dest="generation.batch_size", type=int, default=None)
@@ -55,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--model btm: per-query share of foundation vs sft (table; always in --output_file rows)")
     p.add_argument("--route_html", type=Path, default=None,
                    help="--model btm: write an HTML page colouring each generated token by its gate")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (refused without it)")
+    p.add_argument("--allow_missing_fingerprint", action="store_true",
+                   help="--model btm: run a router whose router.json records no expert fingerprint (unverified)")
 
 
 def generate_texts(model, prompts: list[str], gen, *, batch_size: int = 1, on_batch=None, on_result=None) -> list[str]:
@@ -131,6 +138,8 @@ def print_summary(summary: list[dict[str, Any]], names: list[str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from harness.cli import escape
+
     fused = [n for n in names if n not in EXPERTS]
     em = Table(title="exact match per category")
     wins = Table(title="where each expert wins (examples)")
@@ -145,11 +154,11 @@ def print_summary(summary: list[dict[str, Any]], names: list[str]) -> None:
         if e["category"] == "all" and e is summary[-1]:
             em.add_section()
             wins.add_section()
-        em.add_row(e["category"], str(e["n"]), *[f"{e['exact_match'][n]:.3f}" for n in names], e["best"])
+        em.add_row(escape(e["category"]), str(e["n"]), *[f"{e['exact_match'][n]:.3f}" for n in names], e["best"])
         cells = [str(e[k]) for k in ("foundation_only", "sft_only", "both", "neither")]
         for n in fused:
             cells += [str(e[f"{n}_rescues"]), str(e[f"{n}_misses"])]
-        wins.add_row(e["category"], *cells)
+        wins.add_row(escape(e["category"]), *cells)
     console = Console()
     console.print(em)
     console.print(wins)
@@ -177,10 +186,11 @@ def run_file(args: argparse.Namespace, cfg) -> int:
 
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be positive, got {args.limit}")
-    setup_logging(args.log_level, args.log_file)
     eval_file = Path(cfg.data.eval_file)
-    examples = load_jsonl(eval_file)[: args.limit]
     output = args.output_file or Path("results/generate") / f"{eval_file.stem}.{args.model}.jsonl"
+    guard_outputs(output, args, inputs=[eval_file, args.config])
+    setup_logging(args.log_level, args.log_file)
+    examples = load_jsonl(eval_file)[: args.limit]
     pair = load_experts_from_config(cfg)
     names = [args.model, *[n for n in EXPERTS if n != args.model]]
     prompts = [format_prompt(ex.input, cfg.data.prompt_format, pair.tokenizer) for ex in examples]
@@ -191,7 +201,8 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     with Progress(*columns) as progress:
         for name in names:
             task = progress.add_task(f"{name:>10}", total=len(prompts))
-            model = build_fused_model(name, cfg, pair, router_checkpoint=args.router_checkpoint)
+            model = build_fused_model(name, cfg, pair, router_checkpoint=args.router_checkpoint,
+                                      allow_missing_fingerprint=args.allow_missing_fingerprint)
             view = RoutingView(model, prompts) if name == "btm" else view
             outputs[name] = generate_texts(
                 model, prompts, cfg.generation, batch_size=cfg.generation.batch_size,
@@ -222,6 +233,28 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def companions(output: Path) -> list[Path]:
+    """The files ``--eval_file`` mode writes for ``--output_file output``."""
+    return [output, output.with_name(output.stem + ".summary.json"), output.with_name(output.stem + ".config.yaml")]
+
+
+def guard_outputs(output: Path | None, args: argparse.Namespace, inputs: list) -> None:
+    """Refuse an output that is an input (always) or that exists (unless --overwrite)."""
+    from sopmoe_models.errors import UserError
+    from sopmoe_models.outputs import refuse_existing, resolved
+
+    targets = [*(companions(output) if output is not None else []), *([args.route_html] if args.route_html else [])]
+    ins = {resolved(p) for p in inputs if p}
+    for t in targets:
+        if resolved(t) in ins:
+            raise UserError(f"{t} is an input of this command (--eval_file or --config); writing it would replace the "
+                            "input: choose another --output_file / --route_html")
+        if resolved(t).is_dir():
+            raise UserError(f"{t} is a folder; --output_file and --route_html name files")
+        if not args.overwrite:
+            refuse_existing(t, "an output file")
+
+
 def _show_routing(args: argparse.Namespace, view, labels: list[str] | None = None) -> None:
     if view is None:
         return
@@ -248,10 +281,12 @@ def run(args: argparse.Namespace) -> int:
         return run_file(args, cfg)
     if not args.prompt.strip():
         raise ValueError("--prompt is empty")
+    guard_outputs(None, args, inputs=[args.config, cfg.data.eval_file])
     from harness.models import build_fused_model
     from sopmoe_models.prompt import format_prompt
 
-    model = build_fused_model(args.model, cfg, router_checkpoint=args.router_checkpoint)
+    model = build_fused_model(args.model, cfg, router_checkpoint=args.router_checkpoint,
+                              allow_missing_fingerprint=args.allow_missing_fingerprint)
     prompt = format_prompt(args.prompt, cfg.data.prompt_format, model.tokenizer)
     view = RoutingView(model, [prompt]) if args.model == "btm" else None
     print(generate_texts(model, [prompt], cfg.generation, on_result=view.on_result if view else None)[0])

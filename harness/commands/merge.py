@@ -5,10 +5,15 @@ Methods (:mod:`sopmoe_models.merges`): ``linear`` (WiSE-FT, ``--weight`` α: 0 =
 ``--seed``). ``--auto`` picks the method's parameters on a few dev examples (LM-Cocktail weights and a small grid
 search, :mod:`sopmoe_models.merges.auto`; parameters given as flags stay fixed) and prints the table it searched.
 
-The folder (``save_pretrained`` safetensors, config, tokenizer) is written to ``DIR.tmp`` and renamed into place,
-with ``merge.json`` (method, parameters, input fingerprints, versions, the search when ``--auto``) and
-``sopmoe_config.yaml`` (the resolved config, merge section = the parameters used). Evaluate it with
-``lm_eval --model hf --model_args pretrained=DIR`` or merge in memory with ``--model sopmoe_merge``.
+The folder (``save_pretrained`` safetensors, config, tokenizer) is written to a hidden temporary sibling and renamed
+into place, with ``merge.json`` (method, parameters, input fingerprints, versions, the search when ``--auto``),
+``sopmoe_config.yaml`` (the resolved config, merge section = the parameters used) and the marker ``.sopmoe.json``.
+Evaluate it with ``lm_eval --model hf --model_args pretrained=DIR`` or merge in memory with ``--model sopmoe_merge``.
+
+``--out DIR --overwrite`` replaces DIR only when ``sopmoe merge`` wrote it (its marker, or the ``merge.json`` of a
+merge written before markers); a DIR that is or contains an input (an expert, the dev file, the config) is refused
+whatever the flags. The folder being replaced is renamed aside under a unique name and deleted once the new one is in
+place, so no other folder (``DIR.old``, ``DIR.tmp``) is ever touched.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from harness.cli import finite_float
 
 NAME = "merge"
 HELP = "merge foundation and sft in weight space (linear, task_arithmetic, ties, dare) into a plain HF folder"
@@ -39,9 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", dest="merge.method", choices=["linear", "task_arithmetic", "ties", "dare"],
                    help="merge method (default: merge.method)")
     p.add_argument("--out", dest="merge.output_dir", help="output folder (default: merge.output_dir)")
-    p.add_argument("--weight", dest="merge.weight", type=float, help="linear α in [0, 1]: 0 = foundation, 1 = sft")
-    p.add_argument("--scale", dest="merge.scale", type=float, help="λ on the task vector sft − foundation")
-    p.add_argument("--density", dest="merge.density", type=float, help="fraction of the task vector kept (ties/dare)")
+    p.add_argument("--weight", dest="merge.weight", type=finite_float, help="linear α in [0, 1]: 0 = foundation, 1 = sft")
+    p.add_argument("--scale", dest="merge.scale", type=finite_float, help="λ on the task vector sft − foundation")
+    p.add_argument("--density", dest="merge.density", type=finite_float, help="fraction of the task vector kept (ties/dare)")
     p.add_argument("--seed", dest="merge.seed", type=int, help="seed of DARE's drop masks and of the dev sample")
     p.add_argument("--auto", action="store_true",
                    help="choose the method's parameters on dev data (LM-Cocktail + grid); flags given stay fixed")
@@ -49,9 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev_examples", type=int, default=32, help="dev examples used by --auto (seeded sample)")
     p.add_argument("--grid", action="append", default=None, metavar="NAME=V1,V2,...",
                    help="values of one searched parameter (--auto; repeatable), e.g. --grid density=0.2,0.5")
-    p.add_argument("--temperature", type=float, default=5.0, help="LM-Cocktail temperature T (--auto)")
+    p.add_argument("--temperature", type=finite_float, default=5.0, help="LM-Cocktail temperature T (--auto)")
     p.add_argument("--batch_size", type=int, default=16, help="dev scoring batch size (--auto)")
-    p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists and sopmoe merge wrote it (never an input or any other folder)")
     p.add_argument("--log-file", default="logs/merge.log", help="log file (default: logs/merge.log)")
 
 
@@ -69,6 +77,8 @@ def search_grid(method_module, given: dict[str, Any], grid_args: list[str] | Non
             raise ValueError(f"--grid {item!r}: expected NAME=numbers, e.g. density=0.2,0.5") from None
         if not grid[name]:
             raise ValueError(f"--grid {item!r}: no values")
+        if not all(math.isfinite(v) for v in grid[name]):
+            raise ValueError(f"--grid {item!r}: every value must be a finite number (NaN and infinity are refused)")
     if not grid:
         raise ValueError(f"--auto has nothing to search: every parameter of the method is given ({given})")
     return grid
@@ -108,29 +118,59 @@ def _print_search(result, method: str) -> None:
     Console(width=max(Console().width, 100)).print(table)
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (``--overwrite``) is moved aside first, then deleted."""
-    old = out.with_name(out.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+def is_merge_output(folder: Path) -> bool:
+    """Whether ``sopmoe merge`` wrote ``folder``: its marker says so, or (written before markers) its ``merge.json``
+    is a merge record."""
+    from sopmoe_models.outputs import read_marker, written_by
+
+    if written_by(folder, NAME):
+        return True
+    if read_marker(folder) is not None or not (folder / "merge.json").is_file():
+        return False
+    try:
+        record = json.loads((folder / "merge.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"method", "inputs", "tensor_maths"} <= set(record)
+
+
+def guard_out(out: Path, overwrite: bool, inputs: list) -> None:
+    """Refuse an --out that is or contains an input (always), an existing one without --overwrite, and with it any
+    folder merge did not write."""
+    from sopmoe_models.errors import UserError
+    from sopmoe_models.outputs import has_content, overlaps
+
+    hit = overlaps(out, inputs)
+    if hit:
+        raise UserError(f"--out {out} is or contains an input of this merge ({hit[0]}); choose another --out")
+    if not has_content(out):
+        return
+    if not overwrite:
+        raise UserError(f"--out {out} already exists; pass --overwrite to replace it (only a folder sopmoe merge "
+                        "wrote), or choose another --out")
+    if not out.is_dir() or out.is_symlink():
+        raise UserError(f"--out {out} is not a folder; --overwrite only replaces a folder sopmoe merge wrote")
+    if not is_merge_output(out):
+        raise UserError(f"--out {out} was not written by sopmoe merge (no .sopmoe.json marker or merge.json); "
+                        "--overwrite never deletes other folders: choose another --out")
 
 
 def save_merged(model, tokenizer, out: Path, record: dict[str, Any], cfg) -> None:
-    """Write the HF folder, ``merge.json`` and ``sopmoe_config.yaml`` to ``out.tmp``, then rename it to ``out``."""
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(tmp)  # safetensors (transformers 5 default), config.json, generation_config.json
-    tokenizer.save_pretrained(tmp)
-    (tmp / "merge.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    cfg.save(tmp / "sopmoe_config.yaml")
-    _swap_into_place(tmp, out)
+    """Write the HF folder, ``merge.json``, ``sopmoe_config.yaml`` and the marker to a temporary sibling, then rename
+    it to ``out``."""
+    from sopmoe_models.outputs import new_temp_dir, replace_dir, write_marker
+
+    tmp = new_temp_dir(out)
+    try:
+        model.save_pretrained(tmp)  # safetensors (transformers 5 default), config.json, generation_config.json
+        tokenizer.save_pretrained(tmp)
+        (tmp / "merge.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        cfg.save(tmp / "sopmoe_config.yaml")
+        write_marker(tmp, NAME, method=record.get("method"))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,8 +187,8 @@ def run(args: argparse.Namespace) -> int:
     m = cfg.merge
     params = MergeParams(m.method, m.weight, m.scale, m.density, m.seed)
     out = Path(m.output_dir).expanduser()
-    if out.exists() and not args.overwrite:
-        raise ValueError(f"--out {out} already exists; pass --overwrite to replace it")
+    dev_file = (args.dev_file or cfg.data.eval_file) if args.auto else None
+    guard_out(out, args.overwrite, [cfg.models.foundation.path, cfg.models.sft.path, dev_file, args.config])
     given = {k: getattr(args, f"merge.{k}") for k in params.module.PARAMETERS}
     grid = search_grid(params.module, given, args.grid) if args.auto else {}
     examples, dev_idx = dev_examples(args.dev_file or cfg.data.eval_file, args.dev_examples, m.seed) if args.auto \

@@ -7,7 +7,8 @@ once and every point wraps them in a new :class:`~sopmoe_models.ensemble.CachedE
 for a batch are computed at the first point and only re-mixed at the others (``--cache_gb`` bounds that memory; 0
 runs every point from scratch with a plain :class:`~sopmoe_models.ensemble.EnsembleLM`). w = 0 and w = 1 are single
 experts whatever the mix, so they are scored once. Writes ``sweep.json`` (every point: acc, its standard error,
-per-token perplexity, seconds), ``sweep.png`` (accuracy vs w, a line per family and mix) and ``config.yaml``.
+per-token perplexity, seconds), ``sweep.png`` (accuracy vs w, a line per family and mix) and ``config.yaml``; an
+existing sweep there is replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+
+from harness.cli import finite_float
 
 NAME = "sweep"
 HELP = "score the ensemble across foundation weights on the sopmoe loglikelihood tasks (table, JSON, PNG)"
@@ -42,9 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "else data.task_data_dir")
     p.add_argument("--batch_size", dest="evaluation.batch_size", type=int, default=None)
     p.add_argument("--limit", dest="evaluation.limit", type=int, default=None, help="examples per task")
-    p.add_argument("--cache_gb", type=float, default=2.0,
+    p.add_argument("--cache_gb", type=finite_float, default=2.0,
                    help="memory for the experts' cached log-probs, reused across points (0 = recompute each point)")
     p.add_argument("--log-file", default="logs/sweep.log", help="log file (default: logs/sweep.log)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing sweep in --output_dir")
 
 
 def parse_weights(text: str) -> list[float]:
@@ -193,6 +197,11 @@ def run(args: argparse.Namespace) -> int:
     unknown = [t for t in tasks if t not in LL_TASKS]
     if unknown or not tasks:
         raise ValueError(f"--tasks: {unknown or tasks} not among the loglikelihood tasks {', '.join(LL_TASKS)}")
+    if not args.overwrite:
+        from sopmoe_models.outputs import refuse_existing
+
+        for name in ("sweep.json", "sweep.png", "config.yaml"):
+            refuse_existing(args.output_dir / name, "a sweep result")
     setup_logging(args.log_level, args.log_file)
     hf_logging.disable_progress_bar()
     pair = load_experts_from_config(cfg)

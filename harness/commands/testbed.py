@@ -1,4 +1,8 @@
-"""``sopmoe testbed``: build the tiny foundation/SFT pair and check that fusion measurably matters (issue 3)."""
+"""``sopmoe testbed``: build the tiny foundation/SFT pair and check that fusion measurably matters (issue 3).
+
+An existing folder is rebuilt only with ``--overwrite``, and only when it is a test bed sopmoe built (its marker or
+``testbed.json`` says so): rebuilding replaces the experts, and every router trained beside them stops loading.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ ORDER = 15
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output folder (its files are overwritten)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (an existing one needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild an existing test bed in --out")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisation and the batches")
     p.add_argument("--preset", choices=["partial", "extreme"], default="partial",
                    help="partial (default: partial forgetting, several phrasings) or extreme (the earlier 0/100 bed)")
@@ -34,8 +39,19 @@ def run(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
+    from harness.cli import escape
+    from sopmoe_models.errors import UserError
+    from sopmoe_models.outputs import has_content, refuse_existing, write_marker, written_by
     from training.testbed import PropertyError, build_testbed
 
+    if has_content(args.out):
+        if not args.overwrite:
+            refuse_existing(args.out, "a test bed (or other files)")
+        if not (written_by(args.out, "testbed") or (args.out / "testbed.json").is_file()):
+            raise UserError(f"--out {args.out} is not a test bed sopmoe built (no testbed.json); --overwrite only "
+                            "rebuilds one: choose another folder")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_marker(args.out, "testbed", seed=args.seed)
     Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(args.log_file, encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -49,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                                        progress=progress)
         ok = True
     except PropertyError as e:
-        console.print(f"[bold red]sopmoe testbed: property check FAILED[/]: {e}")
+        console.print(f"[bold red]sopmoe testbed: property check FAILED[/]: {escape(e)}")
         import json
 
         record, ok = json.loads((args.out / "testbed.json").read_text(encoding="utf-8")), False
@@ -63,10 +79,12 @@ def run(args: argparse.Namespace) -> int:
 def _print_summary(console, record: dict, args: argparse.Namespace) -> None:
     from rich.table import Table
 
+    from harness.cli import escape
+
     sweep = record["sweep"]
     labels = list(next(iter(sweep.values())))
-    table = Table(title=f"test bed {args.out} (seed {record['seed']}, {record.get('preset')}, {record['size']}): "
-                        "accuracy on dev")
+    table = Table(title=escape(f"test bed {args.out}") + f" (seed {record['seed']}, {record.get('preset')}, "
+                        f"{record['size']}): accuracy on dev")
     table.add_column("family")
     for label in labels:
         table.add_column(label.replace("mix_", "w_f="), justify="right")

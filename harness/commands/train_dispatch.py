@@ -8,6 +8,7 @@ dispatch=dispatch:classifier=DIR``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 NAME = "train-dispatch"
 HELP = "fit the per-request dispatch baseline (a prompt classifier that sends each request to one expert)"
@@ -20,6 +21,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train_file", dest="data.train_file", help="overrides data.train_file")
     p.add_argument("--eval_file", dest="data.eval_file", help="dev JSONL for the choice of L2 (overrides data.eval_file)")
     p.add_argument("--batch_size", type=int, default=32, help="requests per forward (default 32)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dispatch classifier already in --output_dir (refused without it)")
+
+
+def guard(out: Path, overwrite: bool, cfg) -> None:
+    """Never replace a trained classifier unasked, never write into another folder's files or into an expert."""
+    from sopmoe_models.dispatch import CARD
+    from sopmoe_models.errors import UserError
+    from sopmoe_models.outputs import MARKER, has_content, overlaps, written_by
+
+    if overlaps(out, [p for p in (cfg.models.foundation.path, cfg.models.sft.path) if p]):
+        raise UserError(f"--output_dir {out} is or contains an expert folder; choose another folder")
+    if not has_content(out):
+        return
+    if (out / CARD).is_file() and not overwrite:
+        raise UserError(f"--output_dir {out} already holds a dispatch classifier; pass --overwrite to replace it")
+    others = [p.name for p in out.iterdir() if p.name not in {CARD, "dispatch.safetensors", MARKER}] if out.is_dir() else [out.name]
+    if others and not written_by(out, "train-dispatch"):
+        raise UserError(f"--output_dir {out} holds other files ({', '.join(sorted(others)[:3])}); choose an empty folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size <= 0:
         raise ValueError(f"--batch_size must be > 0, got {args.batch_size}")
     cfg = config_from_args(args)
+    guard(Path(args.output_dir), args.overwrite, cfg)
     card = train_dispatch(cfg, load_experts_from_config(cfg), args.output_dir, batch_size=args.batch_size)
+    from sopmoe_models.outputs import write_marker
+
+    write_marker(args.output_dir, "train-dispatch")
     m, t = card["metrics"], card["training"]
     Console().print(f"dispatch classifier -> {args.output_dir}: L2 {t['chosen_l2']:g} (dev), dev agreement with the "
                     f"better expert {m['dev_agreement']:.3f}, dev routed NLL {m['dev_routed_nll']:.4f} "

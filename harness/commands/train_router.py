@@ -5,12 +5,17 @@ load_balance_weight, sparsity_weight, ...) and ``data.train_file`` / ``data.eval
 its config key. Writes ``<output_dir>/best_router.safetensors`` + ``router.json`` (best eval epoch), ``last/``
 (for ``--resume``), ``config.yaml`` (resolved), ``logs/btm_training.log`` and TensorBoard scalars under
 ``outputs/tensorboard/<run>``. ``--router_type posterior`` only estimates and saves the prior.
+
+A folder that already holds a trained router is refused unless ``--resume`` (continue it; only a better epoch
+replaces its best checkpoint) or ``--overwrite`` (discard it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from harness.cli import finite_float
 
 NAME = "train-router"
 HELP = "train a BTM router (posterior | token_level | layer_level) over the frozen foundation and sft experts"
@@ -26,11 +31,11 @@ FLAGS = [  # (flag, config key, type, help)
     ("--num_epochs", "btm.num_epochs", int, None),
     ("--batch_size", "btm.batch_size", int, None),
     ("--gradient_accumulation_steps", "btm.gradient_accumulation_steps", int, None),
-    ("--learning_rate", "btm.learning_rate", float, None),
-    ("--weight_decay", "btm.weight_decay", float, None),
-    ("--warmup_ratio", "btm.warmup_ratio", float, None),
-    ("--load_balance_weight", "btm.load_balance_weight", float, None),
-    ("--sparsity_weight", "btm.sparsity_weight", float, None),
+    ("--learning_rate", "btm.learning_rate", finite_float, None),
+    ("--weight_decay", "btm.weight_decay", finite_float, None),
+    ("--warmup_ratio", "btm.warmup_ratio", finite_float, None),
+    ("--load_balance_weight", "btm.load_balance_weight", finite_float, None),
+    ("--sparsity_weight", "btm.sparsity_weight", finite_float, None),
     ("--router_hidden_size", "btm.router_hidden_size", int, None),
     ("--max_train_examples", "btm.max_train_examples", int, "a seeded random subset of data.train_file"),
     ("--seed", "btm.seed", int, None),
@@ -46,7 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help=help_ or f"overrides {dest}")
     p.add_argument("--bf16", dest="btm.bf16", action="store_const", const=True, default=None,
                    help="autocast router steps to bfloat16 (GPU)")
-    p.add_argument("--resume", action="store_true", help="continue from <output_dir>/last (same settings)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <output_dir>/last (same settings and data; only a better epoch replaces the best)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the trained router already in --output_dir (refused without --resume or this flag)")
     p.add_argument("--max_steps", type=int, default=None, help="stop (and save last/) after this many optimizer steps")
     p.add_argument("--save_steps", type=int, default=50, help="also save last/ every this many optimizer steps")
     p.add_argument("--run_name", default=None, help="TensorBoard run name (default btm_<type>_<time>)")
@@ -57,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from harness.cli import config_from_args, setup_logging
+    from harness.cli import config_from_args, escape, setup_logging
     from training.router_trainer import TrainingDiverged, train_router
 
     setup_logging(args.log_level, "logs/btm_training.log")
@@ -67,10 +75,11 @@ def run(args: argparse.Namespace) -> int:
     if args.save_steps <= 0:
         raise ValueError(f"--save_steps must be > 0, got {args.save_steps}")
     try:
-        result = train_router(cfg, resume=args.resume, max_steps=args.max_steps, save_steps=args.save_steps,
+        result = train_router(cfg, resume=args.resume, overwrite=args.overwrite, max_steps=args.max_steps,
+                              save_steps=args.save_steps,
                               run_name=args.run_name, progress=not args.no_progress)
     except TrainingDiverged as e:
-        Console(stderr=True).print(f"[red]sopmoe train-router: {e}[/red]")
+        Console(stderr=True).print(f"[red]sopmoe train-router: {escape(e)}[/red]")
         return 1
     table = Table(title=f"router {result['router_type']} ({result['status']})")
     table.add_column("epoch")
@@ -82,6 +91,6 @@ def run(args: argparse.Namespace) -> int:
                       f"{h['gate_foundation']:.3f} / {h['gate_sft']:.3f}")
     console = Console()
     console.print(table)
-    console.print(f"best: {result['best']} (epoch {result['best_epoch']}), {result['train_seconds']:.1f}s")
+    console.print(escape(f"best: {result['best']} (epoch {result['best_epoch']}), {result['train_seconds']:.1f}s"))
     console.print_json(json.dumps({k: v for k, v in result.items() if k != "history"}))
     return 0

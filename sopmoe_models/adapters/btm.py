@@ -11,6 +11,8 @@ Model arguments (besides :class:`~sopmoe_models.adapters.base.FusedHFLM`'s ``con
   config if it exists, else ``router_type=posterior`` (uniform prior, needs no checkpoint).
 - ``force_gate=foundation|sft``: fix every gate to one expert (parity checks: equals that expert's ``--model hf``).
 - ``stats_path=FILE``: also write the routing statistics there (JSON, rewritten after every request batch).
+- ``allow_missing_fingerprint=true``: run a router whose ``router.json`` records no expert fingerprint (unverified;
+  refused otherwise).
 
 Routing statistics: for every loglikelihood request the gates over its continuation tokens, for every generation
 the gates over its generated tokens (up to EOS), accumulated per lm-eval task (token-weighted mean share of
@@ -53,6 +55,7 @@ class BTMLMEval(FusedHFLM):
         "router_type": None,
         "force_gate": None,
         "stats_path": None,
+        "allow_missing_fingerprint": None,
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -89,7 +92,8 @@ class BTMLMEval(FusedHFLM):
                 raise ValueError(f"sopmoe_btm: router_type={rtype} but {router} is a {card['type']} router")
             if pair is None:
                 pair = cls._pair_for(cfg, card, options.get("_explicit", set()))
-            fused = load_router(router, pair)
+            allow = str(options.get("allow_missing_fingerprint", False)).strip().lower() in ("true", "1", "yes")
+            fused = load_router(router, pair, allow_missing_fingerprint=allow)
             fused.checkpoint = str(router)
         else:
             if rtype != "posterior":

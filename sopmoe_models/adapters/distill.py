@@ -35,6 +35,10 @@ class DistillLMEval(HFLM):
     """``HFLM`` on a student folder, with its distillation provenance logged."""
 
     def __init__(self, pretrained: str | None = None, student: str | None = None, **kwargs: Any) -> None:
+        remote = kwargs.pop("trust_remote_code", False)
+        if remote not in (None, False) and str(remote).strip().lower() not in ("false", "0", "none", ""):
+            raise ValueError("sopmoe_distill never enables trust_remote_code (a student is a plain HF folder); "
+                             "use --model hf with trust_remote_code=True if you mean to run the folder's code")
         path = pretrained or student
         if not path:
             raise ValueError("sopmoe_distill needs pretrained=DIR (a best_student folder written by `sopmoe distill`)")

@@ -7,8 +7,10 @@ in one file decorated with :func:`register_router`; it implements ``forward`` an
 
 Checkpoint (``save_router``): ``<name>.safetensors`` holds the router's own tensors only (the experts are never
 copied); ``router.json`` beside it holds ``type``, ``kwargs`` (sizes), ``training`` (config), ``metrics``, ``gate_names``
-and ``experts`` = ``{foundation: {path, fingerprint}, sft: {path, fingerprint}}``. :func:`load_router` refuses to load
-beside experts whose fingerprints differ, naming both.
+and ``experts`` = ``{foundation: {path, fingerprint}, sft: {path, fingerprint}}``, ``weights`` (the file name) and
+``weights_sha256``. :func:`load_router` refuses to load beside experts whose fingerprints differ (naming both), a card
+without a fingerprint (unless ``allow_missing_fingerprint``), a card or weights file that is broken, truncated or not
+the one the card was written with, and weights holding NaN or infinity: each is one :class:`UserError` line.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any
 
 import torch
 
-from sopmoe_models.experts import ExpertMismatchError, ExpertPair, load_experts
+from sopmoe_models.errors import UserError
+from sopmoe_models.experts import ExpertMismatchError, ExpertPair, legacy_fingerprint_matches, load_experts
 from sopmoe_models.fused import FusedLM
+from sopmoe_models.outputs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +159,10 @@ class Router(FusedLM):
         weights = out_dir / filename
         tmp = weights.with_name(weights.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt", "router_type": self.router_type})
-        tmp.replace(weights)
         card = self.card(training=training, metrics=metrics)
         card["weights"] = filename
+        card["weights_sha256"] = file_sha256(tmp)  # ties the card to these weights (a torn pair is detected)
+        tmp.replace(weights)
         write_json(out_dir / CARD, card)
         return weights
 
@@ -168,12 +173,49 @@ def write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+def _parse_card(card: Path) -> dict[str, Any]:
+    """router.json as a dict, checked field by field; any problem is one line naming the file and the field."""
+    try:
+        data = json.loads(card.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{card}: not UTF-8 text (byte {e.start}); the router checkpoint is damaged") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{card}: not valid JSON ({e.msg} at line {e.lineno}); the router checkpoint is damaged "
+                        "(retrain it with `sopmoe train-router`)") from None
+    bad = None
+    if not isinstance(data, dict):
+        bad = "the top level is not an object"
+    elif not isinstance(data.get("type"), str) or not data["type"]:
+        bad = "'type' (the router type) is missing or not a string"
+    elif not isinstance(data.get("kwargs", {}), dict):
+        bad = "'kwargs' is not an object"
+    elif not isinstance(data.get("experts", {}), dict):
+        bad = "'experts' is not an object"
+    elif data.get("weights") is not None and (not isinstance(data["weights"], str)
+                                              or Path(data["weights"]).name != data["weights"]
+                                              or not data["weights"].endswith(".safetensors")):
+        bad = f"'weights' must be a file name ending in .safetensors beside {CARD}, got {data.get('weights')!r}"
+    elif data.get("weights_sha256") is not None and not isinstance(data["weights_sha256"], str):
+        bad = "'weights_sha256' is not a string"
+    else:
+        for role, entry in data.get("experts", {}).items():
+            if not isinstance(entry, dict):
+                bad = f"'experts.{role}' is not an object"
+            elif not isinstance(entry.get("fingerprint"), (str, type(None))):
+                bad = f"'experts.{role}.fingerprint' is not a string"
+            elif not isinstance(entry.get("path"), (str, type(None))):
+                bad = f"'experts.{role}.path' is not a string"
+    if bad:
+        raise UserError(f"{card}: not a sopmoe router card: {bad}; retrain the router with `sopmoe train-router`")
+    return data
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """(weights file, router.json) for a ``.safetensors`` file or a checkpoint folder."""
     path = Path(path).expanduser()
     if path.is_dir():
         card = path / CARD
-        name = json.loads(card.read_text()).get("weights", BEST) if card.is_file() else BEST
+        name = (_parse_card(card).get("weights") or BEST) if card.is_file() else BEST
         weights = path / name
     else:
         weights, card = path, path.parent / CARD
@@ -185,24 +227,34 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
+    """The checked ``router.json`` of a checkpoint (file or folder)."""
     _, card = resolve_checkpoint(path)
-    try:
-        return json.loads(card.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{card}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    return _parse_card(card)
 
 
-def check_fingerprints(card: dict[str, Any], pair: ExpertPair, source: str) -> None:
-    """Refuse a router trained beside other experts: names both fingerprints of the first expert that differs."""
+def check_fingerprints(card: dict[str, Any], pair: ExpertPair, source: str, *,
+                       allow_missing_fingerprint: bool = False) -> None:
+    """Refuse a router trained beside other experts (naming both fingerprints of the first expert that differs), and
+    one whose card records no fingerprint, or whose experts have no folder to fingerprint, unless
+    ``allow_missing_fingerprint`` (the ``--allow_missing_fingerprint`` flag) says to run it unverified."""
     now = pair.fingerprints()
     for role in ("foundation", "sft"):
-        want = card.get("experts", {}).get(role, {}).get("fingerprint")
+        want = (card.get("experts", {}).get(role) or {}).get("fingerprint")
         have = now[role]
         if want is None or have is None:
-            log.warning("cannot verify the %s expert of %s (no fingerprint recorded or no path)", role, source)
-            continue
+            why = (f"its {CARD} records no fingerprint for the {role} expert" if want is None
+                   else f"the {role} expert given has no folder to fingerprint")
+            if allow_missing_fingerprint:
+                log.warning("router %s: %s; running it unverified (--allow_missing_fingerprint)", source, why)
+                continue
+            raise UserError(f"router {source}: {why}, so it cannot be checked against the experts it was trained "
+                            "with; retrain it, or pass --allow_missing_fingerprint (model argument "
+                            "allow_missing_fingerprint=true) to run it unverified")
         if want != have:
             path = getattr(pair, f"{role}_path")
+            if path and legacy_fingerprint_matches(path, want):
+                log.info("router %s: %s fingerprint recorded before index files counted; same weights", source, role)
+                continue
             raise ExpertMismatchError(
                 f"router {source} was trained with a {role} expert of fingerprint {want} "
                 f"({card['experts'][role].get('path')}), but the {role} given ({path}) has fingerprint {have}; "
@@ -219,26 +271,54 @@ def load_router(
     device: str | None = "auto",
     dtype: str | torch.dtype | None = "auto",
     check: bool = True,
+    allow_missing_fingerprint: bool = False,
 ) -> Router:
-    """Rebuild a saved router; experts come from ``pair``, else ``foundation``/``sft``, else router.json."""
-    from safetensors.torch import load_file
+    """Rebuild a saved router; experts come from ``pair``, else ``foundation``/``sft``, else router.json.
 
+    ``check=False`` skips the expert fingerprints (tests only); the card, the weights file and its values are always
+    checked."""
     weights, card_path = resolve_checkpoint(path)
     card = read_card(path)
     if pair is None:
         experts = card.get("experts", {})
-        f = foundation or experts.get("foundation", {}).get("path")
-        s = sft or experts.get("sft", {}).get("path")
+        f = foundation or (experts.get("foundation") or {}).get("path")
+        s = sft or (experts.get("sft") or {}).get("path")
         if not f or not s:
-            raise ValueError(f"{card_path}: no expert paths recorded; pass foundation= and sft=")
+            raise UserError(f"{card_path}: no expert paths recorded; pass foundation= and sft=")
         pair = load_experts(f, s, dtype=dtype, device=device)
     if check:
-        check_fingerprints(card, pair, str(weights))
-    router = build_router(card["type"], pair, **card.get("kwargs", {}))
-    state = load_file(str(weights), device="cpu")
+        check_fingerprints(card, pair, str(weights), allow_missing_fingerprint=allow_missing_fingerprint)
+    try:
+        router = build_router(card["type"], pair, **card.get("kwargs", {}))
+    except TypeError as e:
+        raise UserError(f"{card_path}: 'kwargs' do not fit a {card['type']} router ({e})") from None
+    state = read_router_weights(weights, card)
     missing, unexpected = router.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{weights}: tensors do not fit a {card['type']} router (missing {missing}, unexpected {unexpected})")
+        raise UserError(f"{weights}: tensors do not fit a {card['type']} router (missing {missing}, unexpected {unexpected})")
     router.to(router.device)
     router.card_data = card
     return router.eval()
+
+
+def read_router_weights(weights: Path, card: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a router weights file, refused (one line naming the file) when the file is truncated or not
+    safetensors, is not the file its card was written with, or holds NaN/infinity (it would generate nothing)."""
+    from safetensors.torch import load_file
+
+    card = card or {}
+    want = card.get("weights_sha256") if weights.name == card.get("weights") else None
+    if want and file_sha256(weights) != want:
+        raise UserError(f"{weights}: not the weights its {CARD} was written with (sha256 differs): a partial copy or "
+                        "a mix of two checkpoints; retrain, or copy the checkpoint folder whole")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as e:  # safetensors raises its own SafetensorError (truncated, bad header) or OSError
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{weights}: not a readable safetensors file ({first}); the file is truncated or damaged, "
+                        "retrain the router or copy it again") from None
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise UserError(f"{weights}: tensor(s) {', '.join(bad[:3])} hold NaN or infinity; this router cannot "
+                        "route (retrain it, e.g. with a lower btm.learning_rate)")
+    return state

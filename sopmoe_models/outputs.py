@@ -1,0 +1,145 @@
+"""Where sopmoe writes, and what it never replaces unless asked (README "Reliability").
+
+- :func:`refuse_existing`: an existing result (a file, or a folder that is not empty) is a :class:`UserError` naming
+  the flag that allows replacing it (``--overwrite``, ``--resume``, ``--append``).
+- The marker :data:`MARKER` (``.sopmoe.json``, ``{"written_by": "sopmoe merge", ...}``) sits in every folder sopmoe
+  writes as a whole. A destructive flag only ever deletes a folder whose marker names the same command
+  (:func:`written_by`); any other folder is refused, whatever the flag.
+- :func:`overlaps`: a destination that is, or contains, one of the command's inputs is refused.
+- :func:`new_temp_dir` + :func:`replace_dir`: a folder is written whole under a uniquely named hidden sibling and
+  renamed into place; the folder it replaces is first renamed aside under a unique name and deleted only once the new
+  one is in place. No fixed name (``X.tmp``, ``X.old``) is used, so nothing the user owns is ever deleted by accident,
+  and a kill at any moment leaves either the old folder or the new one under the final name (plus, at worst, a hidden
+  leftover that :func:`remove_leftovers` clears inside folders sopmoe owns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sopmoe_models.errors import UserError
+
+MARKER = ".sopmoe.json"
+MARKER_FORMAT = "sopmoe-output/1"
+
+
+# --- markers ---------------------------------------------------------------------------------------------------
+def write_marker(folder: str | Path, command: str, **extra: Any) -> Path:
+    """Mark ``folder`` as written by ``sopmoe <command>`` (atomic JSON write)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"format": MARKER_FORMAT, "written_by": f"sopmoe {command}",
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+    path = folder / MARKER
+    tmp = folder / f".{MARKER}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_marker(folder: str | Path) -> dict[str, Any] | None:
+    """The marker of ``folder``, or None when it has none (or an unreadable one)."""
+    path = Path(folder) / MARKER
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def written_by(folder: str | Path, command: str) -> bool:
+    """Whether ``folder``'s marker says ``sopmoe <command>`` wrote it."""
+    marker = read_marker(folder)
+    return bool(marker) and marker.get("written_by") == f"sopmoe {command}"
+
+
+# --- guards ----------------------------------------------------------------------------------------------------
+def has_content(path: str | Path) -> bool:
+    """A file, a link, or a folder with anything in it."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        return any(path.iterdir())
+    return path.exists() or path.is_symlink()
+
+
+def refuse_existing(path: str | Path, what: str, allow: str = "--overwrite") -> None:
+    """Raise :class:`UserError` when ``path`` holds something (``what`` names it; ``allow`` the flag(s) that let
+    the user replace it)."""
+    if has_content(path):
+        raise UserError(f"{path}: {what} already exists; pass {allow} to replace it, or choose another path")
+
+
+def resolved(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def overlaps(dest: str | Path, inputs: Iterable[str | Path | None]) -> list[Path]:
+    """The inputs that ``dest`` is or contains (each resolved; None entries ignored)."""
+    d = resolved(dest)
+    out = []
+    for p in inputs:
+        if p is None or str(p) == "":
+            continue
+        q = resolved(p)
+        if q == d or d in q.parents:
+            out.append(q)
+    return out
+
+
+# --- whole folders -----------------------------------------------------------------------------------------------
+def _sibling(final: Path, kind: str) -> Path:
+    return final.with_name(f".{final.name}.{kind}-{uuid.uuid4().hex[:10]}")
+
+
+def new_temp_dir(final: str | Path) -> Path:
+    """A fresh, uniquely named hidden sibling of ``final`` to write the new folder into."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(final, "tmp")
+    tmp.mkdir()
+    return tmp
+
+
+def replace_dir(tmp: str | Path, final: str | Path) -> Path:
+    """Put the folder ``tmp`` in place as ``final`` with renames only; a previous ``final`` is renamed aside (unique
+    name) and deleted after the new one is in place."""
+    tmp, final = Path(tmp), Path(final)
+    aside = None
+    if final.exists() or final.is_symlink():
+        aside = _sibling(final, "old")
+        final.rename(aside)
+    tmp.rename(final)
+    if aside is not None:
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            aside.unlink(missing_ok=True)
+    return final
+
+
+def leftovers(parent: str | Path, name: str, kind: str) -> list[Path]:
+    """Hidden siblings ``.<name>.<kind>-*`` that :func:`new_temp_dir` / :func:`replace_dir` left after a kill."""
+    parent = Path(parent)
+    return sorted(parent.glob(f".{name}.{kind}-*")) if parent.is_dir() else []
+
+
+def remove_leftovers(parent: str | Path, name: str) -> None:
+    """Delete unfinished temporary folders of ``name`` under ``parent`` (only inside folders sopmoe owns)."""
+    for p in leftovers(parent, name, "tmp"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+# --- identities --------------------------------------------------------------------------------------------------
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
