@@ -125,9 +125,9 @@ def test_evaluate_into_an_existing_run_folder_needs_append_or_overwrite(capsys, 
 def test_make_data_refuses_an_existing_data_folder(capsys, tmp_path, monkeypatch):
     import training.datagen as datagen
 
-    small = datagen.DataSpec(eval_per_family=3, train_per_family=3, foundation_corpus=5, sft_corpus=5)
+    small = datagen.DataSpec(test_per_family=3, dev_per_family=3, train_per_kind=3, foundation_corpus=5, sft_corpus=5)
     real = datagen.make_data
-    monkeypatch.setattr(datagen, "make_data", lambda out, seed: real(out, seed, small))
+    monkeypatch.setattr(datagen, "make_data", lambda out, seed, spec=None: real(out, seed, small))
     out = tmp_path / "data"
     assert cli(capsys, "make-data", "--out", out)[0] == 0
     before = (out / "train" / "train.jsonl").read_bytes()
