@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_jsonl
-from sopmoe_models.experts import check_same_tokenizer, load_tokenizer
+from sopmoe_models.experts import check_same_tokenizer, load_tokenizer, output_rows
 from training import distill_checkpoint as ckpt
 from training.distill_teacher import (
     LiveTeacher,
@@ -112,14 +112,14 @@ def make_batch(features: list[dict], indices: list[int], pad_id: int, device) ->
     return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
 
 
-def _loss_kwargs(cfg, vocab_size: int) -> dict[str, Any]:
+def _loss_kwargs(cfg) -> dict[str, Any]:
     d = cfg.distill
     return dict(temperature=d.temperature, distill_loss_weight=d.distill_loss_weight, task_loss_weight=d.task_loss_weight,
-                kind=d.kl, beta=d.jsd_beta, vocab_size=vocab_size)
+                kind=d.kl, beta=d.jsd_beta)
 
 
 @torch.no_grad()
-def evaluate(model, targets, features, cfg, accelerator, vocab_size: int, pad_id: int) -> dict[str, float]:
+def evaluate(model, targets, features, cfg, accelerator, pad_id: int) -> dict[str, float]:
     """Per-token KD, CE and weighted loss on ``features`` (each process scores its slice; sums are all-reduced)."""
     model.eval()
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -130,7 +130,7 @@ def evaluate(model, targets, features, cfg, accelerator, vocab_size: int, pad_id
         batch = make_batch(features, idx, pad_id, accelerator.device)
         with accelerator.autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out = distill_loss(logits, batch["labels"], targets(idx, batch), normalizer=1.0, **_loss_kwargs(cfg, vocab_size))
+        out = distill_loss(logits, batch["labels"], targets(idx, batch), normalizer=1.0, **_loss_kwargs(cfg))
         sums += torch.tensor([out.kd.item(), out.ce.item(), out.n_tokens], device=sums.device, dtype=sums.dtype)
     sums = accelerator.reduce(sums, "sum")
     model.train()
@@ -191,8 +191,11 @@ def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = 
     # setup: teacher, student, data, teacher targets
     teacher = build_teacher(cfg, accelerator.device)
     fp = teacher_fingerprint(teacher)
-    tok, vocab, pad_id = teacher.tokenizer, teacher.vocab_size, teacher.tokenizer.pad_token_id
+    tok, pad_id = teacher.tokenizer, teacher.tokenizer.pad_token_id
     student = load_student(cfg, tok, accelerator.device)
+    if output_rows(student) < teacher.width:
+        raise ValueError(f"the student ({student_path(cfg)}) has {output_rows(student)} output rows but the teacher's "
+                         f"distribution covers {teacher.width} (the experts' padded lm_head); use a student with them all")
     train_feats = encode_file(cfg.data.train_file, tok, cfg, d.max_train_examples)
     eval_feats = encode_file(cfg.data.eval_file, tok, cfg) if cfg.data.eval_file else []
     if not eval_feats:
@@ -228,7 +231,7 @@ def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = 
     log.info("distilling %s teacher into %s (%s, %d trainable params) on %d process(es): %d examples, %d steps",
              d.teacher_type, d.student_init, "LoRA" if d.lora.enabled else "full", sum(p.numel() for p in params),
              world, len(train_feats), total_steps)
-    loss_kw = _loss_kwargs(cfg, vocab)
+    loss_kw = _loss_kwargs(cfg)
 
     def save(wall_base: float, cpu_base: float) -> None:
         state["wall_s"], state["cpu_s"] = wall_base + time.time() - wall0, cpu_base + time.process_time() - cpu0
@@ -287,7 +290,7 @@ def train(cfg, *, resume: bool = False, on_step: Callable[[int], None] | None = 
             # end of epoch: eval, best, checkpoint
             s = state["sums"]
             train_m = {"loss": s[0] / max(s[3], 1), "kd": s[1] / max(s[3], 1), "ce": s[2] / max(s[3], 1)}
-            eval_m = evaluate(accelerator.unwrap_model(model), eval_targets, eval_feats, cfg, accelerator, vocab, pad_id) if eval_feats else None
+            eval_m = evaluate(accelerator.unwrap_model(model), eval_targets, eval_feats, cfg, accelerator, pad_id) if eval_feats else None
             score = eval_m["loss"] if eval_m else train_m["loss"]
             rec = {"epoch": epoch + 1, "step": state["step"], "train": train_m, "eval": eval_m,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_wall_s": round(time.time() - t_epoch, 3)}

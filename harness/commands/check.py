@@ -53,7 +53,7 @@ def _checks(cfg, load_weights: bool) -> list[tuple[str, Callable[[], str]]]:
             hf_logging.disable_progress_bar()  # the table is the output; no loading bars on stderr
             pair = load_experts(m.foundation.path, m.sft.path, dtype=m.foundation.dtype, device="cpu")
             n = sum(p.numel() for p in pair.foundation.parameters())
-            return f"{type(pair.foundation).__name__}, {n / 1e6:.2f}M parameters each, usable vocab {pair.vocab_size}"
+            return f"{type(pair.foundation).__name__}, {n / 1e6:.2f}M parameters each, {pair.vocab_size} tokens, {pair.width} output rows"
 
         checks.append(("weights load", weights))
 
