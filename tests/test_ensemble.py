@@ -158,6 +158,26 @@ def test_mismatched_tokenizers_are_refused(tiny_pair_dirs, tmp_path):
         load_experts(tiny_pair_dirs[0], other, device="cpu")
 
 
+def test_identical_tokenizer_files_are_loaded_once(tiny_pair_dirs, monkeypatch, tmp_path):
+    """A 152k-token tokenizer costs seconds to load: byte-identical files are one tokenizer, loaded once."""
+    import shutil
+
+    import sopmoe_models.experts as experts
+
+    loads = []
+    real = experts.load_tokenizer
+    monkeypatch.setattr(experts, "load_tokenizer", lambda path: loads.append(path) or real(path))
+    experts.load_experts(*tiny_pair_dirs, device="cpu")
+    assert len(loads) == 1
+    edited = tmp_path / "sft"
+    shutil.copytree(tiny_pair_dirs[1], edited)
+    cfg = edited / "tokenizer_config.json"
+    cfg.write_text(cfg.read_text().replace("{", '{"model_max_length": 77, ', 1))
+    assert not experts.same_tokenizer_files(tiny_pair_dirs[0], edited)
+    experts.load_experts(tiny_pair_dirs[0], edited, device="cpu")  # loaded and compared: same vocab and specials
+    assert len(loads) == 3
+
+
 def test_same_vocab_different_special_tokens_are_refused():
     a, b = tiny.make_tokenizer(), tiny.make_tokenizer()
     b.eos_token = "<unk>"

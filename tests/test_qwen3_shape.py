@@ -78,14 +78,17 @@ def test_bed_is_qwen3_shaped_and_check_passes(bed, pair, capsys):
 
 
 @pytest.mark.slow  # a CLI run: loads the pair (two 11 MB tokenizers) in-process
-def test_generate_raw_and_chat_prompts_and_pure_weight_parity(bed, pair, capsys):
+def test_generate_raw_and_chat_prompts_and_pure_weight_parity(bed, pair, monkeypatch):
+    import sopmoe_models.prompt as prompt_module
     from sopmoe_models.ensemble import EnsembleLM
     from sopmoe_models.prompt import format_prompt
 
+    seen = []
+    monkeypatch.setattr(prompt_module, "format_prompt", lambda *a, **k: seen.append(format_prompt(*a, **k)) or seen[-1])
     for fmt in ("raw", "chat"):
         assert cli(bed, "generate", "--model", "ensemble", "--prompt", "请按照SOP流程处理客户退款申请",
                    "--prompt_format", fmt, "--max_new_tokens", "6") == 0
-        assert capsys.readouterr().out.strip("\n") is not None
+    assert seen[0].endswith("\n答:") and seen[1].endswith(THINK_OFF)  # chat: the template, thinking off
     # at a pure weight the fused model generates what the expert alone generates (chat prompt, thinking off)
     tok = pair.tokenizer
     prompts = [format_prompt(t, "chat", tok) for t in ("请按照SOP流程处理客户退款申请", "计算 12+7 等于多少")]
@@ -143,7 +146,7 @@ def test_per_token_perplexity_counts_qwen3_tokens_as_lm_eval_splits_them(bed, pa
 @pytest.mark.slow  # a CLI run: loads the pair (two 11 MB tokenizers) in-process
 def test_sweep(bed, tmp_path):
     out = tmp_path / "sweep"
-    assert cli(bed, "sweep", "--weights", "0,0.5,1", "--mix", "both", "--tasks", "sop_strict,mixed",
+    assert cli(bed, "sweep", "--weights", "0,0.5,1", "--mix", "both", "--tasks", "sop_strict",
                "--output_dir", str(out), "--log-file", str(tmp_path / "sweep.log")) == 0
     record = json.loads((out / "sweep.json").read_text())
     assert len(record["points"]) == 6
@@ -153,8 +156,8 @@ def test_sweep(bed, tmp_path):
 
 @pytest.mark.slow
 def test_router_distill_merge_evaluate_and_lm_eval_on_qwen3_shape(bed, tmp_path, monkeypatch):
-    """``train-router``, ``distill`` (top-k teacher cache), ``merge``, ``evaluate`` of the zoo, then every
-    ``lm_eval --model sopmoe_*`` through the real CLI."""
+    """``train-router``, ``distill`` (top-k teacher cache), ``merge``, ``evaluate`` of the whole zoo (every
+    ``sopmoe_*`` model through lm-eval), then ``lm_eval --model sopmoe_ensemble|sopmoe_btm`` through the real CLI."""
     monkeypatch.chdir(tmp_path)  # the config's relative output_dirs, logs/ and outputs/tensorboard land here
     root = Path(bed["root"])
     assert cli(bed, "train-router", "--no_progress") == 0
@@ -173,22 +176,25 @@ def test_router_distill_merge_evaluate_and_lm_eval_on_qwen3_shape(bed, tmp_path,
     assert cli(bed, "merge", "--method", "linear", "--out", str(merged)) == 0
     assert (merged / "config.json").is_file()
     run = tmp_path / "eval"
+    # every model through lm-eval in-process, by its registered name (get_model("sopmoe_btm"), ...)
     assert cli(bed, "evaluate", "--models", "foundation", "sft", "ensemble", "btm", "distill", "merge",
-               "--tasks", "sop_strict", "mixed_gen", "--limit", "2", "--output_dir", str(run),
+               "--tasks", "sop_strict", "--limit", "2", "--output_dir", str(run),
                "--btm_router", str(router), "--distill_model", str(student),
                "--log-file", str(tmp_path / "evaluate.log")) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert not summary["failed"] and not summary["skipped"]
-    assert {m["name"] for m in summary["models"]} >= {"foundation", "sft", "ensemble", "distill"}
+    assert {m["name"] for m in summary["models"]} == {"foundation", "sft", "ensemble", "btm", "distill", "merge"}
+    for m in summary["models"]:
+        result = json.loads((run / m["name"] / "results.json").read_text())
+        assert result["results"]["sop_strict"]["perplexity,none"] > 1, m["name"]
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     meta = json.dumps({"data_dir": str(root / "data" / "tasks"), "prompt_format": "chat"})
     pair_args = f"foundation={bed['foundation']},sft={bed['sft']},dtype=bfloat16"
+    # and the real CLI as a user types it (tens of seconds each: lm-eval indexes its ~15k tasks at start)
     runs = {
         "sopmoe_ensemble": pair_args + ",foundation_weight=0.5,sft_weight=0.5,mix=prob",
         "sopmoe_btm": f"router={router},dtype=bfloat16",
-        "sopmoe_merge": pair_args + ",method=ties,density=0.5",
-        "sopmoe_distill": f"pretrained={student},dtype=bfloat16",
     }
     for model, args in runs.items():
         out = tmp_path / model
