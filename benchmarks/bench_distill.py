@@ -81,7 +81,7 @@ def main() -> None:
             else:
                 target = cache(idx, batch) if kind == "cached" else live(idx, batch)
                 logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = distill_loss(logits, batch["labels"], target, temperature=2.0, vocab_size=pair.vocab_size).loss
+                loss = distill_loss(logits, batch["labels"], target, temperature=2.0).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -44,7 +44,7 @@ def training_fns(pair, routers: dict, batch: dict) -> dict:
     def experts_forward():
         with torch.inference_mode():
             for model in pair.experts:
-                expert_logits(model, batch["input_ids"], batch["attention_mask"], pair.vocab_size)
+                expert_logits(model, batch["input_ids"], batch["attention_mask"], pair.width)
 
     fns = {"two expert forwards": experts_forward}
     for name, router in routers.items():

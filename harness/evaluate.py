@@ -71,7 +71,7 @@ def _routing_statistics(lm, results: dict) -> dict | None:
     return stats if isinstance(stats, dict) and stats else None
 
 
-def _task_manager(task_manager_cls, tasks: list[str], meta: dict[str, Any]):
+def sopmoe_task_manager(task_manager_cls, tasks: list[str], meta: dict[str, Any]):
     """lm-eval's TaskManager with the model args in the tasks' metadata (as ``simple_evaluate`` does for a model
     given by name: the per-token perplexity finds the tokenizer there). Indexing lm-eval's ~15k built-in tasks
     costs ~12 s per model, so they are left out when every requested task is one of ours."""
@@ -115,7 +115,7 @@ def _evaluate_into(p: Planned, out: Path, *, tasks: list[str], limit: int | None
     counts: dict[str, int] = {}
     for name in REQUEST_TYPES:
         setattr(lm, name, _timed(getattr(lm, name), clock, cpu_clock, counts, name))
-    tm = _task_manager(TaskManager, tasks, {**p.model_args, **task_metadata})
+    tm = sopmoe_task_manager(TaskManager, tasks, {**p.model_args, **task_metadata})
     results = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), limit=limit, batch_size=batch_size, device=device,
                                       task_manager=tm, log_samples=log_samples)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0

@@ -124,12 +124,18 @@ def _dtype(setting: str, device: str) -> str:
     return "float32" if device == "cpu" else "bfloat16"
 
 
+# Single models score through plain HFLM, whose log-softmax runs in the model's dtype by default: for a bf16
+# checkpoint its log-probabilities are rounded to bf16 (~0.4 %, nats per request). The fused models' are float32
+# (the parity rule, sopmoe_models/experts.py), so every row of a leaderboard asks HFLM for a float32 log-softmax.
+FLOAT32_SOFTMAX = {"softmax_dtype": "float32"}
+
+
 def builtin_args(kind: str, cfg, *, btm_router: str | None, distill_model: str | None, device: str) -> dict[str, Any]:
     """lm-eval model_args of a built-in kind, from the config."""
     m, e, g = cfg.models, cfg.ensemble, cfg.merge
     if kind in ("foundation", "sft"):
         expert = getattr(m, kind)
-        return {"pretrained": expert.path, "dtype": _dtype(expert.dtype, device)}
+        return {"pretrained": expert.path, "dtype": _dtype(expert.dtype, device), **FLOAT32_SOFTMAX}
     experts = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype}
     if m.sft.dtype != m.foundation.dtype:
         experts["sft_dtype"] = m.sft.dtype
@@ -140,11 +146,12 @@ def builtin_args(kind: str, cfg, *, btm_router: str | None, distill_model: str |
         return {"router": router}
     if kind in ("distill", "replay"):
         return {"pretrained": distill_model or str(Path(cfg.distill.output_dir) / "best_student"),
-                "dtype": _dtype(m.foundation.dtype, device)}
+                "dtype": _dtype(m.foundation.dtype, device), **FLOAT32_SOFTMAX}
     if kind == "dispatch":
         return {"classifier": None, "dtype": m.foundation.dtype}
     if kind == "merge":
-        args = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype, "method": g.method}
+        args = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype, "method": g.method,
+                **FLOAT32_SOFTMAX}
         if g.method == "linear":
             args["weight"] = g.weight
         else:

@@ -4,6 +4,8 @@
 log w + log p (the BTM / c-BTM ensemble, Li et al. 2022, Gururangan et al. 2023).
 ``mix="logit"`` is a product of experts, log_softmax(w_f z_f + w_s z_s) (PackLLM / proxy-tuning style).
 Weights are normalised; an expert with weight 0 is not run at all (a mixture with it is exactly the other one).
+Both mixes are over the experts' full output width, padded rows included, each expert normalised over all its rows
+(the parity rule, :mod:`sopmoe_models.experts`): weights (1, 0) give exactly the foundation, as ``--model hf`` does.
 """
 
 from __future__ import annotations
@@ -15,36 +17,57 @@ import torch
 import torch.nn.functional as F
 
 from sopmoe_models.experts import ExpertPair
-from sopmoe_models.fused import FusedLM, FusedOutput, check_weights, expert_logits
+from sopmoe_models.fused import (
+    FusedLM,
+    FusedOutput,
+    check_weights,
+    expert_logits,
+    float_out,
+    log_softmax_,
+    time_chunks,
+)
 
 Mix = Literal["prob", "logit"]
 
 
-def mix_logits(logits: list[torch.Tensor], weights: tuple[float, ...], mix: Mix) -> torch.Tensor:
-    """Mix per-expert logits (each (B, T, V)) into log-probs; ``None`` entries are experts with weight 0."""
+def mix_logits(logits: list[torch.Tensor | None], weights: tuple[float, ...], mix: Mix, *,
+               overwrite: bool = False) -> torch.Tensor:
+    """Mix per-expert logits (each (B, T, W), any dtype) into float32 log-probs (B, T, W).
+
+    ``None`` entries are experts with weight 0. Each expert is normalised over all its rows first (``prob``) or its
+    logits are mixed as they are (``logit``); with one expert of weight 1 either mix returns exactly that expert's
+    log_softmax, bit for bit (the parity rule). Without autograd the work runs over time chunks
+    (:func:`~sopmoe_models.fused.time_chunks`) into one float32 output: the first expert's own logits when
+    ``overwrite`` allows and they are float32, else a new buffer; no (B, T, W) temporary beyond that output.
+    """
+    if mix not in ("prob", "logit"):
+        raise ValueError(f"mix must be 'prob' or 'logit', got {mix!r}")
     pairs = [(z, w) for z, w in zip(logits, weights) if w > 0]
-    # Without autograd, accumulate in place: peak memory ~ one extra (B, T, V) per expert, not a stacked copy
-    # (for scoring a 150k vocabulary these are the largest tensors there are).
-    inplace = not (torch.is_grad_enabled() and any(z.requires_grad for z, _ in pairs))
+    if pairs[0][0].dim() != 3 or torch.is_grad_enabled() and any(z.requires_grad for z, _ in pairs):
+        return _mix(pairs, mix)  # autograd (or not (B, T, W)): whole tensors, nothing in place
+    first = pairs[0][0]
+    out = float_out(first, overwrite)
+    for sl in time_chunks(first):
+        out[:, sl] = _mix([(z[:, sl], w) for z, w in pairs], mix)
+    return out
+
+
+def _mix(pairs: list[tuple[torch.Tensor, float]], mix: Mix) -> torch.Tensor:
+    """The mixture of (logits, weight) pairs (weights > 0, summing to 1) as float32 log-probs."""
     if mix == "prob":
         out = None
         for z, w in pairs:
-            term = F.log_softmax(z, dim=-1)
+            term = F.log_softmax(z.float(), dim=-1)
             if w != 1:
-                term = term.add_(math.log(w)) if inplace else term + math.log(w)
-            # Pairwise logaddexp, not logsumexp over a stacked leading dim: same value, no (E, B, T, V) copy, and
-            # several times faster on CPU (a reduction over the outer dim is a slow path).
-            out = term if out is None else torch.logaddexp(out, term, out=out) if inplace else torch.logaddexp(out, term)
+                term = term + math.log(w)
+            # Pairwise logaddexp, not logsumexp over a stacked leading dim: same value, no stacked copy, and several
+            # times faster on CPU (a reduction over the outer dim is a slow path).
+            out = term if out is None else torch.logaddexp(out, term)
         return out
-    if mix == "logit":
-        z = None
-        for zi, w in pairs:
-            if z is None:
-                z = zi * w
-            else:
-                z = z.add_(zi, alpha=w) if inplace else z + w * zi
-        return F.log_softmax(z, dim=-1)
-    raise ValueError(f"mix must be 'prob' or 'logit', got {mix!r}")
+    z = None
+    for zi, w in pairs:
+        z = zi.float() * w if z is None else z + w * zi.float()
+    return F.log_softmax(z, dim=-1)
 
 
 class EnsembleLM(FusedLM):
@@ -69,12 +92,13 @@ class EnsembleLM(FusedLM):
                     new_caches.append(None)
                     continue
                 z, c, _ = expert_logits(
-                    model, input_ids, attention_mask, self.vocab_size,
+                    model, input_ids, attention_mask, self.width,
                     cache=cache, use_cache=use_cache, last_only=last_only,
                 )
                 logits.append(z)
                 new_caches.append(c)
-        return FusedOutput(mix_logits(logits, self.weights, self.mix), tuple(new_caches) if use_cache else None)
+            mixed = mix_logits(logits, self.weights, self.mix, overwrite=True)  # the logits are ours to reuse
+        return FusedOutput(mixed, tuple(new_caches) if use_cache else None)
 
 
 class ExpertLogprobCache:
@@ -105,8 +129,7 @@ class ExpertLogprobCache:
             return self._store[key]
         self.misses += 1
         with torch.inference_mode():
-            out = tuple(F.log_softmax(expert_logits(m, input_ids, mask, self.pair.vocab_size)[0], dim=-1)
-                        for m in self.pair.experts)
+            out = tuple(log_softmax_(expert_logits(m, input_ids, mask, self.pair.width)[0]) for m in self.pair.experts)
         size = sum(t.numel() * t.element_size() for t in out)
         if self.bytes + size <= self.max_bytes:
             self._store[key] = out
@@ -128,5 +151,6 @@ class CachedEnsembleLM(EnsembleLM):
             return super().forward(input_ids, attention_mask, state, use_cache, last_only)
         lp = self.cache.logprobs(input_ids, attention_mask)
         with torch.inference_mode():
+            # overwrite=False: the cached log-probs serve the sweep's other points
             return FusedOutput(mix_logits([z if w > 0 else None for z, w in zip(lp, self.weights)],
-                                          self.weights, self.mix))
+                                          self.weights, self.mix, overwrite=False))

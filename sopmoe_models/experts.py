@@ -1,8 +1,16 @@
 """The one expert-pair loader: every ``from_pretrained`` of foundation + sft goes through :func:`load_experts`.
 
-It checks the two tokenizers agree (vocab and special tokens), fixes the *usable* vocabulary (lm_head rows may be
-padded past the tokenizer, e.g. Qwen3 151669 -> 151936: every fused model slices logits to ``vocab_size``), places
-each expert on its own dtype/device, freezes both, and never enables ``trust_remote_code``.
+It checks the two tokenizers agree (vocab and special tokens), records the tokenizer's vocabulary (``vocab_size``)
+and the experts' output width (``width``: lm_head rows may be padded past the tokenizer, e.g. Qwen3 151669 ->
+151936), places each expert on its own dtype/device, freezes both, and never enables ``trust_remote_code``.
+
+**The parity rule** (every fused model follows it): each expert's distribution is its own log-softmax over *all* its
+output rows, exactly as the expert alone (``--model hf``, ``generate``) normalises it, and fused distributions live
+on the full padded width. Nothing is ever renormalised over the tokenizer's vocabulary: padded rows are outcomes like
+any other (a trained checkpoint gives them almost no mass, since they are never targets). So a fused model at a pure
+weight *is* its expert, on every checkpoint: the same log-likelihoods, the same greedy argmax, the same generated ids
+(a padded id only where the expert alone would generate it). An expert with fewer rows than ``width`` gives the
+missing ids probability 0.
 """
 
 from __future__ import annotations
@@ -39,7 +47,11 @@ class ExpertMismatchError(UserError):
 
 @dataclass
 class ExpertPair:
-    """Two frozen causal LMs that share a tokenizer. ``vocab_size`` is the usable (tokenizer) vocabulary."""
+    """Two frozen causal LMs that share a tokenizer.
+
+    ``vocab_size`` is the tokenizer's vocabulary (ids that are tokens); ``width`` the number of output rows fused
+    distributions cover (the larger expert's lm_head, padded rows included; default: read from the experts).
+    """
 
     foundation: nn.Module
     sft: nn.Module
@@ -47,6 +59,11 @@ class ExpertPair:
     vocab_size: int
     foundation_path: str | None = None
     sft_path: str | None = None
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.width is None:
+            self.width = output_width(self.foundation, self.sft)
 
     @property
     def experts(self) -> tuple[nn.Module, nn.Module]:
@@ -139,14 +156,38 @@ def check_same_tokenizer(tok_a: Any, tok_b: Any, name_a: str = "foundation", nam
             raise ExpertMismatchError(f"the {name_a} and {name_b} tokenizers differ in {attr}: {a!r} vs {b!r}")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "vocab.txt")
+
+
+def same_tokenizer_files(a: Path, b: Path) -> bool:
+    """Whether two model folders hold byte-identical tokenizer files (then loading the second is redundant: a
+    152k-token tokenizer takes seconds to load and its vocabulary a second to compare)."""
+    for name in TOKENIZER_FILES:
+        fa, fb = a / name, b / name
+        if fa.is_file() != fb.is_file() or fa.is_file() and fa.read_bytes() != fb.read_bytes():
+            return False
+    return (a / "tokenizer.json").is_file() or (a / "tokenizer_config.json").is_file()
+
+
 def usable_vocab_size(tokenizer: Any, *models: nn.Module) -> int:
     """The tokenizer's vocabulary, which must fit inside every model's (possibly padded) output layer."""
     n = len(tokenizer)
     for m in models:
-        rows = m.get_output_embeddings().weight.shape[0]
+        rows = output_rows(m)
         if rows < n:
             raise ExpertMismatchError(f"model has {rows} output rows but the tokenizer has {n} tokens")
     return n
+
+
+def output_rows(model: nn.Module) -> int:
+    """Rows of a causal LM's output layer (the width of its next-token distribution)."""
+    return int(model.get_output_embeddings().weight.shape[0])
+
+
+def output_width(*models: nn.Module) -> int:
+    """The width fused distributions cover: the most output rows of any expert (see the parity rule above)."""
+    return max(output_rows(m) for m in models)
 
 
 def load_model(path: str | Path, *, dtype: str | torch.dtype | None = "auto", device: str | None = "auto", role="model"):
@@ -175,8 +216,9 @@ def load_experts(
     hold one expert each. Fused models move tensors between the two devices as needed.
     """
     foundation, sft = check_model_dir(foundation, "foundation"), check_model_dir(sft, "sft")
-    tok_f, tok_s = load_tokenizer(foundation), load_tokenizer(sft)
-    check_same_tokenizer(tok_f, tok_s)
+    tok_f = load_tokenizer(foundation)
+    if not same_tokenizer_files(foundation, sft):  # identical files load to the identical tokenizer
+        check_same_tokenizer(tok_f, load_tokenizer(sft))
     f_model = load_model(foundation, dtype=dtype, device=device, role="foundation")
     s_model = load_model(sft, dtype=sft_dtype or dtype, device=sft_device or device, role="sft")
     check_same_architecture(f_model, s_model, strict_shapes=False)

@@ -8,8 +8,16 @@ A fused model holds an :class:`~sopmoe_models.experts.ExpertPair` (frozen, not r
 ``input_ids`` (B, T_new) are the *new* tokens; ``attention_mask`` (B, T_past + T_new) covers past and new tokens
 (left padding = 0s on the left), exactly like transformers. ``state`` is whatever the previous call returned in
 ``FusedOutput.state`` (per-expert KV caches, running likelihoods...), so decoding feeds one token per step and
-never re-runs the prefix. Output ``logprobs`` are next-token log-probabilities (B, T_new, V) in float32 over the
-usable vocabulary; ``gates`` (B, T_new, E) or (B, T_new, L, E) the weight each expert got (None when fixed).
+never re-runs the prefix. Output ``logprobs`` are next-token log-probabilities (B, T_new, W) in float32 over the
+experts' full output width W (padded rows included: the parity rule of :mod:`sopmoe_models.experts`); ``gates``
+(B, T_new, E) or (B, T_new, L, E) the weight each expert got (None when fixed).
+
+Memory: at a 152k vocabulary one (B, T, W) float32 tensor is 0.6 MB per position (8 x 512 tokens: 2.5 GB), so the
+full-sequence paths never stack experts or keep several such copies: :func:`expert_logits` returns each expert's
+logits in its own dtype; :func:`log_softmax_`, :func:`target_logprobs` and the ensemble's and routers' mixing
+upcast, normalise and mix them over slices of ``CHUNK_ELEMENTS`` elements along time, writing into one float32
+output (an expert's own float32 logits when they may be overwritten). Values are exactly those of the unchunked
+operations (each is row-wise).
 
 :func:`FusedLM.generate` reuses transformers' logits processors (temperature, top-p) and EOS stopping criterion and
 adds the loop over a fused model's cached forward plus :class:`StopStrings` (lm-eval's text rule for stop strings).
@@ -47,18 +55,60 @@ def position_ids_from_mask(attention_mask: torch.Tensor, new_tokens: int) -> tor
     return pos[:, -new_tokens:]
 
 
+CHUNK_ELEMENTS = 1 << 22  # elements of one (B, chunk, W) temporary: 16 MiB in float32 (27 positions of one row at W = 152k)
+
+
+def time_chunks(x: torch.Tensor, budget: int | None = None) -> list[slice]:
+    """Slices along dim 1 of ``x`` (B, T, W) with about ``budget`` (default ``CHUNK_ELEMENTS``) elements each."""
+    budget = budget or CHUNK_ELEMENTS
+    b, t, w = x.shape[0], x.shape[1], x.shape[-1]
+    step = max(1, budget // max(1, b * w))
+    return [slice(i, min(i + step, t)) for i in range(0, t, step)]
+
+
+def float_out(z: torch.Tensor, overwrite: bool) -> torch.Tensor:
+    """Where float32 results go: ``z`` itself when it is float32 and may be overwritten, else a new buffer."""
+    return z if overwrite and z.dtype == torch.float32 else torch.empty(z.shape, dtype=torch.float32, device=z.device)
+
+
+def log_softmax_(z: torch.Tensor, *, overwrite: bool = True) -> torch.Tensor:
+    """float32 log_softmax over the last dim, computed over time chunks (in place in ``z`` when allowed)."""
+    if z.dim() != 3 or torch.is_grad_enabled() and z.requires_grad:
+        return F.log_softmax(z.float(), dim=-1)
+    out = float_out(z, overwrite)
+    for sl in time_chunks(z):
+        out[:, sl] = F.log_softmax(z[:, sl].float(), dim=-1)
+    return out
+
+
+def target_logprobs(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(z)[target] in float32 without a (B, T, W) log-softmax: z (B, T, W) logits, targets (B, T) ids."""
+    if torch.is_grad_enabled() and z.requires_grad:
+        return z.float().gather(-1, targets[..., None]).squeeze(-1) - z.float().logsumexp(-1)
+    out = torch.empty(targets.shape, dtype=torch.float32, device=z.device)
+    for sl in time_chunks(z):
+        zc = z[:, sl].float()
+        out[:, sl] = zc.gather(-1, targets[:, sl, None]).squeeze(-1) - zc.logsumexp(-1)
+    return out
+
+
 def expert_logits(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    vocab_size: int,
+    width: int,
     *,
     cache: Any = None,
     use_cache: bool = False,
     last_only: bool = False,
     output_hidden_states: bool = False,
 ) -> tuple[torch.Tensor, Any, Any]:
-    """Run one expert on new tokens; returns (logits (B, T, V) float32 on the input device, cache, hidden states)."""
+    """Run one expert on new tokens; returns (logits (B, T, width), cache, hidden states).
+
+    The logits keep the model's dtype (upcast to float32 chunk by chunk by whoever normalises them: a bf16 expert's
+    (B, T, W) logits are half the size of their float32 copy) and every row the model has; an expert with fewer
+    rows than ``width`` is padded with -inf (probability 0). They are the caller's to overwrite.
+    """
     device = model.get_output_embeddings().weight.device
     ids, mask = input_ids.to(device), attention_mask.to(device)
     kwargs: dict[str, Any] = {
@@ -73,7 +123,11 @@ def expert_logits(
     if last_only:
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
-    logits = out.logits[..., :vocab_size].float().to(input_ids.device)
+    logits = out.logits.to(input_ids.device)
+    if logits.shape[-1] < width:
+        logits = F.pad(logits, (0, width - logits.shape[-1]), value=float("-inf"))
+    elif logits.shape[-1] > width:
+        raise ValueError(f"expert has {logits.shape[-1]} output rows, more than the pair's width {width}")
     return logits, output_cache(out) if use_cache else None, out.hidden_states if output_hidden_states else None
 
 
@@ -92,7 +146,13 @@ class FusedLM(nn.Module):
 
     @property
     def vocab_size(self) -> int:
+        """The tokenizer's vocabulary (ids that are tokens)."""
         return self.pair.vocab_size
+
+    @property
+    def width(self) -> int:
+        """Width of the next-token distributions: every output row of the experts, padded rows included."""
+        return self.pair.width
 
     @property
     def device(self) -> torch.device:
@@ -102,7 +162,7 @@ class FusedLM(nn.Module):
         raise NotImplementedError
 
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Full-sequence next-token log-probs (B, T, V), as scoring and lm-eval need."""
+        """Full-sequence next-token log-probs (B, T, W), as scoring and lm-eval need."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         return self(input_ids, attention_mask).logprobs
@@ -155,7 +215,8 @@ class FusedLM(nn.Module):
         new_tokens, gate_steps = [], []
         out = self(seq, mask, use_cache=True, last_only=True)  # prefill: the whole prompt once
         for step in range(max_new_tokens):
-            scores = out.logprobs[:, -1, :]  # (B, V)
+            # (B, W): argmax and sampling see every row, as the expert alone does (parity rule)
+            scores = out.logprobs[:, -1, :]
             if sample:
                 scores = warpers(seq, scores)
                 probs = F.softmax(scores, dim=-1)

@@ -1,7 +1,10 @@
 """The one prompt format, shared by training, generation and the lm-eval tasks.
 
 ``raw`` (the test bed): ``input + SEPARATOR``, and the model continues with the output.
-``chat`` (real chat-tuned checkpoints): the tokenizer's chat template with one user turn and the generation prompt.
+``chat`` (real chat-tuned checkpoints): the tokenizer's chat template with one user turn and the generation prompt,
+thinking off (``enable_thinking=False``: Qwen3's template then opens the answer with an empty
+``<think>\n\n</think>\n\n`` block; templates without the switch ignore it). sopmoe's targets are answers, not
+reasoning traces, so training, generation and scoring all use the thinking-off prompt.
 The target (what loss and metrics are computed on) is always ``output`` alone; training appends EOS after it.
 """
 
@@ -25,6 +28,6 @@ def format_prompt(text: str, style: PromptFormat = "raw", tokenizer: Any = None)
                 "use prompt_format: raw for base or test-bed checkpoints"
             )
         return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, enable_thinking=False
         )
     raise ValueError(f"unknown prompt format {style!r}; choose one of {PROMPT_FORMATS}")

@@ -12,11 +12,10 @@ EOS is not scored by default, matching lm-eval (its continuation is the output s
 Aggregates: :func:`accuracy` (mean of ``greedy``) and :func:`token_perplexity` (exp(−Σ loglik / Σ n_tokens), the
 per-token perplexity; lm-eval's built-in ``perplexity`` is per document, DESIGN §5).
 
-The model is any callable ``logprob_fn(input_ids, attention_mask) -> (B, T, V)`` log-probs, so an expert, an
-ensemble at some weight or a router scores the same way::
+The model is any callable ``logprob_fn(input_ids, attention_mask) -> (B, T, W)`` log-probs (W: every output row,
+padded ones included), so an expert, an ensemble at some weight or a router scores the same way::
 
-    scores = score_examples(lambda ids, mask: torch.log_softmax(model(ids, attention_mask=mask).logits, -1),
-                            tokenizer, examples)
+    scores = score_examples(model_logprobs(model), tokenizer, examples)   # or fused.logprobs
     accuracy(scores), token_perplexity(scores)
 """
 
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from sopmoe_models.data import IGNORE_INDEX, Example, collate, encode_example
+from sopmoe_models.fused import log_softmax_
 from sopmoe_models.prompt import PromptFormat
 
 LogprobFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,11 +43,11 @@ class Score:
 
 
 def model_logprobs(model: Any) -> LogprobFn:
-    """Adapt a Hugging Face causal LM to ``logprob_fn`` (log-softmax of its logits, in float32)."""
+    """Adapt a Hugging Face causal LM to ``logprob_fn``: float32 log-softmax over all its output rows (padded ones
+    included, as the model alone normalises them), computed over time chunks in place of its logits."""
 
     def fn(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return torch.log_softmax(logits.float(), dim=-1)
+        return log_softmax_(model(input_ids=input_ids, attention_mask=attention_mask).logits)
 
     return fn
 
@@ -62,12 +62,11 @@ def score_examples(
     batch_size: int = 32,
     add_eos: bool = False,
     device: str | torch.device = "cpu",
-    vocab_size: int | None = None,
 ) -> list[Score]:
     """Score ``examples`` in batches (right padding); one :class:`Score` per example, in order.
 
-    ``vocab_size`` (optional) restricts the argmax to the tokenizer's usable vocabulary when the model's lm_head
-    is padded past it.
+    The argmax is over every row ``logprob_fn`` returns, padded rows included, as lm-eval's ``acc`` takes it (a
+    model whose padded row wins a position has not produced the target there).
     """
     encoded = [encode_example(tokenizer, ex, style=style, add_eos=add_eos) for ex in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -78,9 +77,7 @@ def score_examples(
         idx = order[start : start + batch_size]
         batch = collate([encoded[i] for i in idx], pad_token_id=pad, padding_side="right")
         ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
-        logprobs = logprob_fn(ids, mask)  # (B, T, V)
-        if vocab_size is not None:
-            logprobs = logprobs[..., :vocab_size]
+        logprobs = logprob_fn(ids, mask)  # (B, T, W)
         # Position t predicts token t+1.
         logprobs, targets = logprobs[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)
         scored = targets != IGNORE_INDEX  # (B, T-1)

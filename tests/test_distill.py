@@ -139,12 +139,12 @@ def test_resume_refuses_other_settings(full_run, tiny_pair_dirs, tiny_data_dir, 
         train(cfg, resume=True)
 
 
-def test_cached_teacher_with_k_equal_v_matches_live(full_run, workdir, tiny_pair_dirs, tiny_data_dir, tiny_pair, monkeypatch):
+def test_cached_teacher_with_k_equal_w_matches_live(full_run, workdir, tiny_pair_dirs, tiny_data_dir, tiny_pair, monkeypatch):
     from training.distill_trainer import train
 
     monkeypatch.chdir(workdir)
     out = workdir / "cached"
-    cfg = make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__teacher_cache_topk=tiny_pair.vocab_size)
+    cfg = make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__teacher_cache_topk=tiny_pair.width)
     card = train(cfg)
     assert card["teacher_cache"]["train"]["built"]
     # The tiny eval file has the same content as the train file, hence the same key: one cache serves both.
@@ -154,7 +154,7 @@ def test_cached_teacher_with_k_equal_v_matches_live(full_run, workdir, tiny_pair
         assert eb["train"]["loss"] == pytest.approx(ea["train"]["loss"], abs=1e-5)
         assert eb["eval"]["loss"] == pytest.approx(ea["eval"]["loss"], abs=1e-5)
     # A second run (replacing the first: --overwrite) reuses both caches.
-    again = train(make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__teacher_cache_topk=tiny_pair.vocab_size),
+    again = train(make_cfg(tiny_pair_dirs, tiny_data_dir, out, distill__teacher_cache_topk=tiny_pair.width),
                   overwrite=True)
     assert not again["teacher_cache"]["train"]["built"] and not again["teacher_cache"]["eval"]["built"]
 

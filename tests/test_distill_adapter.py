@@ -28,11 +28,15 @@ def student_dir(tmp_path_factory, tiny_pair_dirs, tiny_data_dir):
 def _evaluate(model: str, model_args: str, data_dir):
     import lm_eval
     from lm_eval.tasks import TaskManager
+    from lm_eval.utils import simple_parse_args_string
 
     from sopmoe_models.lm_eval_plugin import register_all, tasks_dir
 
     register_all()
-    tm = TaskManager(include_path=tasks_dir(), include_defaults=False, metadata={"data_dir": str(data_dir / "eval")})
+    # the model args in the tasks' metadata, as simple_evaluate puts them there itself without a task manager: the
+    # per-token perplexity counts the model's own tokens
+    meta = simple_parse_args_string(model_args) | {"data_dir": str(data_dir / "eval")}
+    tm = TaskManager(include_path=tasks_dir(), include_defaults=False, metadata=meta)
     out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=TASKS, device="cpu", batch_size=4,
                                   task_manager=tm, limit=3, log_samples=True)
     lls = {t: [s["resps"][0][0][0] for s in sorted(out["samples"][t], key=lambda s: s["doc_id"])] for t in TASKS}

@@ -82,24 +82,37 @@ def _ids(pair, texts):
     return enc["input_ids"], enc["attention_mask"]
 
 
-def test_single_expert_equals_its_own_distribution_over_the_usable_vocab(tiny_pair):
+def test_single_expert_is_exactly_its_own_distribution_over_all_rows(tiny_pair):
+    """The parity rule: each expert normalised over all its rows (padded ones included), as the expert alone does."""
     ids, mask = _ids(tiny_pair, ["计算 12+7 等于多少\n答:12+7=19"])
-    V = tiny_pair.vocab_size
-    assert tiny_pair.foundation.lm_head.weight.shape[0] == V + 3  # the fixture pads lm_head past the tokenizer
+    V, W = tiny_pair.vocab_size, tiny_pair.width
+    assert W == tiny_pair.foundation.lm_head.weight.shape[0] == V + 3  # the fixture pads lm_head past the tokenizer
     with torch.no_grad():
         z_f = tiny_pair.foundation(ids).logits
         z_s = tiny_pair.sft(ids).logits
     for mix in ("prob", "logit"):
         got_f = EnsembleLM(tiny_pair, 1, 0, mix).logprobs(ids, mask)
         got_s = EnsembleLM(tiny_pair, 0, 1, mix).logprobs(ids, mask)
-        assert got_f.shape == (1, ids.shape[1], V) and got_f.dtype == torch.float32
-        torch.testing.assert_close(got_f, z_f[..., :V].log_softmax(-1), atol=1e-5, rtol=0)
-        torch.testing.assert_close(got_s, z_s[..., :V].log_softmax(-1), atol=1e-5, rtol=0)
-    # padded rows carry no probability: the sliced distribution is renormalised, unlike log_softmax over all rows
-    assert not torch.allclose(got_f, z_f.log_softmax(-1)[..., :V], atol=1e-4)
+        assert got_f.shape == (1, ids.shape[1], W) and got_f.dtype == torch.float32
+        assert torch.equal(got_f, z_f.log_softmax(-1)) and torch.equal(got_s, z_s.log_softmax(-1))  # bit for bit
     half = EnsembleLM(tiny_pair, 0.5, 0.5, "prob").logprobs(ids, mask)
-    expected = torch.log(0.5 * z_f[..., :V].softmax(-1) + 0.5 * z_s[..., :V].softmax(-1))
+    expected = torch.log(0.5 * z_f.softmax(-1) + 0.5 * z_s.softmax(-1))
     torch.testing.assert_close(half, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(half.exp().sum(-1), torch.ones(half.shape[:2]))  # one distribution over all W rows
+    prod = EnsembleLM(tiny_pair, 0.25, 0.75, "logit").logprobs(ids, mask)
+    torch.testing.assert_close(prod, (0.25 * z_f + 0.75 * z_s).log_softmax(-1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mix", ["prob", "logit"])
+def test_chunked_mixing_equals_the_whole_tensor_computation(tiny_pair, mix, monkeypatch):
+    """Mixing over time chunks (bounded memory at a 152k vocabulary) gives exactly the unchunked values."""
+    import sopmoe_models.fused as fused
+
+    ids, mask = _ids(tiny_pair, ["计算 12+7 等于多少\n答:12+7=19", "您好\n答:"])
+    whole = EnsembleLM(tiny_pair, 0.3, 0.7, mix).logprobs(ids, mask)
+    monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 3 * tiny_pair.width)  # 1 position per chunk at batch 2
+    assert len(fused.time_chunks(whole)) == ids.shape[1]
+    torch.testing.assert_close(EnsembleLM(tiny_pair, 0.3, 0.7, mix).logprobs(ids, mask), whole, atol=0, rtol=0)
 
 
 def test_an_expert_with_weight_zero_is_not_run(tiny_pair):
@@ -143,6 +156,26 @@ def test_mismatched_tokenizers_are_refused(tiny_pair_dirs, tmp_path):
     other_tok.save_pretrained(other)
     with pytest.raises(ExpertMismatchError, match="foundation and sft tokenizers differ"):
         load_experts(tiny_pair_dirs[0], other, device="cpu")
+
+
+def test_identical_tokenizer_files_are_loaded_once(tiny_pair_dirs, monkeypatch, tmp_path):
+    """A 152k-token tokenizer costs seconds to load: byte-identical files are one tokenizer, loaded once."""
+    import shutil
+
+    import sopmoe_models.experts as experts
+
+    loads = []
+    real = experts.load_tokenizer
+    monkeypatch.setattr(experts, "load_tokenizer", lambda path: loads.append(path) or real(path))
+    experts.load_experts(*tiny_pair_dirs, device="cpu")
+    assert len(loads) == 1
+    edited = tmp_path / "sft"
+    shutil.copytree(tiny_pair_dirs[1], edited)
+    cfg = edited / "tokenizer_config.json"
+    cfg.write_text(cfg.read_text().replace("{", '{"model_max_length": 77, ', 1))
+    assert not experts.same_tokenizer_files(tiny_pair_dirs[0], edited)
+    experts.load_experts(tiny_pair_dirs[0], edited, device="cpu")  # loaded and compared: same vocab and specials
+    assert len(loads) == 3
 
 
 def test_same_vocab_different_special_tokens_are_refused():

@@ -152,15 +152,23 @@ def test_topk_is_a_lower_bound_and_tail_mass_is_exact():
     assert 0 <= cut.loss.item() <= full.loss.item() + 1e-6
 
 
-def test_padded_student_vocab_is_sliced_and_row_count_checked():
+def test_student_keeps_its_padded_rows_and_row_count_is_checked():
+    """The student learns over all its rows: extra rows get teacher probability 0 (dense or top-k alike), so the
+    KD term counts the student's mass there; a student narrower than the teacher is refused."""
     s, t, labels = _batch()
-    padded = torch.cat([s, torch.randn(*s.shape[:2], 3)], dim=-1)  # lm_head padded by 3 rows
-    a = distill_loss(padded, labels, t, vocab_size=V)
-    b = distill_loss(s, labels, t)
-    torch.testing.assert_close(a.loss, b.loss)
+    dead = torch.cat([s, torch.full((*s.shape[:2], 3), -1e4)], dim=-1)  # padded rows with no mass: same loss
+    torch.testing.assert_close(distill_loss(dead, labels, t).loss, distill_loss(s, labels, t).loss)
+    live = torch.cat([s, torch.full((*s.shape[:2], 3), 5.0)], dim=-1)  # padded rows with mass: KD sees it
+    assert distill_loss(live, labels, t).kd > distill_loss(s, labels, t).kd + 0.1
     rows_t, _ = select_output_positions(t, labels)
+    top = topk_teacher(rows_t, V, temperature=2.0)
+    torch.testing.assert_close(distill_loss(live, labels, top).kd, distill_loss(live, labels, t).kd, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="output tokens"):
         distill_loss(s, labels, rows_t[:-1])
+    with pytest.raises(ValueError, match="student has 9 output rows"):
+        distill_loss(s[..., :9], labels, t)
+    with pytest.raises(ValueError, match="only 9 output rows"):
+        distill_loss(s[..., :9], labels, top)
 
 
 def test_normalizer_makes_split_batches_add_up():

@@ -37,8 +37,9 @@ def batch(pair, texts=TEXTS):
 
 
 def expert_logprobs(pair, which, ids, mask):
+    """The expert alone: log-softmax over all its output rows (padded ones included)."""
     with torch.inference_mode():
-        return F.log_softmax(expert_logits(pair.experts[which], ids, mask, pair.vocab_size)[0], -1)
+        return F.log_softmax(expert_logits(pair.experts[which], ids, mask, pair.width)[0].float(), -1)
 
 
 @pytest.fixture(scope="module")

@@ -39,8 +39,13 @@ def make_tokenizer(extra_chars: str = ""):
     )
 
 
-def make_model(tokenizer, seed: int, *, hidden: int = 32, layers: int = 2, vocab_pad: int = 3):
-    """A tiny random Qwen3 whose lm_head is padded past the tokenizer by ``vocab_pad`` rows (as Qwen3's is)."""
+def make_model(tokenizer, seed: int, *, hidden: int = 32, layers: int = 2, vocab_pad: int = 3,
+               head_scale: float = 1.0, padded_scale: float = 1.0):
+    """A tiny random Qwen3 whose lm_head is padded past the tokenizer by ``vocab_pad`` rows (as Qwen3's is).
+
+    ``head_scale`` multiplies the lm_head (sharper distributions: greedy decoding without near-ties);
+    ``padded_scale`` the padded rows on top of it (> 1: they carry real probability mass).
+    """
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
@@ -58,7 +63,25 @@ def make_model(tokenizer, seed: int, *, hidden: int = 32, layers: int = 2, vocab
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
     )
-    return Qwen3ForCausalLM(cfg).eval()
+    model = Qwen3ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+        model.lm_head.weight[len(tokenizer):].mul_(padded_scale)
+    return model
+
+
+def make_parity_pair(root: Path, *, vocab_pad: int = 5, padded_scale: float = 1.5) -> dict[str, str]:
+    """Two independent tiny experts whose padded lm_head rows carry real probability mass (about 11 % per position,
+    the argmax at about one position in five), sharp enough that greedy decoding has no near-ties: the pair on
+    which a fused model at a pure weight must equal ``--model hf`` exactly (the parity rule)."""
+    tok = make_tokenizer()
+    dirs = {}
+    for name, seed in (("foundation", 0), ("sft", 1)):
+        model = make_model(tok, seed, vocab_pad=vocab_pad, head_scale=20.0, padded_scale=padded_scale)
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        dirs[name] = str(root / name)
+    return dirs
 
 
 def make_pair(root: Path, seed: int = 0) -> tuple[Path, Path]:

@@ -32,7 +32,8 @@ from training.kd_losses import TopKTeacher, output_mask, select_output_positions
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+# 2: the teacher's distribution covers the experts' full output width (padded rows included), not the tokenizer's
+CACHE_FORMAT = 2
 MANIFEST = "cache.json"
 
 
@@ -201,7 +202,7 @@ def _compute_part(teacher: FusedLM, features: list[dict], k: int, temperature: f
             pos += n
         if progress is not None:
             progress(len(chunk))
-    kk = min(k, teacher.vocab_size)
+    kk = min(k, teacher.width)
     cat = lambda xs, shape: torch.cat(xs) if xs else torch.zeros(shape)  # noqa: E731
     return {
         "logprobs": cat([t.logprobs.float().cpu() for t in per_example], (0, kk)).contiguous(),

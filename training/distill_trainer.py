@@ -35,7 +35,7 @@ import torch
 
 from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_training_examples
 from sopmoe_models.errors import UserError
-from sopmoe_models.experts import check_same_tokenizer, load_tokenizer
+from sopmoe_models.experts import check_same_tokenizer, load_tokenizer, output_rows
 from sopmoe_models.outputs import remove_leftovers
 from training import distill_checkpoint as ckpt
 from training.distill_teacher import (
@@ -121,14 +121,14 @@ def make_batch(features: list[dict], indices: list[int], pad_id: int, device) ->
     return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
 
 
-def _loss_kwargs(cfg, vocab_size: int) -> dict[str, Any]:
+def _loss_kwargs(cfg) -> dict[str, Any]:
     d = cfg.distill
     return dict(temperature=d.temperature, distill_loss_weight=d.distill_loss_weight, task_loss_weight=d.task_loss_weight,
-                kind=d.kl, beta=d.jsd_beta, vocab_size=vocab_size)
+                kind=d.kl, beta=d.jsd_beta)
 
 
 @torch.no_grad()
-def evaluate(model, targets, features, cfg, accelerator, vocab_size: int, pad_id: int) -> dict[str, float]:
+def evaluate(model, targets, features, cfg, accelerator, pad_id: int) -> dict[str, float]:
     """Per-token KD, CE and weighted loss on ``features`` (each process scores its slice; sums are all-reduced)."""
     model.eval()
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -139,7 +139,7 @@ def evaluate(model, targets, features, cfg, accelerator, vocab_size: int, pad_id
         batch = make_batch(features, idx, pad_id, accelerator.device)
         with accelerator.autocast():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        out = distill_loss(logits, batch["labels"], targets(idx, batch), normalizer=1.0, **_loss_kwargs(cfg, vocab_size))
+        out = distill_loss(logits, batch["labels"], targets(idx, batch), normalizer=1.0, **_loss_kwargs(cfg))
         sums += torch.tensor([out.kd.item(), out.ce.item(), out.n_tokens], device=sums.device, dtype=sums.dtype)
     sums = accelerator.reduce(sums, "sum")
     model.train()
@@ -216,14 +216,16 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_f
     # setup: teacher, student, data, teacher targets
     if d.teacher_type == "none":  # plain fine-tuning (replay): no teacher is loaded or run
         teacher, fp = None, {"class": None, "name": "none (plain fine-tuning on the references)"}
-        tok = load_tokenizer(student_path(cfg))
-        vocab = None  # cross-entropy over all the student's output rows, as plain fine-tuning computes it
+        tok = load_tokenizer(student_path(cfg))  # cross-entropy over all the student's output rows
     else:
         teacher = build_teacher(cfg, accelerator.device, allow_missing_fingerprint=allow_missing_fingerprint)
         fp = teacher_fingerprint(teacher)
-        tok, vocab = teacher.tokenizer, teacher.vocab_size
+        tok = teacher.tokenizer
     pad_id = tok.pad_token_id
     student = load_student(cfg, tok, accelerator.device)
+    if teacher is not None and output_rows(student) < teacher.width:
+        raise ValueError(f"the student ({student_path(cfg)}) has {output_rows(student)} output rows but the teacher's "
+                         f"distribution covers {teacher.width} (the experts' padded lm_head); use a student with them all")
     train_feats = encode_file(cfg.data.train_file, tok, cfg, d.max_train_examples)
     eval_feats = encode_file(cfg.data.eval_file, tok, cfg) if cfg.data.eval_file else []
     if not eval_feats:
@@ -267,7 +269,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_f
     log.info("distilling %s teacher into %s (%s, %d trainable params) on %d process(es): %d examples, %d steps",
              d.teacher_type, d.student_init, "LoRA" if d.lora.enabled else "full", sum(p.numel() for p in params),
              world, len(train_feats), total_steps)
-    loss_kw = _loss_kwargs(cfg, vocab)
+    loss_kw = _loss_kwargs(cfg)
 
     def save(wall_base: float, cpu_base: float) -> None:
         state["wall_s"], state["cpu_s"] = wall_base + time.time() - wall0, cpu_base + time.process_time() - cpu0
@@ -326,7 +328,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_f
             # end of epoch: eval, best, checkpoint
             s = state["sums"]
             train_m = {"loss": s[0] / max(s[3], 1), "kd": s[1] / max(s[3], 1), "ce": s[2] / max(s[3], 1)}
-            eval_m = evaluate(accelerator.unwrap_model(model), eval_targets, eval_feats, cfg, accelerator, vocab, pad_id) if eval_feats else None
+            eval_m = evaluate(accelerator.unwrap_model(model), eval_targets, eval_feats, cfg, accelerator, pad_id) if eval_feats else None
             score = eval_m["loss"] if eval_m else train_m["loss"]
             rec = {"epoch": epoch + 1, "step": state["step"], "train": train_m, "eval": eval_m,
                    "lr": optimizer.param_groups[0]["lr"], "epoch_wall_s": round(time.time() - t_epoch, 3)}

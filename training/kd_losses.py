@@ -21,8 +21,10 @@ the two (k+1)-bucket distributions — the top-k tokens and one bucket for the r
 computed exactly from its full tempered distribution. By the data-processing inequality this lower-bounds the full
 divergence, and it equals it when ``k = V``.
 
-Student logits may cover more rows than the teacher's usable vocabulary (padded lm_head); callers slice them to
-the teacher's ``V`` first (:func:`select_output_positions` does), as every fused model does.
+Widths: the teacher is a fused model over the experts' full output width W (padded lm_head rows included: the
+parity rule of :mod:`sopmoe_models.experts`) and the student keeps all its rows, so the student learns the
+distribution it will be scored and run with. A student with more rows than W gets teacher probability 0 on the
+extra ones; one with fewer cannot represent the teacher and is refused.
 """
 
 from __future__ import annotations
@@ -67,18 +69,20 @@ def output_mask(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != IGNORE_INDEX
 
 
-def select_output_positions(
-    logits: torch.Tensor, labels: torch.Tensor, vocab_size: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of ``logits`` (B, T, V') that predict an output token: ((N, V) float32, targets (N,)), row-major.
-
-    ``vocab_size`` slices padded lm_head rows away (the usable vocabulary, as in every fused model).
-    """
+def select_output_positions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``logits`` (B, T, W) that predict an output token: ((N, W) float32, targets (N,)), row-major."""
     mask = output_mask(labels)  # (B, T-1)
-    rows = logits[:, :-1][mask]  # (N, V')
-    if vocab_size is not None:
-        rows = rows[:, :vocab_size]
+    rows = logits[:, :-1][mask]  # (N, W)
     return _f(rows), labels[:, 1:][mask]
+
+
+def _fit_teacher(teacher: torch.Tensor, width: int) -> torch.Tensor:
+    """Dense teacher log-probs (N, W_t) on the student's width: extra student rows get log 0; fewer is an error."""
+    w_t = teacher.shape[-1]
+    if w_t > width:
+        raise ValueError(f"the student has {width} output rows but the teacher's distribution covers {w_t}; "
+                         "a student must have at least the experts' output rows")
+    return F.pad(teacher, (0, width - w_t), value=float("-inf")) if w_t < width else teacher
 
 
 def _f(x: torch.Tensor) -> torch.Tensor:
@@ -139,13 +143,16 @@ def kd_per_token(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     log_q = temper(_f(student_logits), temperature)  # (N, V)
     if isinstance(teacher, TopKTeacher):
+        if teacher.ids.numel() and int(teacher.ids.max()) >= log_q.shape[-1]:
+            raise ValueError(f"the teacher's top-k holds id {int(teacher.ids.max())} but the student has only "
+                             f"{log_q.shape[-1]} output rows")
         # (N, K+1) buckets: the top-k tokens and the rest, for both distributions.
         log_p = torch.cat([_f(teacher.logprobs), _f(teacher.tail)[:, None]], dim=-1).to(log_q.dtype)
         log_q = torch.cat([log_q.gather(-1, teacher.ids), _tail_logmass(log_q, teacher.ids)[:, None]], dim=-1)
     else:
-        if teacher.shape != log_q.shape:
+        if teacher.shape[:-1] != log_q.shape[:-1]:
             raise ValueError(f"teacher log-probs {tuple(teacher.shape)} and student logits {tuple(log_q.shape)} differ")
-        log_p = temper(_f(teacher), temperature)
+        log_p = temper(_fit_teacher(_f(teacher), log_q.shape[-1]), temperature)
     return temperature**2 * _divergence(log_p, log_q, kind, beta)
 
 
@@ -164,25 +171,24 @@ def distill_loss(
     task_loss_weight: float = 0.5,
     kind: Divergence = "forward",
     beta: float = 0.5,
-    vocab_size: int | None = None,
     normalizer: float | None = None,
 ) -> DistillLoss:
     """``distill_loss_weight · KD + task_loss_weight · CE``, each averaged per output token.
 
-    ``student_logits`` (B, T, V') and ``labels`` (B, T) with prompt/padding = IGNORE_INDEX. ``teacher`` is either
-    log-probs (B, T, V) aligned with the student (selected here with the same mask) or already one row per output
+    ``student_logits`` (B, T, W_s) and ``labels`` (B, T) with prompt/padding = IGNORE_INDEX. ``teacher`` is either
+    log-probs (B, T, W) aligned with the student (selected here with the same mask) or already one row per output
     token: (N, V) log-probs or a :class:`TopKTeacher`, rows in row-major order of :func:`select_output_positions`.
     ``normalizer`` divides the sums instead of this batch's token count (the trainer passes the token count of
     the whole accumulation window over all processes, so the result does not depend on how a batch is split).
     """
-    s, targets = select_output_positions(student_logits, labels, vocab_size)
+    s, targets = select_output_positions(student_logits, labels)
     n = s.shape[0]
     denom = float(normalizer) if normalizer is not None else float(max(n, 1))
     if teacher is None:  # no teacher: plain fine-tuning on the references (the replay baseline)
         ce = ce_per_token(s, targets).sum() / denom
         return DistillLoss(task_loss_weight * ce, torch.zeros((), device=ce.device), ce.detach(), n)
     if isinstance(teacher, torch.Tensor) and teacher.dim() == 3:
-        teacher, _ = select_output_positions(teacher, labels, vocab_size)
+        teacher, _ = select_output_positions(teacher, labels)
     if len(teacher) != n:
         raise ValueError(f"teacher has {len(teacher)} rows but the batch has {n} output tokens")
     kd_sum = kd_per_token(s, teacher, temperature, kind, beta).sum()

@@ -72,7 +72,7 @@ def _checks(cfg, load_weights: bool) -> list[tuple[str, Callable[[], str]]]:
                                      f"{getattr(pair, role + '_path')}: the checkpoint is damaged or diverged")
             n = sum(p.numel() for p in pair.foundation.parameters())
             return (f"{type(pair.foundation).__name__}, {n / 1e6:.2f}M parameters each, all finite, "
-                    f"usable vocab {pair.vocab_size}")
+                    f"{pair.vocab_size} tokens, {pair.width} output rows")
 
         checks.append(("weights load", weights))
 

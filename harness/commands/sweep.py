@@ -98,7 +98,10 @@ def _score_points(pair, weights, mixes, tasks, metadata, batch_size, limit, cach
 
     cache = ExpertLogprobCache(pair, cache_bytes) if cache_bytes > 0 else None
 
-    task_manager = TaskManager(metadata=metadata)  # the task index is built once for all points
+    from harness.evaluate import sopmoe_task_manager
+
+    # built once for all points; only sopmoe's own task folder (lm-eval's ~15k built-in tasks cost seconds to index)
+    task_manager = sopmoe_task_manager(TaskManager, list(tasks), metadata)
     points: list[dict[str, Any]] = []
     pure: dict[float, dict[str, Any]] = {}  # w in {0, 1}: one expert, the same for every mix
     for mix in mixes:

@@ -187,7 +187,8 @@ class FusedHFLM(HFLM):
 
     # -- the two seams -----------------------------------------------------------------------------------------
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
-        """Fused next-token log-probs (B, T, V) float32; HFLM's log_softmax on them is a no-op (idempotent)."""
+        """Fused next-token log-probs (B, T, W) float32 over every output row (the parity rule). HFLM's log_softmax
+        on them is a no-op in value (idempotent), though it makes one float32 copy."""
         if attn_mask is not None or labels is not None:
             raise NotImplementedError("fused models are decoder-only; seq2seq calls are not supported")
         with torch.inference_mode():

@@ -87,10 +87,10 @@ def cocktail_weights(losses: Sequence[float], temperature: float = COCKTAIL_TEMP
 
 
 def dev_score(model: torch.nn.Module, tokenizer: Any, examples: Sequence[Example], *, style: str = "raw",
-              batch_size: int = 16, vocab_size: int | None = None) -> DevScore:
+              batch_size: int = 16) -> DevScore:
     device = next(model.parameters()).device
     scores = score_examples(model_logprobs(model), tokenizer, examples, style=style, batch_size=batch_size,
-                            device=device, vocab_size=vocab_size)
+                            device=device)
     n = sum(s.n_tokens for s in scores)
     if n == 0:
         raise ValueError("the dev examples have no output tokens to score")
@@ -126,8 +126,7 @@ def auto_merge(
     if unknown or not grid or not all(grid.values()):
         raise ValueError(f"cannot search {unknown or 'nothing'} for {base.method} (parameters: "
                          f"{', '.join(base.module.PARAMETERS)})")
-    score = lambda m: dev_score(m, pair.tokenizer, examples, style=style, batch_size=batch_size,  # noqa: E731
-                                vocab_size=pair.vocab_size)
+    score = lambda m: dev_score(m, pair.tokenizer, examples, style=style, batch_size=batch_size)  # noqa: E731
 
     losses = {"foundation": score(pair.foundation), "sft": score(pair.sft)}
     w_f, w_s = cocktail_weights([losses["foundation"].loss, losses["sft"].loss], temperature)

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair, legacy_fingerprint_matches, load_experts
-from sopmoe_models.fused import FusedLM
+from sopmoe_models.fused import FusedLM, float_out, time_chunks
 from sopmoe_models.outputs import file_sha256
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,33 @@ def build_router(router_type: str, pair: ExpertPair, **kwargs: Any) -> Router:
     return router_class(router_type)(pair, **kwargs)
 
 
-def mix_two(gates: torch.Tensor, lp_f: torch.Tensor, lp_s: torch.Tensor) -> torch.Tensor:
-    """log(g_f p_f + g_s p_s) per position: gates (B, T, 2), log-probs (B, T, V) -> (B, T, V).
+def mix_two(gates: torch.Tensor, lp_f: torch.Tensor, lp_s: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+    """log(g_f p_f + g_s p_s) per position: gates (B, T, 2), log-probs (B, T, W) -> (B, T, W).
 
-    Pairwise ``logaddexp`` (no stacked (B, T, 2, V) tensor); a gate of exactly 0 gives log 0 = -inf, so a forced
-    one-hot gate returns the other expert's log-probs exactly.
+    Pairwise ``logaddexp`` (no stacked (B, T, 2, W) tensor); a gate of exactly 0 gives log 0 = -inf, so a forced
+    one-hot gate returns the other expert's log-probs exactly. Without autograd it runs over time chunks into one
+    output (``lp_f`` itself when ``overwrite``), so no (B, T, W) temporary is made.
     """
     lg = torch.log(gates)
-    return torch.logaddexp(lg[..., 0:1] + lp_f, lg[..., 1:2] + lp_s)
+    if lp_f.dim() != 3 or torch.is_grad_enabled() and (gates.requires_grad or lp_f.requires_grad or lp_s.requires_grad):
+        return torch.logaddexp(lg[..., 0:1] + lp_f, lg[..., 1:2] + lp_s)
+    out = float_out(lp_f, overwrite)
+    for sl in time_chunks(lp_f):
+        out[:, sl] = torch.logaddexp(lg[:, sl, 0:1] + lp_f[:, sl], lg[:, sl, 1:2] + lp_s[:, sl])
+    return out
+
+
+def mix_two_logits(gates: torch.Tensor, z_f: torch.Tensor, z_s: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+    """:func:`mix_two` straight from the experts' logits (B, T, W) in their own dtype: each is log-softmaxed over
+    all its rows chunk by chunk, so neither float32 (B, T, W) log-softmax is ever whole (only the output is)."""
+    if z_f.dim() != 3 or torch.is_grad_enabled() and gates.requires_grad:
+        return mix_two(gates, F.log_softmax(z_f.clone().float(), dim=-1), F.log_softmax(z_s.clone().float(), dim=-1))
+    lg = torch.log(gates)
+    out = float_out(z_f, overwrite)
+    for sl in time_chunks(z_f):
+        out[:, sl] = torch.logaddexp(lg[:, sl, 0:1] + F.log_softmax(z_f[:, sl].float(), dim=-1),
+                                     lg[:, sl, 1:2] + F.log_softmax(z_s[:, sl].float(), dim=-1))
+    return out
 
 
 class Router(FusedLM):

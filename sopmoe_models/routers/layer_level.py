@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair, check_same_architecture
-from sopmoe_models.fused import FusedOutput, position_ids_from_mask
+from sopmoe_models.fused import FusedOutput, position_ids_from_mask, time_chunks
 from sopmoe_models.routers.base import Router, register_router
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
@@ -112,6 +112,21 @@ class LayerLevelRouter(Router):
             total = term if total is None else total + term
         return total
 
+    def _head_logprobs(self, g: torch.Tensor, logits: list[torch.Tensor | None]) -> torch.Tensor:
+        """log_softmax(g_f z_f + g_s z_s) in float32: gates (B, T, 2), logits (B, T, W) in the experts' dtype.
+
+        With autograd (training) on whole tensors; otherwise over time chunks, so no float32 (B, T, W) temporary
+        is made besides the output.
+        """
+        ran = [z for z in logits if z is not None]
+        if torch.is_grad_enabled() and (g.requires_grad or any(z.requires_grad for z in ran)):
+            return F.log_softmax(self._mix(g, [None if z is None else z.float() for z in logits]), dim=-1)
+        out = torch.empty(ran[0].shape, dtype=torch.float32, device=ran[0].device)
+        for sl in time_chunks(ran[0]):
+            mixed = self._mix(g[:, sl], [None if z is None else z[:, sl].float() for z in logits])
+            out[:, sl] = F.log_softmax(mixed, dim=-1)
+        return out
+
     def _active(self) -> tuple[bool, bool]:
         if self.forced_gate is None:
             return (True, True)
@@ -171,8 +186,8 @@ class LayerLevelRouter(Router):
         gates.append(self._gate(self.n_layers + 1, h, ctx))
         logits = [None, None]
         for e in run:
-            z = experts[e].get_output_embeddings()(decs[e].norm(h.to(devs[e])))
-            logits[e] = z[..., : self.vocab_size].float().to(home)
-        logprobs = F.log_softmax(self._mix(gates[-1], logits), dim=-1).to(input_ids.device)
+            # every output row, padded ones included (the parity rule; both experts have the same rows here)
+            logits[e] = experts[e].get_output_embeddings()(decs[e].norm(h.to(devs[e]))).to(home)
+        logprobs = self._head_logprobs(gates[-1], logits).to(input_ids.device)
         gates = torch.stack(gates, dim=2).to(input_ids.device)  # (B, T, L + 2, 2)
         return FusedOutput(logprobs, (tuple(caches), ctx_state) if use_cache else None, gates)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from sopmoe_models.experts import ExpertPair
-from sopmoe_models.fused import FusedOutput, expert_logits
-from sopmoe_models.routers.base import Router, mix_two, register_router
+from sopmoe_models.fused import FusedOutput, expert_logits, target_logprobs
+from sopmoe_models.routers.base import Router, mix_two_logits, register_router
 
 
 @register_router("posterior")
@@ -48,19 +48,19 @@ class PosteriorRouter(Router):
             attention_mask = torch.ones_like(input_ids)
         b, t = input_ids.shape
         caches, cum, last_lp = state if state is not None else ((None, None), None, None)
-        lps, new_caches = [], []
+        zs, new_caches = [], []
         with torch.inference_mode():
             for model, cache in zip(self.pair.experts, caches):
                 # Every position's distribution is needed: each new token's likelihood comes from the one before.
-                z, c, _ = expert_logits(model, input_ids, attention_mask, self.vocab_size, cache=cache, use_cache=use_cache)
-                lps.append(F.log_softmax(z, dim=-1))  # (B, T, V)
+                z, c, _ = expert_logits(model, input_ids, attention_mask, self.width, cache=cache, use_cache=use_cache)
+                zs.append(z)  # (B, T, W) logits over all the expert's rows, its dtype
                 new_caches.append(c)
             # log p_e(x_s | x_<s) of each new token s: position s-1 predicts it; the first uses the previous step.
-            tok = input_ids.to(lps[0].device)
+            tok = input_ids.to(zs[0].device)
             ll = torch.zeros(b, t, 2, device=tok.device)
-            for e, lp in enumerate(lps):
+            for e, z in enumerate(zs):
                 if t > 1:
-                    ll[:, 1:, e] = lp[:, :-1].gather(-1, tok[:, 1:, None]).squeeze(-1)
+                    ll[:, 1:, e] = target_logprobs(z[:, :-1], tok[:, 1:])
                 if last_lp is not None:
                     ll[:, 0, e] = last_lp[e].gather(-1, tok[:, :1]).squeeze(-1)
             # A token counts when it and the token before it are real (padding adds nothing).
@@ -68,10 +68,12 @@ class PosteriorRouter(Router):
             valid = m[:, -t:] * F.pad(m, (1, 0))[:, -t - 1 : -1]
             run = (ll * valid[:, :, None]).cumsum(dim=1) + (cum[:, None] if cum is not None else 0.0)  # (B, T, 2)
             gates = self._forced(torch.softmax(self.log_prior.to(run.device) + run / self.temperature, dim=-1))
-            new_state = (tuple(new_caches), run[:, -1], tuple(lp[:, -1] for lp in lps)) if use_cache else None
+            new_state = None
+            if use_cache:  # the last position's log-probs (B, W) score the next token
+                new_state = (tuple(new_caches), run[:, -1], tuple(F.log_softmax(z[:, -1].float(), dim=-1) for z in zs))
             if last_only:
-                gates, lps = gates[:, -1:], [lp[:, -1:] for lp in lps]
-            mix = mix_two(gates, lps[0], lps[1])  # (B, T, V)
+                gates, zs = gates[:, -1:], [z[:, -1:] for z in zs]
+            mix = mix_two_logits(gates, zs[0], zs[1], overwrite=True)  # (B, T, W)
         return FusedOutput(mix, new_state, gates)
 
     @torch.inference_mode()
@@ -79,8 +81,8 @@ class PosteriorRouter(Router):
         """Σ_s log p_e(x_s | x_<s) over each whole sequence, prompt included: (B, 2)."""
         rows = []
         for model in self.pair.experts:
-            z, _, _ = expert_logits(model, input_ids, attention_mask, self.vocab_size)
-            lp = F.log_softmax(z[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None].to(z.device)).squeeze(-1)
+            z, _, _ = expert_logits(model, input_ids, attention_mask, self.width)
+            lp = target_logprobs(z[:, :-1], input_ids[:, 1:].to(z.device))
             rows.append((lp * attention_mask[:, 1:].to(lp.device) * attention_mask[:, :-1].to(lp.device)).sum(-1))
         return torch.stack(rows, dim=-1)
 

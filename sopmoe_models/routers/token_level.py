@@ -8,7 +8,7 @@ gate over two frozen experts instead of a defer/no-defer decision::
 
 trained by the mixture's NLL on output tokens (:mod:`sopmoe_models.routers.losses`). ``rms`` is a parameter-free
 RMS normalisation, so the features have unit scale whatever the experts' hidden-state scale. W_2 starts at zero:
-an untrained router is the 0.5/0.5 probability ensemble. Training never builds the (B, T, V) mixture: the experts
+an untrained router is the 0.5/0.5 probability ensemble. Training never builds the (B, T, W) mixture: the experts
 run once under ``torch.inference_mode()`` and only each expert's log-prob of the target token is kept.
 """
 
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sopmoe_models.experts import ExpertPair
-from sopmoe_models.fused import FusedOutput, expert_logits
-from sopmoe_models.routers.base import Router, mix_two, register_router
+from sopmoe_models.fused import FusedOutput, expert_logits, target_logprobs
+from sopmoe_models.routers.base import Router, mix_two_logits, register_router
 
 
 def _hidden_size(model: nn.Module) -> int:
@@ -48,7 +48,7 @@ class TokenLevelRouter(Router):
         outs = []
         for model, cache in zip(self.pair.experts, caches):
             z, c, hs = expert_logits(
-                model, input_ids, attention_mask, self.vocab_size,
+                model, input_ids, attention_mask, self.width,
                 cache=cache, use_cache=use_cache, last_only=last_only, output_hidden_states=True,
             )
             h = hs[-1][:, -1:] if last_only else hs[-1]
@@ -61,19 +61,19 @@ class TokenLevelRouter(Router):
         caches = state if state is not None else (None, None)
         with torch.inference_mode():
             (z_f, c_f, h_f), (z_s, c_s, h_s) = self._experts(input_ids, attention_mask, caches, use_cache, last_only)
-            lp_f, lp_s = F.log_softmax(z_f, dim=-1), F.log_softmax(z_s, dim=-1)
         if torch.is_grad_enabled():  # autograd through the router (never the experts) needs normal tensors
-            lp_f, lp_s, h_f, h_s = (x.clone() for x in (lp_f, lp_s, h_f, h_s))
+            h_f, h_s = h_f.clone(), h_s.clone()
         gates = self.gates_from_hidden(h_f, h_s)  # (B, T, 2)
-        mix = mix_two(gates, lp_f, lp_s)
+        with torch.inference_mode(not gates.requires_grad):
+            # each expert log-softmaxed over all its rows, mixed chunk by chunk into z_f's memory when it is float32
+            mix = mix_two_logits(gates, z_f, z_s, overwrite=True)
         return FusedOutput(mix, (c_f, c_s) if use_cache else None, gates)
 
     def target_logprobs(self, input_ids, attention_mask, targets):
         with torch.inference_mode():
             (z_f, _, h_f), (z_s, _, h_s) = self._experts(input_ids, attention_mask, (None, None), False, False)
-            idx = targets.unsqueeze(-1)
-            # log p_e(y) = z_e[y] - logsumexp(z_e): no (B, T, V) log-softmax is materialised.
-            tgt = torch.cat([z[:, :-1].gather(-1, idx) - z[:, :-1].logsumexp(-1, keepdim=True) for z in (z_f, z_s)], -1)
+            # log p_e(y) = z_e[y] - logsumexp(z_e) over time chunks: no (B, T, W) log-softmax is materialised.
+            tgt = torch.stack([target_logprobs(z[:, :-1], targets) for z in (z_f, z_s)], -1)
             h_f, h_s = h_f[:, :-1], h_s[:, :-1]
         tgt, h_f, h_s = tgt.clone(), h_f.clone(), h_s.clone()  # (B, T-1, 2), (B, T-1, H) out of inference mode
         gates = self.gates_from_hidden(h_f, h_s)
