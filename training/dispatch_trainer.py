@@ -34,7 +34,7 @@ def expert_nll(pair: ExpertPair, examples: list[Example], style: str, batch_size
     cols = []
     for model in pair.experts:
         scores = score_examples(model_logprobs(model), pair.tokenizer, examples, style=style, batch_size=batch_size,
-                                device=model.get_input_embeddings().weight.device, vocab_size=pair.vocab_size)
+                                device=model.get_input_embeddings().weight.device)
         cols.append(torch.tensor([-s.loglik / max(s.n_tokens, 1) for s in scores]))
     return torch.stack(cols, dim=1)
 
