@@ -31,7 +31,9 @@ way. When a row accepts all k drafts, the drafter has not read d_k yet; the next
 (a two-column step, the first column a hole for rows without such a token).
 
 ``num_draft_tokens`` k is fixed (``schedule="constant"``) or adapted per round (``"heuristic"``, transformers'
-``num_assistant_tokens_schedule``: k + 2 after a round where every row accepted all k, else k - 1, at least 1).
+``num_assistant_tokens_schedule``: k + 2 after a round where the row accepted all k, else k - 1, at least 1; in a
+batch, k + 2 when at least a third of the rows did). ``confidence`` (transformers' ``assistant_confidence_threshold``)
+ends a round's drafting early once the drafter's own probability of every row's draft is below it.
 Why not transformers' own assisted generation (``generate(assistant_model=...)``): it drives a ``PreTrainedModel``
 whose cache is one transformers ``Cache``, and refuses batches ("assisted generate is only supported for
 batch_size = 1", transformers 5.24); a fused model is two models plus router state, decoded in left-padded batches.
@@ -56,7 +58,14 @@ from sopmoe_models.experts import (
     load_tokenizer,
     output_cache,
 )
-from sopmoe_models.fused import Decoding, FusedLM, GenerationResult, cut_at_stop, position_ids_from_mask
+from sopmoe_models.fused import (
+    Decoding,
+    FusedLM,
+    GenerationResult,
+    crop_caches,
+    cut_at_stop,
+    position_ids_from_mask,
+)
 
 log = logging.getLogger(__name__)
 
@@ -352,9 +361,7 @@ def speculative_generate(
             # The drafter read [pending?] + [last, d_1..d_{k-1}] (k columns); a row keeps min(n + 1, k) of those k.
             dkeep = keep.clamp(max=k)
             dmax = int(dkeep.max())
-            crop = k - dmax
-            if crop:
-                dcache.crop(-crop)
+            crop_caches((dcache,), k - dmax)
             dmask = dmask[:, : d_start + dmax].clone()
             dmask[:, d_start:] = (torch.arange(dmax, device=dev) < dkeep[:, None]).to(dmask.dtype)
             has_pending = n == k  # every draft accepted: d_k is accepted but unread by the drafter
@@ -363,7 +370,11 @@ def speculative_generate(
         # (k = 0 only when every row has one token of room left: this round ended the decode above)
         last = tokens.gather(1, n[:, None]).squeeze(1)
         if drafter.schedule == "heuristic" and k > 0:
-            k_sched = min(k_sched + 2, MAX_DRAFT_TOKENS) if all(n_list[b] == k for b in active) else max(1, k_sched - 1)
+            # transformers' rule at batch 1 (k + 2 when every draft was accepted, else k - 1); in a batch, + 2 when at
+            # least a third of the rows accepted every draft (the same balance point: k grows while a full
+            # acceptance is at least 1/3 likely), since rows advance independently of each other
+            full = sum(n_list[b] == k for b in active)
+            k_sched = min(k_sched + 2, MAX_DRAFT_TOKENS) if 3 * full >= len(active) else max(1, k_sched - 1)
 
     n_max = max(len(r) for r in rows)
     sequences = torch.full((B, n_max), d.pad, dtype=torch.long, device=dev)
