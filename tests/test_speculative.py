@@ -18,6 +18,16 @@ PROMPTS = ["计算 12+7 等于多少\n答:", "您好\n答:", "请按照SOP流程
 FUSED = ["ensemble", "ensemble_logit", "posterior", "token_level", "layer_level"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread; with two on a busy 2-core machine a 32-wide linear layer took 6.6 ms
+    instead of 10 us (OpenMP threads waiting for each other). Restored afterwards for the other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _enc(pair, texts):
     enc = pair.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     return enc["input_ids"], enc["attention_mask"]
@@ -54,8 +64,11 @@ def drafters(tiny_pair, tiny_pair_dirs, random_dir):
 @pytest.mark.parametrize("rows", [[1], [0, 1, 2]], ids=["batch1", "padded3"])
 @pytest.mark.parametrize("drafter", ["foundation", "random"])
 @pytest.mark.parametrize("fused", FUSED)
-def test_greedy_output_is_the_fused_models_own(tiny_pair, drafters, fused, drafter, rows):
+def test_greedy_output_is_the_fused_models_own(tiny_pair, drafters, fused, drafter, rows, monkeypatch):
     model = _fused(fused, tiny_pair)
+    keeps = []  # per round, the tokens each row kept: rows that reject early leave holes no later token may see
+    commit = model.commit_state
+    monkeypatch.setattr(model, "commit_state", lambda state, keep, n: (keeps.append(keep.tolist()), commit(state, keep, n))[1])
     ids, mask = _enc(tiny_pair, [PROMPTS[i] for i in rows])
     plain = model.generate(ids, mask, max_new_tokens=24, eos_token_id=[])
     spec = model.generate(ids, mask, max_new_tokens=24, eos_token_id=[], draft=drafters[drafter])
@@ -66,20 +79,8 @@ def test_greedy_output_is_the_fused_models_own(tiny_pair, drafters, fused, draft
         assert (spec.gates - plain.gates).abs().max() < 1e-4
     s = spec.speculation
     assert s.drafted > 0 and 0 <= s.accepted <= s.drafted and s.tokens == 23 * len(rows)  # the first is prefill's
-
-
-@pytest.mark.parametrize("fused", FUSED)
-def test_rows_accepting_different_lengths_roll_back_their_own_state(tiny_pair, drafters, fused, monkeypatch):
-    """Batched: a row that rejects early leaves holes that no later token sees (per-row router state included)."""
-    model = _fused(fused, tiny_pair)
-    keeps = []
-    commit = model.commit_state
-    monkeypatch.setattr(model, "commit_state", lambda state, keep, n: (keeps.append(keep.tolist()), commit(state, keep, n))[1])
-    ids, mask = _enc(tiny_pair, PROMPTS)
-    plain = model.generate(ids, mask, max_new_tokens=32, eos_token_id=[])
-    spec = model.generate(ids, mask, max_new_tokens=32, eos_token_id=[], draft=drafters["foundation"])
-    assert torch.equal(spec.sequences, plain.sequences)
-    assert any(len(set(k)) > 1 for k in keeps)  # rows really kept different numbers of tokens in one round
+    if drafter == "foundation" and len(rows) > 1:
+        assert any(len(set(k)) > 1 for k in keeps)  # rows really kept different numbers of tokens in one round
 
 
 @pytest.mark.parametrize("fused", ["ensemble", "posterior", "layer_level"])
@@ -114,7 +115,7 @@ def test_heuristic_schedule_grows_k_while_everything_is_accepted(tiny_pair, tiny
 
 
 def test_eos_and_stop_strings_end_rows_at_the_same_token(tiny_pair, drafters):
-    model = _fused("posterior", tiny_pair)
+    model = _fused("ensemble", tiny_pair)
     ids, mask = _enc(tiny_pair, PROMPTS)
     free = model.generate(ids, mask, max_new_tokens=30, eos_token_id=[])
     rows = free.sequences.tolist()
