@@ -6,8 +6,8 @@ Random Qwen3 pairs with the test bed's character tokenizer (built from the shipp
 written by ``sopmoe demo`` (``DIR/testbed/{foundation,sft}``, ``DIR/btm/<router>/best_router.safetensors``, the
 distilled student ``DIR/distill/best_student``; prompts from ``DIR/testbed/data/eval``). For each:
 
-- generation: greedy, batch 1 and 8 (left padded), exactly ``--new_tokens`` new tokens (EOS disabled on both sides)
-  or, with ``--eos``, up to EOS (tokens/s counts the tokens each row really generated). Tokens/s of HF ``generate``
+- generation: greedy, the same 8 prompts in batches of 1 and of 8 (left padded), exactly ``--new_tokens`` new tokens
+  (EOS disabled on both sides) or, with ``--eos``, up to EOS (tokens/s counts the tokens each row really generated). Tokens/s of HF ``generate``
   on one expert (``hf``), of each fused model's own loop (``plain``), and of each fused model with each drafter
   (speculative decoding, :mod:`sopmoe_models.speculative`), with the drafter's acceptance rate, the tokens a row
   gains per fused forward, and whether the speculative output is identical to the plain one (``same``).
@@ -23,7 +23,7 @@ and, by default, the process's CPU seconds: on a shared machine other jobs stret
 longer-running ensemble, so best-of wall times bias the ratio against it (``--clock wall`` to see). Usage::
 
     python benchmarks/bench_generate.py [--shapes testbed,large] [--bed DIR] [--threads 1] [--repeats 3]
-        [--clock cpu|wall] [--drafters foundation,random] [--num_draft_tokens 4] [--draft_schedule heuristic] [--eos]
+        [--clock cpu|wall] [--drafters foundation,random] [--num_draft_tokens 8] [--draft_schedule heuristic] [--eos]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from sopmoe_models.ensemble import EnsembleLM
 from sopmoe_models.experts import load_experts
 from sopmoe_models.prompt import format_prompt
 from sopmoe_models.routers.stats import generated_lengths
-from sopmoe_models.speculative import Drafter, load_drafter
+from sopmoe_models.speculative import Drafter, SpeculationStats, load_drafter
 
 CLOCK = time.process_time  # --clock; set in main()
 LL_TASKS = ["sop_strict", "reasoning", "mixed", "eval"]
@@ -53,29 +53,38 @@ LL_TASKS = ["sop_strict", "reasoning", "mixed", "eval"]
 
 def bench_generation(pair, fused: dict, drafters: dict[str, Drafter], prompts: list[str], batch: int,
                      new_tokens: int, repeats: int, eos: bool) -> list[dict]:
-    """One row per (fused model, drafter or None): tok/s of HF, plain and speculative decoding, all timed together."""
+    """One row per (fused model, drafter or None): tok/s of HF, plain and speculative decoding, all timed together.
+
+    Every timed function answers all ``prompts`` (8), in left-padded batches of ``batch``: batch 1 is eight
+    one-prompt decodes, so a short or atypical first prompt does not decide the number."""
     tok = pair.tokenizer
-    enc = [{"input_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts[:batch]]
-    b = collate(enc, tok.pad_token_id, padding_side="left")
-    ids, mask = b["input_ids"], b["attention_mask"]
+    batches = []
+    for i in range(0, len(prompts), batch):
+        enc = [{"input_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts[i : i + batch]]
+        b = collate(enc, tok.pad_token_id, padding_side="left")
+        batches.append((b["input_ids"], b["attention_mask"]))
     model = pair.foundation
     eos_ids = [tok.eos_token_id] if eos else []
+    pad = tok.pad_token_id if eos else None
     model.generation_config.eos_token_id = tok.eos_token_id if eos else None  # EOS off: new_tokens on both sides
     produced: dict[str, int] = {}  # tokens each timed function generates (the same on every call: greedy)
-    results: dict[str, object] = {}
+    results: dict[str, list] = {}
 
     def hf():
+        n = 0
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        gen = out[:, ids.shape[1]:]
-        produced["hf"] = sum(generated_lengths(gen, eos_ids, tok.pad_token_id if eos else None))
+            for ids, mask in batches:
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+                n += sum(generated_lengths(out[:, ids.shape[1]:], eos_ids, pad))
+        produced["hf"] = n
 
     def run(name, m, drafter=None):
         def go():
-            out = m.generate(ids, mask, max_new_tokens=new_tokens, eos_token_id=eos_ids, draft=drafter)
-            produced[name] = sum(generated_lengths(out.sequences, eos_ids, tok.pad_token_id if eos else None))
-            results[name] = out
+            outs = [m.generate(ids, mask, max_new_tokens=new_tokens, eos_token_id=eos_ids, draft=drafter)
+                    for ids, mask in batches]
+            produced[name] = sum(sum(generated_lengths(o.sequences, eos_ids, pad)) for o in outs)
+            results[name] = outs
 
         return go
 
@@ -91,11 +100,13 @@ def bench_generation(pair, fused: dict, drafters: dict[str, Drafter], prompts: l
         plain = results[fname]
         rows.append({"fused": fname, "drafter": "-", "hf": rate["hf"], "tok/s": rate[fname]})
         for dname in drafters:
-            r = results[f"{fname}+{dname}"]
+            outs = results[f"{fname}+{dname}"]
+            stats = SpeculationStats()
+            for o in outs:
+                stats.add(o.speculation)
             rows.append({"fused": fname, "drafter": dname, "hf": rate["hf"], "tok/s": rate[f"{fname}+{dname}"],
-                         "plain": rate[fname], "acceptance": r.speculation.acceptance_rate,
-                         "per_round": r.speculation.tokens_per_round,
-                         "same": torch.equal(r.sequences, plain.sequences)})
+                         "plain": rate[fname], "acceptance": stats.acceptance_rate, "per_round": stats.tokens_per_round,
+                         "same": all(torch.equal(o.sequences, p.sequences) for o, p in zip(outs, plain))})
     return rows
 
 
@@ -193,7 +204,7 @@ def main() -> None:
     ap.add_argument("--bed", default=None, help="a `sopmoe demo` output folder (trained experts, routers, student)")
     ap.add_argument("--routers", default="token_level", help="--bed: routers timed besides the ensemble")
     ap.add_argument("--drafters", default="student,foundation,random", help="drafters timed (where they exist)")
-    ap.add_argument("--num_draft_tokens", type=int, default=4)
+    ap.add_argument("--num_draft_tokens", type=int, default=8)
     ap.add_argument("--draft_schedule", choices=["constant", "heuristic"], default="heuristic")
     ap.add_argument("--draft_confidence", type=float, default=0.0, help="end drafting below this draft probability")
     ap.add_argument("--eos", action="store_true", help="stop rows at EOS (default: exactly --new_tokens tokens)")

@@ -85,7 +85,7 @@ class GenerationConfig(_Section):
     batch_size: int = Field(8, gt=0, description="prompts per left-padded batch in `sopmoe generate --eval_file`")
     draft: str | None = Field(None, description="speculative decoding: a drafter model folder sharing the experts' "
                               "tokenizer, or auto = <distill.output_dir>/best_student; None = off")
-    num_draft_tokens: int = Field(4, gt=0, description="draft tokens per round (the first k of the heuristic schedule)")
+    num_draft_tokens: int = Field(8, gt=0, description="draft tokens per round (the first k of the heuristic schedule)")
     draft_schedule: Literal["constant", "heuristic"] = Field(
         "heuristic", description="constant k, or heuristic: k + 2 after a fully accepted round, else k - 1")
     draft_confidence: float = Field(0.0, ge=0, lt=1, description="stop a round's drafting once every row's draft "

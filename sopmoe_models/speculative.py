@@ -120,7 +120,7 @@ class Drafter:
 
     model: torch.nn.Module
     vocab_size: int  # the fused model's usable vocabulary (the drafter's lm_head may have padded rows beyond it)
-    num_draft_tokens: int = 4
+    num_draft_tokens: int = 8
     schedule: Schedule = "heuristic"
     path: str | None = None
     confidence: float = 0.0  # end a round's drafting once every row's draft has drafter probability below this
@@ -181,7 +181,7 @@ def load_drafter(
     path: str | Path,
     pair: ExpertPair,
     *,
-    num_draft_tokens: int = 4,
+    num_draft_tokens: int = 8,
     schedule: Schedule = "heuristic",
     confidence: float = 0.0,
     device: str | None = None,

@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="speculative decoding with this drafter (a model folder sharing the experts' tokenizer), or "
                         "auto = <distill.output_dir>/best_student; same greedy output, fewer fused forwards")
     p.add_argument("--num_draft_tokens", dest="generation.num_draft_tokens", type=int, default=None,
-                   help="draft tokens per round (default 4; the start value of the heuristic schedule)")
+                   help="draft tokens per round (default 8; the start value of the heuristic schedule)")
     p.add_argument("--draft_schedule", dest="generation.draft_schedule", choices=["constant", "heuristic"],
                    default=None, help="constant k, or heuristic (default): k + 2 after a fully accepted round, else k - 1")
     p.add_argument("--draft_confidence", dest="generation.draft_confidence", type=finite_float, default=None,

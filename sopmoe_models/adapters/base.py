@@ -14,7 +14,7 @@ Model arguments come from ``config=PATH`` (a sopmoe YAML), overridden by explici
 plus each subclass's own (:attr:`FusedHFLM.MODEL_ARGS`, e.g. ``foundation_weight`` -> ``ensemble.foundation_weight``),
 plus speculative decoding of generation requests (:mod:`sopmoe_models.speculative`; the same greedy output)::
 
-    draft=DIR|auto, num_draft_tokens=4, draft_schedule=constant|heuristic, draft_confidence=0.0
+    draft=DIR|auto, num_draft_tokens=8, draft_schedule=constant|heuristic, draft_confidence=0.0
 
 (``auto``: the distilled student ``<distill.output_dir>/best_student`` of the config, when it exists). The drafter's
 acceptance rate is recorded in lm-eval's results under ``config.sopmoe.speculation``.
