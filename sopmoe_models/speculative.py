@@ -32,7 +32,7 @@ way. When a row accepts all k drafts, the drafter has not read d_k yet; the next
 
 ``num_draft_tokens`` k is fixed (``schedule="constant"``) or adapted per round (``"heuristic"``, transformers'
 ``num_assistant_tokens_schedule``: k + 2 after a round where the row accepted all k, else k - 1, at least 1; in a
-batch, k + 2 when at least a third of the rows did). ``confidence`` (transformers' ``assistant_confidence_threshold``)
+batch, k + 2 only while the rows that accepted all k would gain more from another draft than it costs the batch). ``confidence`` (transformers' ``assistant_confidence_threshold``)
 ends a round's drafting early once the drafter's own probability of every row's draft is below it.
 Why not transformers' own assisted generation (``generate(assistant_model=...)``): it drives a ``PreTrainedModel``
 whose cache is one transformers ``Cache``, and refuses batches ("assisted generate is only supported for
@@ -370,11 +370,16 @@ def speculative_generate(
         # (k = 0 only when every row has one token of room left: this round ended the decode above)
         last = tokens.gather(1, n[:, None]).squeeze(1)
         if drafter.schedule == "heuristic" and k > 0:
-            # transformers' rule at batch 1 (k + 2 when every draft was accepted, else k - 1); in a batch, + 2 when at
-            # least a third of the rows accepted every draft (the same balance point: k grows while a full
-            # acceptance is at least 1/3 likely), since rows advance independently of each other
+            # Grow k while one more draft is worth its cost: the rows that accepted all k drafts (`full`) would each
+            # gain about `alpha` tokens from a (k+1)-th, for one more drafter forward, against the round's `gain`
+            # tokens for k drafter forwards plus the fused model's two. At batch 1 this is transformers' rule exactly
+            # (k + 2 when every draft was accepted, else k - 1); in a batch it keeps the drafter from running long
+            # for the few rows that copy well while the others reject early (every draft step costs the whole batch).
             full = sum(n_list[b] == k for b in active)
-            k_sched = min(k_sched + 2, MAX_DRAFT_TOKENS) if 3 * full >= len(active) else max(1, k_sched - 1)
+            alpha = sum(n_list[b] for b in active) / (k * len(active))
+            gain = sum(n_list[b] + 1 for b in active)
+            grow = full * alpha * (k + 2) > gain
+            k_sched = min(k_sched + 2, MAX_DRAFT_TOKENS) if grow else max(1, k_sched - 1)
 
     n_max = max(len(r) for r in rows)
     sequences = torch.full((B, n_max), d.pad, dtype=torch.long, device=dev)
