@@ -172,7 +172,7 @@ def beds(args, tmp: Path, tok):
         if "foundation" in wanted:
             drafters["foundation"] = load_drafter(dirs[0], pair, **kw)
         if "random" in wanted:
-            drafters["random"] = Drafter(random_drafter(pair), pair.vocab_size, **kw)
+            drafters["random"] = Drafter(random_drafter(pair), pair.width, **kw)
         fused = {"ensemble": EnsembleLM(pair, 0.5, 0.5, "prob")}
         yield f"{shape} (h{spec.hidden_size}, L{spec.num_layers}, V{pair.vocab_size})", pair, fused, drafters, shipped, dirs[0]
     if args.bed:
@@ -189,7 +189,7 @@ def beds(args, tmp: Path, tok):
         if "foundation" in wanted:
             drafters["foundation"] = load_drafter(tb / "foundation", pair, **kw)
         if "random" in wanted:
-            drafters["random"] = Drafter(random_drafter(pair), pair.vocab_size, **kw)
+            drafters["random"] = Drafter(random_drafter(pair), pair.width, **kw)
         data = sorted((tb / "data" / "eval").glob("*.jsonl"))
         exs = [ex for f in data if f.stem in LL_TASKS for ex in load_jsonl(f)]
         prompts = [format_prompt(ex.input) for ex in exs[:: max(1, len(exs) // 8)]][:8]

@@ -26,6 +26,11 @@ at the cost of cache columns that no token attends to (at most k per row and rou
 State that is not a KV cache (posterior's running likelihoods, layer_level's context sums) is taken per row at its
 last kept token: :meth:`~sopmoe_models.fused.FusedLM.commit_state`.
 
+Vocabulary: every distribution here is over the fused model's full output width W, padded lm_head rows included
+(the parity rule of :mod:`sopmoe_models.experts`): the fused argmax and sampling see every row, as the one-token loop
+does, and the drafter's logits are laid on the same W rows (:meth:`Drafter.step`), so a padded id the fused model
+would emit is emitted here too, and can be drafted and accepted.
+
 The drafter reads only accepted tokens: the tokens it drafted and that were rejected are cropped or masked the same
 way. When a row accepts all k drafts, the drafter has not read d_k yet; the next round feeds it before ``last``
 (a two-column step, the first column a hole for rows without such a token).
@@ -119,12 +124,15 @@ class Drafter:
     """
 
     model: torch.nn.Module
-    vocab_size: int  # the fused model's usable vocabulary (the drafter's lm_head may have padded rows beyond it)
+    width: int  # the fused model's output width W: its distributions cover every expert row, padded ones included
     num_draft_tokens: int = 8
     schedule: Schedule = "heuristic"
     path: str | None = None
     confidence: float = 0.0  # end a round's drafting once every row's draft has drafter probability below this
     stats: SpeculationStats = field(default_factory=SpeculationStats)
+    # what the drafter reads for an id past its input embeddings (a padded id of a wider fused model): a token it has
+    # (load_drafter: the tokenizer's unk, else pad). Drafts stay proposals, so outputs are unchanged either way.
+    substitute_id: int = 0
 
     def __post_init__(self):
         if int(self.num_draft_tokens) < 1:
@@ -136,17 +144,31 @@ class Drafter:
             raise ValueError(f"draft confidence must be in [0, 1), got {self.confidence!r}")
         self.device = self.model.get_output_embeddings().weight.device
         self._cache_kw = cache_kwarg(self.model)
+        self.input_rows = int(self.model.get_input_embeddings().weight.shape[0])
+        if not 0 <= int(self.substitute_id) < self.input_rows:
+            raise ValueError(f"substitute_id {self.substitute_id!r} is not an id the drafter can read")
 
     def describe(self) -> dict[str, Any]:
         return {"draft": self.path, "num_draft_tokens": self.num_draft_tokens, "draft_schedule": self.schedule,
                 "draft_confidence": self.confidence, **self.stats.as_dict()}
 
     def step(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, plain: bool) -> tuple[torch.Tensor, Any]:
-        """Read ``ids`` (B, T) after ``cache``; returns next-token logits (B, V) float32 and the cache.
+        """Read ``ids`` (B, T) after ``cache``; returns next-token logits (B, W) float32 and the cache.
+
+        The parity rule (:mod:`sopmoe_models.experts`) on the drafter's side: its distribution is its softmax over
+        all its output rows, padded ones included, laid on the fused model's W rows (ids past the drafter's own rows
+        get -inf; rows past W, ids the fused model never emits, are dropped), so drafts, the draft distribution q
+        and the fused distributions p are over the same ids. The fused model may emit padded ids past the drafter's
+        input embeddings (a narrower drafter): it reads ``substitute_id`` there instead. Its drafts then come from a
+        slightly different context, which costs acceptance only: greedy verification keeps the fused argmax, and
+        rejection sampling is exact for any draft distribution that depends on the prefix alone.
 
         ``plain``: ``mask`` is all ones (no padding, no holes), so no mask is passed (cheaper, same attention)."""
         n, t = mask.shape[1], ids.shape[1]
-        kw: dict[str, Any] = {"input_ids": ids.to(self.device), "use_cache": True, "logits_to_keep": 1}
+        ids = ids.to(self.device)
+        if self.input_rows < self.width:
+            ids = ids.masked_fill(ids >= self.input_rows, int(self.substitute_id))
+        kw: dict[str, Any] = {"input_ids": ids, "use_cache": True, "logits_to_keep": 1}
         if plain:
             kw["position_ids"] = torch.arange(n - t, n, device=self.device).expand(ids.shape[0], -1)
         else:
@@ -156,7 +178,10 @@ class Drafter:
         if cache is not None:
             kw[self._cache_kw] = cache
         out = self.model(**kw)
-        return out.logits[:, -1, : self.vocab_size].float().to(ids.device), output_cache(out)
+        z = out.logits[:, -1].float()
+        if z.shape[-1] < self.width:
+            z = F.pad(z, (0, self.width - z.shape[-1]), value=float("-inf"))
+        return z[:, : self.width].to(mask.device), output_cache(out)
 
 
 def resolve_draft(draft: str | None, distill_output_dir: str | Path | None = None) -> str | None:
@@ -198,26 +223,29 @@ def load_drafter(
     rows = model.get_output_embeddings().weight.shape[0]
     if rows < pair.vocab_size:
         raise ExpertMismatchError(f"drafter {path} has {rows} output rows, fewer than the experts' {pair.vocab_size} tokens")
-    return Drafter(model, pair.vocab_size, num_draft_tokens, schedule, str(path), confidence)
+    tok = pair.tokenizer
+    substitute = tok.unk_token_id if tok.unk_token_id is not None else tok.pad_token_id
+    return Drafter(model, pair.width, num_draft_tokens, schedule, str(path), confidence, substitute_id=int(substitute or 0))
 
 
 def _warp(d: Decoding, scores: torch.Tensor) -> torch.Tensor:
-    """The fused model's sampling distribution from log-probs or logits (..., V): temperature, top-p, softmax."""
+    """The fused model's sampling distribution from log-probs or logits (..., W): temperature, top-p, softmax."""
     shape = scores.shape
     flat = scores.reshape(-1, shape[-1])
     return F.softmax(d.warpers(None, flat), dim=-1).reshape(shape)
 
 
 def _sample(probs: torch.Tensor, d: Decoding) -> torch.Tensor:
-    """One token per row of ``probs`` (B, V) with the call's generator (on CPU, as the plain loop samples)."""
+    """One token per row of ``probs`` (B, W) with the call's generator (on CPU, as the plain loop samples)."""
     return torch.multinomial(probs.cpu(), 1, generator=d.generator).squeeze(1).to(probs.device)
 
 
 def verify_greedy(drafts: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy verification: ``drafts`` (B, k), fused ``logprobs`` (B, k + 1, V) at [last, d_1..d_k].
+    """Greedy verification: ``drafts`` (B, k), fused ``logprobs`` (B, k + 1, W) at [last, d_1..d_k].
 
     Returns (n (B,) accepted drafts per row, tokens (B, k + 1)): the first n + 1 of ``tokens`` are what the row emits
-    (its accepted drafts, which equal the fused argmax, then the fused argmax after them)."""
+    (its accepted drafts, which equal the fused argmax, then the fused argmax after them). The argmax is over all W
+    rows, padded ones included, as in :meth:`FusedLM.generate`'s one-token loop (the parity rule)."""
     target = logprobs.argmax(-1)  # (B, k + 1)
     n = (drafts == target[:, :-1]).long().cumprod(1).sum(1)
     return n, target
@@ -226,7 +254,7 @@ def verify_greedy(drafts: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.T
 def verify_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, d: Decoding) -> tuple[torch.Tensor, torch.Tensor]:
     """Speculative rejection sampling (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023, Algorithm 2).
 
-    ``drafts`` (B, k) drawn from the drafter's (warped) distributions ``q`` (B, k, V); ``p`` (B, k + 1, V) the fused
+    ``drafts`` (B, k) drawn from the drafter's (warped) distributions ``q`` (B, k, W); ``p`` (B, k + 1, W) the fused
     model's (warped) distributions at [last, d_1..d_k]. Draft i is accepted with probability min(1, p_i(d_i)/q_i(d_i));
     at the first rejection the row draws from the residual norm(max(p_i - q_i, 0)), after k acceptances from p_{k+1}.
     Returns (n (B,), tokens (B, k + 1)) as :func:`verify_greedy`.
@@ -237,7 +265,7 @@ def verify_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, d: De
     u = torch.rand(b, k, generator=d.generator).to(p.device)
     n = (u * q_d < p_d).long().cumprod(1).sum(1)  # u < p/q without dividing (q_d > 0: d was drawn from q)
     rows = torch.arange(b, device=p.device)
-    p_n = p[rows, n]  # (B, V)
+    p_n = p[rows, n]  # (B, W)
     q_n = torch.cat([q, torch.zeros_like(p[:, :1])], 1)[rows, n]  # q_{k+1} = 0: the residual is p_{k+1} itself
     resid = (p_n - q_n).clamp(min=0)
     mass = resid.sum(-1, keepdim=True)
