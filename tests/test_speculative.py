@@ -317,7 +317,7 @@ def test_generate_cli_draft(tiny_pair, tiny_pair_dirs, tiny_data_dir, tmp_path, 
     assert main(argv) == 0
     plain_rows = rows()
     capsys.readouterr()
-    assert main([*argv, "--draft", "auto"]) == 0
+    assert main([*argv, "--draft", "auto", "--overwrite"]) == 0  # the same output file again
     printed = capsys.readouterr().out
     for a, b in zip(rows(), plain_rows, strict=True):  # same answers; same routing shares up to float rounding
         assert a["outputs"] == b["outputs"]
