@@ -106,6 +106,56 @@ def test_a_drafter_that_always_agrees_is_always_accepted(tiny_pair, tiny_pair_di
         assert n_plain == 25 and len(calls) == 1 + 24 // 4  # prefill + one verify per 4 tokens (drafter: own model)
 
 
+# --- the parity rule: padded lm_head rows are outcomes like any other ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory):
+    """The parity pair (:func:`tests.tiny.make_parity_pair`: W = V + 5 output rows whose padded rows carry real mass)
+    and drafters over W rows (its foundation), fewer rows (V: the tokenizer's only) and more rows (V + 8)."""
+    root = tmp_path_factory.mktemp("padded_speculative")
+    dirs = tiny.make_parity_pair(root)
+    pair = load_experts(dirs["foundation"], dirs["sft"], device="cpu")
+    paths = {"foundation": dirs["foundation"]}
+    for name, pad in (("narrow", 0), ("wide", 8)):
+        tiny.make_model(pair.tokenizer, seed=3, vocab_pad=pad, head_scale=20.0, padded_scale=1.5).save_pretrained(root / name)
+        pair.tokenizer.save_pretrained(root / name)
+        paths[name] = root / name
+    return pair, paths
+
+
+@pytest.mark.parametrize("drafter", ["foundation", "narrow", "wide"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_greedy_is_identical_when_the_output_layer_has_more_rows_than_the_tokenizer(padded, fused, drafter):
+    """Greedy speculative = the plain fused greedy decode on a padded vocabulary: both take the argmax over all W rows,
+    so padded ids the fused model picks are emitted (and can be drafted), whatever rows the drafter has."""
+    pair, paths = padded
+    assert pair.width > pair.vocab_size
+    model = _fused(fused, pair)
+    d = load_drafter(paths[drafter], pair, num_draft_tokens=3, schedule="constant")
+    for rows in ([1], [0, 1, 2]):
+        ids, mask = _enc(pair, [PROMPTS[i] for i in rows])
+        plain = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[])
+        spec = model.generate(ids, mask, max_new_tokens=20, eos_token_id=[], draft=d)
+        assert torch.equal(spec.sequences, plain.sequences), rows
+        assert spec.texts == plain.texts
+    assert (plain.sequences >= pair.vocab_size).any()  # the fused model really generates padded ids here
+
+
+def test_a_drafter_that_always_agrees_drafts_padded_ids_too(padded):
+    """At weight (1, 0) the fused model is the foundation, padded rows included; the foundation drafting it is
+    accepted every time, which needs its drafts to be argmaxes over all W rows (padded ids included)."""
+    pair, paths = padded
+    model = EnsembleLM(pair, 1.0, 0.0)
+    d = load_drafter(paths["foundation"], pair, num_draft_tokens=3, schedule="constant")
+    ids, mask = _enc(pair, PROMPTS)
+    plain = model.generate(ids, mask, max_new_tokens=25, eos_token_id=[])
+    spec = model.generate(ids, mask, max_new_tokens=25, eos_token_id=[], draft=d)
+    assert torch.equal(spec.sequences, plain.sequences)
+    assert (plain.sequences[:, 1:] >= pair.vocab_size).any()  # padded ids among the drafted (not prefill's) tokens
+    assert spec.speculation.acceptance_rate == 1.0
+
+
 def test_heuristic_schedule_grows_k_while_everything_is_accepted(tiny_pair, tiny_pair_dirs):
     drafter = load_drafter(tiny_pair_dirs[0], tiny_pair, num_draft_tokens=2, schedule="heuristic")
     ids, mask = _enc(tiny_pair, PROMPTS[:1])
