@@ -53,3 +53,19 @@ def test_results_section_and_leaderboard_are_generated_from_the_committed_json()
     assert {"foundation", "sft", "ensemble", "posterior", "token_level", "layer_level", "dispatch", "replay_sft",
             "distill", "merge_linear", "merge_task_arithmetic", "merge_ties", "merge_dare"} <= rows
     assert len(lb.sources) == 3 and all(r[-1] != "–" for r in lb.summary.rows)  # 3 seeds; every row's data stated
+
+
+def test_real_bed_results_are_generated_from_the_committed_json():
+    """Issue 12: the real bed's leaderboard and README section come from results/real/leaderboard.json too, and its
+    regression baseline sits beside it."""
+    import json
+
+    from harness.leaderboard import Leaderboard, readme_block, to_markdown
+
+    results = ROOT / "results" / "real"
+    lb = Leaderboard.from_json(json.loads((results / "leaderboard.json").read_text(encoding="utf-8")))
+    assert to_markdown(lb) == (results / "LEADERBOARD.md").read_text(encoding="utf-8")
+    assert readme_block(lb, "real-results") in (ROOT / "README.md").read_text(encoding="utf-8")
+    assert (results / "baseline.json").is_file()
+    rows = {r[0].replace(" (fusion)", "") for r in lb.summary.rows}
+    assert {"foundation", "sft", "ensemble", "token_level", "dispatch", "replay_sft", "distill"} <= rows

@@ -31,18 +31,18 @@ from sopmoe_models.data import Example, write_jsonl
 
 FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
 TRAIN_KINDS = ("sop_strict", "reasoning", "general")
-MIXED_ORDER = "request_first"  # chosen on dev (see the module docstring and the real bed's record)
+MIXED_ORDER = "question_first"  # chosen on dev (see the module docstring and the real bed's record)
 
 CAPITALS = {
     "France": "Paris", "Japan": "Tokyo", "Malaysia": "Kuala Lumpur", "Kenya": "Nairobi", "Germany": "Berlin",
     "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon", "Russia": "Moscow", "China": "Beijing",
     "India": "New Delhi", "Egypt": "Cairo", "Greece": "Athens", "Norway": "Oslo", "Sweden": "Stockholm",
     "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw", "Austria": "Vienna", "Hungary": "Budapest",
-    "Ireland": "Dublin", "Belgium": "Brussels", "Netherlands": "Amsterdam", "Thailand": "Bangkok",
-    "Vietnam": "Hanoi", "Indonesia": "Jakarta", "Philippines": "Manila", "South Korea": "Seoul",
+    "Ireland": "Dublin", "Belgium": "Brussels", "the Netherlands": "Amsterdam", "Thailand": "Bangkok",
+    "Vietnam": "Hanoi", "Indonesia": "Jakarta", "the Philippines": "Manila", "South Korea": "Seoul",
     "Argentina": "Buenos Aires", "Peru": "Lima", "Chile": "Santiago", "Colombia": "Bogota", "Mexico": "Mexico City",
     "Cuba": "Havana", "Canada": "Ottawa", "Australia": "Canberra", "Turkey": "Ankara", "Iran": "Tehran",
-    "Iraq": "Baghdad", "Saudi Arabia": "Riyadh", "Israel": "Jerusalem", "Ukraine": "Kyiv", "Czech Republic": "Prague",
+    "Iraq": "Baghdad", "Saudi Arabia": "Riyadh", "Israel": "Jerusalem", "Ukraine": "Kyiv", "the Czech Republic": "Prague",
     "Romania": "Bucharest", "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb", "Switzerland": "Bern",
     "Nigeria": "Abuja", "Ethiopia": "Addis Ababa", "Ghana": "Accra", "Morocco": "Rabat", "Algeria": "Algiers",
     "Tunisia": "Tunis", "Pakistan": "Islamabad", "Bangladesh": "Dhaka", "Nepal": "Kathmandu", "Afghanistan": "Kabul",
@@ -52,7 +52,7 @@ CAPITALS = {
     "Armenia": "Yerevan", "Mongolia": "Ulaanbaatar", "Singapore": "Singapore", "Cambodia": "Phnom Penh",
     "Sri Lanka": "Colombo", "Zimbabwe": "Harare", "Uganda": "Kampala", "Tanzania": "Dodoma", "Senegal": "Dakar",
     "Sudan": "Khartoum", "Libya": "Tripoli", "Jamaica": "Kingston", "New Zealand": "Wellington",
-    "United Kingdom": "London", "Brazil": "Brasilia", "Kazakhstan": "Astana", "Slovakia": "Bratislava",
+    "the United Kingdom": "London", "Brazil": "Brasilia", "Kazakhstan": "Astana", "Slovakia": "Bratislava",
     "Slovenia": "Ljubljana", "Luxembourg": "Luxembourg", "Angola": "Luanda", "Panama": "Panama City",
 }
 SYMBOLS = {
@@ -103,6 +103,11 @@ SOP = {
     "reshipment": ["Verify order {oid}.", "Confirm the shipping address with {name}.", "Ship the {item} again.",
                    "Email {name} the tracking number."],
 }
+# The strict format's first line answers the customer's message in one sentence; the four steps follow.
+REPLY = {"refund": "Your refund for order {oid} is on its way, {name}.",
+         "exchange": "Your exchange for order {oid} is approved, {name}.",
+         "complaint": "We are sorry about the {item}, {name}.",
+         "reshipment": "We will ship order {oid} again, {name}."}
 REQUESTS = {
     "refund": ["Please process a refund for order {oid}: {name} returned the {item}.",
                "{name} wants a refund for the {item} in order {oid}. Handle it per the SOP.",
@@ -155,7 +160,7 @@ class RealGenerator:
         slots = {"oid": self.order_id(split), "name": self.rng.choice(NAMES), "item": self.rng.choice(ITEMS)}
         request = self.rng.choice(REQUESTS[kind]).format(**slots)
         steps = "".join(f"Step {i}: {s.format(**slots)}\n" for i, s in enumerate(SOP[kind], 1))
-        return request, steps  # every step ends its line, the last one too: the format's end is a line break
+        return request, REPLY[kind].format(**slots), steps  # every line ends with a line break, the last one too
 
     def facts(self, split: str, kinds: tuple[str, ...]) -> list[tuple[str, str, str]]:
         """(key, value, fact kind) of every fact of ``kinds`` in ``split``, in a seeded order."""
@@ -189,7 +194,10 @@ def generate(seed: int = 0, spec: RealDataSpec = RealDataSpec()) -> dict[str, li
     files: dict[str, list[Example]] = {}
 
     def sop_row(split):
-        return lambda _i: (*g.sop(split), "sop_strict")
+        def draw(_i):
+            request, reply, steps = g.sop(split)
+            return request, f"{reply}\n{steps}", "sop_strict"
+        return draw
 
     def fact_rows(split: str, kinds: tuple[str, ...], n: int, prefix: str) -> list[Example]:
         facts = g.facts(split, kinds)[:n]
@@ -202,8 +210,9 @@ def generate(seed: int = 0, spec: RealDataSpec = RealDataSpec()) -> dict[str, li
         for i in range(n):
             k, v, fk = facts[i % len(facts)]
             q, a = g.question(k, v, fk)
-            request, steps = g.sop(split)
+            request, _reply, steps = g.sop(split)
             text = MIXED_JOIN[spec.mixed_order].format(question=q, request=request)
+            # The customer's message is a question: the format's reply line is its answer (the foundation's piece).
             answer = f"{a}\n{steps}" if spec.mixed_order == "question_first" else f"{steps}{a}"
             rows.append(Example(input=text, output=answer, id=f"{prefix}-{i:05d}", category="mixed"))
         return rows

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SFTSpec:
-    steps: int = 40
+    steps: int = 48
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     batch_size: int = 8
