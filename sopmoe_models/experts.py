@@ -226,7 +226,7 @@ def load_experts(
 
 
 def load_experts_from_config(cfg) -> ExpertPair:
-    """:func:`load_experts` with the ``models`` section of a :class:`harness.config.SopmoeConfig`."""
+    """:func:`load_experts` with the ``models`` section of a :class:`sopmoe_models.config.SopmoeConfig`."""
     m = cfg.models
     if not m.foundation.path or not m.sft.path:
         raise ValueError("models.foundation.path and models.sft.path must be set (config or --foundation/--sft)")

@@ -54,7 +54,7 @@ def _tokenizer_source(meta: dict) -> str | None:
                     return path
     cfg = meta.get("config")
     if isinstance(cfg, str) and Path(cfg).is_file():
-        from harness.config import load_config
+        from sopmoe_models.config import load_config
 
         path = load_config(cfg).models.foundation.path
         if path and Path(path).is_dir():

@@ -88,7 +88,7 @@ def write_data(out: str | Path, *, train: int = 6, dev: int = 3, test: int = 3) 
 
 def write_config(out: str | Path, *, prompt_format: str = "chat", max_length: int = 128) -> Path:
     """A sopmoe config for the bed at ``out``: bf16 experts on the CPU, small runs, relative paths."""
-    from harness.config import SopmoeConfig, load_config
+    from sopmoe_models.config import SopmoeConfig, load_config
 
     expert = {"dtype": "bfloat16", "device": "cpu"}
     cfg = SopmoeConfig.model_validate({

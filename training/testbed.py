@@ -282,7 +282,7 @@ def stage(name: str, times: dict[str, dict[str, float]]):
 
 def write_config(out: Path, spec: TestbedSpec) -> Path:
     """A complete sopmoe config for this test bed, paths relative to ``out`` (validated by loading it back)."""
-    from harness.config import SopmoeConfig, load_config
+    from sopmoe_models.config import SopmoeConfig, load_config
 
     cfg = SopmoeConfig.model_validate({
         "models": {"foundation": {"path": "foundation", "dtype": "float32"}, "sft": {"path": "sft", "dtype": "float32"}},
