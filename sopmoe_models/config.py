@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sopmoe_models.errors import UserError
+from sopmoe_models.outputs import write_atomic
 
 DEFAULT_CONFIG = Path("configs/config.yaml")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -177,11 +178,7 @@ class SopmoeConfig(_Section):
 
     def save(self, path: str | Path) -> None:
         """Write the resolved config (atomically) next to a result or checkpoint."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 # Keys whose string values are paths: resolved against the YAML's folder when relative.

@@ -25,7 +25,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
+from sopmoe_models.data import FAMILIES
+
 DEFAULT_DIR = Path(__file__).resolve().parent / "data"
 STEP = re.compile(r"步骤\s*(\d+)|[Ss]tep\s*(\d+)")
 

@@ -67,10 +67,17 @@ def test_the_walker_sees_lazy_and_dynamic_imports(tmp_path):
 
 
 def test_config_is_the_ground_floor():
-    """The config imports nothing of the project but the error type (so every floor may import it)."""
+    """The config imports nothing of the project but the error type and the atomic writes (so every floor may import
+    it), and those import nothing of the project but the error type."""
     ours = {"harness", "training", "tasks", "sopmoe_models"}
-    modules = {m for _, m in imported_modules(ROOT / "sopmoe_models" / "config.py")}
-    assert {m for m in modules if m.split(".")[0] in ours} == {"sopmoe_models.errors"}
+
+    def project_imports(name: str) -> set[str]:
+        modules = {m for _, m in imported_modules(ROOT / "sopmoe_models" / f"{name}.py")}
+        return {m for m in modules if m.split(".")[0] in ours}
+
+    assert project_imports("config") == {"sopmoe_models.errors", "sopmoe_models.outputs"}
+    assert project_imports("outputs") == {"sopmoe_models.errors"}
+    assert project_imports("errors") == set()
 
 
 def test_harness_config_re_exports_the_ground_floor():

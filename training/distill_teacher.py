@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from sopmoe_models.data import collate
+from sopmoe_models.data import collate, output_mask
 from sopmoe_models.experts import load_experts
 from sopmoe_models.fused import FusedLM
-from training.kd_losses import TopKTeacher, output_mask, select_output_positions, topk_teacher
+from training.kd_losses import TopKTeacher, select_output_positions, topk_teacher
 
 log = logging.getLogger(__name__)
 

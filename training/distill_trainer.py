@@ -46,14 +46,11 @@ from training.distill_teacher import (
     teacher_fingerprint,
 )
 from training.kd_losses import distill_loss
+from training.toolkit import TrainingDiverged, atomic_path, lr_factor
 
 log = logging.getLogger(__name__)
 
 DUMMY = -1  # index of the placeholder example of a process whose slice of a batch is empty
-
-
-class TrainingDiverged(ValueError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
 # --- pieces ----------------------------------------------------------------------------------------------------
@@ -108,11 +105,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
 def rank_slice(indices: list[int], world: int, rank: int) -> list[int]:
     per = -(-len(indices) // world)
     return indices[rank * per : (rank + 1) * per] or [DUMMY]
-
-
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total`` (step counts from 0)."""
-    return base * max(0.0, min((step + 1) / max(warmup, 1), (total - step) / max(total - warmup, 1)))
 
 
 def make_batch(features: list[dict], indices: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
@@ -291,7 +283,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_f
                 n_window = sum(n_output_tokens(train_feats[i]) for b in window for i in b)
                 torch.manual_seed(d.seed * 1_000_003 + state["step"] * 9973 + rank)  # dropout: a function of the step
                 for g in optimizer.param_groups:
-                    g["lr"] = lr_at(state["step"], total_steps, warmup, d.learning_rate)
+                    g["lr"] = d.learning_rate * lr_factor(state["step"], total_steps, warmup)
                 acc = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
                 for j, global_batch in enumerate(window):
                     idx = rank_slice(global_batch, world, rank)
@@ -369,9 +361,8 @@ def _save_best(model, tok, out_dir: Path, cfg, state: dict, fp: dict) -> None:
     if cfg.distill.lora.enabled:  # keep the LoRA tensors; merged into the base once, when the run ends
         from safetensors.torch import save_file
 
-        tmp = out_dir / (ckpt.BEST_ADAPTER + ".tmp")
-        save_file(ckpt.trainable_state(model), str(tmp))
-        tmp.replace(out_dir / ckpt.BEST_ADAPTER)
+        with atomic_path(out_dir / ckpt.BEST_ADAPTER) as tmp:
+            save_file(ckpt.trainable_state(model), str(tmp))
     else:
         ckpt.save_student(model, tok, out_dir, _card(cfg, state, fp, None, None))
 
