@@ -86,3 +86,21 @@ def test_harness_config_re_exports_the_ground_floor():
 
     for name in harness.config.__all__:
         assert getattr(harness.config, name) is getattr(sopmoe_models.config, name)
+
+
+# distribution name -> the module (or dotted prefix) whose import uses it
+IMPORT_NAME = {"pyyaml": "yaml", "lm-eval": "lm_eval", "tensorboard": "torch.utils.tensorboard"}
+
+
+def test_every_declared_dependency_is_imported():
+    """A dependency in pyproject.toml that no module imports is weight the user installs for nothing."""
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
+    declared = [re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in re.findall(r'"([^"]+)"', block)]
+    imported = {m for pkg in ("harness", "sopmoe_models", "training", "tasks")
+                for path in (ROOT / pkg).rglob("*.py") for _, m in imported_modules(path)}
+    unused = [d for d in declared
+              if not any(m == (name := IMPORT_NAME.get(d, d)) or m.startswith(name + ".") for m in imported)]
+    assert unused == []
