@@ -77,7 +77,10 @@ def load_student(cfg, teacher_tokenizer, device: torch.device) -> torch.nn.Modul
     dtype = torch.bfloat16 if (d.lora.enabled and d.bf16) else torch.float32  # full FT keeps fp32 master weights
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False).to(device)
     if d.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5: the old name warns (gone in v6)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if d.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
