@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from torch import nn
 from sopmoe_models.errors import UserError
 from sopmoe_models.outputs import file_sha256, leftovers, new_temp_dir, overlaps, replace_dir
 from training.toolkit import optimizer_tensors, read_state, restore_optimizer, write_json
+
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +153,7 @@ def merged_student(peft_model: nn.Module, adapter_file: Path) -> nn.Module:
 TRAINED = (BEST_STUDENT, CHECKPOINT, CARD, BEST_ADAPTER)  # what a run leaves in its folder
 
 
-def guard_run_folder(cfg, out_dir: Path, *, resume: bool, overwrite: bool, main: bool = True) -> None:
+def guard_run_folder(cfg: SopmoeConfig, out_dir: Path, *, resume: bool, overwrite: bool, main: bool = True) -> None:
     """Refuse to replace a trained student in ``out_dir`` unless asked (``resume``: continue its checkpoint;
     ``overwrite``: delete the run's own files, on the main process). ``out_dir`` may not be or hold an input."""
     d = cfg.distill
@@ -182,7 +185,7 @@ def guard_run_folder(cfg, out_dir: Path, *, resume: bool, overwrite: bool, main:
                         "(choose another --output_dir) or replace it with --overwrite")
 
 
-def data_identity(cfg) -> dict[str, Any]:
+def data_identity(cfg: SopmoeConfig) -> dict[str, Any]:
     """What the data is, byte for byte: a resumed run must see the same files, not only the same paths."""
     d = cfg.data
     return {"train_file_sha256": file_sha256(d.train_file),

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -48,6 +48,9 @@ from training.distill_teacher import (
 from training.kd_losses import distill_loss
 from training.toolkit import TrainingDiverged, atomic_path, lr_factor
 
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
+
 log = logging.getLogger(__name__)
 
 DUMMY = -1  # index of the placeholder example of a process whose slice of a batch is empty
@@ -56,7 +59,7 @@ DUMMY = -1  # index of the placeholder example of a process whose slice of a bat
 # --- pieces ----------------------------------------------------------------------------------------------------
 
 
-def student_path(cfg) -> str:
+def student_path(cfg: SopmoeConfig) -> str:
     init = cfg.distill.student_init
     path = {"foundation": cfg.models.foundation.path, "sft": cfg.models.sft.path}.get(init, init)
     if not path:
@@ -67,7 +70,7 @@ def student_path(cfg) -> str:
     return str(p)
 
 
-def load_student(cfg, teacher_tokenizer, device: torch.device) -> torch.nn.Module:
+def load_student(cfg: SopmoeConfig, teacher_tokenizer, device: torch.device) -> torch.nn.Module:
     """A trainable copy of the chosen init (never the teacher's expert objects); LoRA-wrapped when enabled."""
     from transformers import AutoModelForCausalLM
 
@@ -93,7 +96,7 @@ def load_student(cfg, teacher_tokenizer, device: torch.device) -> torch.nn.Modul
     return model
 
 
-def encode_file(path: str, tokenizer, cfg, limit: int | None = None) -> list[dict[str, list[int]]]:
+def encode_file(path: str, tokenizer, cfg: SopmoeConfig, limit: int | None = None) -> list[dict[str, list[int]]]:
     examples = load_training_examples(path, cfg.data.train_kinds)
     examples = examples[:limit] if limit else examples
     return [encode_example(tokenizer, ex, style=cfg.data.prompt_format, max_length=cfg.data.max_length) for ex in examples]
@@ -116,14 +119,14 @@ def make_batch(features: list[dict], indices: list[int], pad_id: int, device) ->
     return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
 
 
-def _loss_kwargs(cfg) -> dict[str, Any]:
+def _loss_kwargs(cfg: SopmoeConfig) -> dict[str, Any]:
     d = cfg.distill
     return dict(temperature=d.temperature, distill_loss_weight=d.distill_loss_weight, task_loss_weight=d.task_loss_weight,
                 kind=d.kl, beta=d.jsd_beta)
 
 
 @torch.no_grad()
-def evaluate(model, targets, features, cfg, accelerator, pad_id: int) -> dict[str, float]:
+def evaluate(model, targets, features, cfg: SopmoeConfig, accelerator, pad_id: int) -> dict[str, float]:
     """Per-token KD, CE and weighted loss on ``features`` (each process scores its slice; sums are all-reduced)."""
     model.eval()
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -148,7 +151,7 @@ def _no_teacher(indices: list[int], batch: dict[str, torch.Tensor]) -> None:
     return None
 
 
-def _teacher_targets(teacher, features, data_file, cfg, accelerator, out_dir: Path, fp: dict, what: str):
+def _teacher_targets(teacher, features, data_file, cfg: SopmoeConfig, accelerator, out_dir: Path, fp: dict, what: str):
     k = cfg.distill.teacher_cache_topk
     if not k:
         return LiveTeacher(teacher), None
@@ -162,7 +165,7 @@ def _teacher_targets(teacher, features, data_file, cfg, accelerator, out_dir: Pa
     return cache, info
 
 
-def _same_run(saved: dict, cfg, saved_data: dict | None = None) -> None:
+def _same_run(saved: dict, cfg: SopmoeConfig, saved_data: dict | None = None) -> None:
     """Refuse to resume a checkpoint written under other settings or data (it would not continue the same run)."""
     if saved_data is not None:
         now_data = ckpt.data_identity(cfg)
@@ -184,7 +187,7 @@ def _same_run(saved: dict, cfg, saved_data: dict | None = None) -> None:
 # --- the run -----------------------------------------------------------------------------------------------------
 
 
-def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_fingerprint: bool = False,
+def train(cfg: SopmoeConfig, *, resume: bool = False, overwrite: bool = False, allow_missing_fingerprint: bool = False,
           on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) distillation as configured; returns the ``distill.json`` card of the best student."""
     from accelerate import Accelerator
@@ -360,7 +363,7 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_f
     return card
 
 
-def _save_best(model, tok, out_dir: Path, cfg, state: dict, fp: dict) -> None:
+def _save_best(model, tok, out_dir: Path, cfg: SopmoeConfig, state: dict, fp: dict) -> None:
     if cfg.distill.lora.enabled:  # keep the LoRA tensors; merged into the base once, when the run ends
         from safetensors.torch import save_file
 
@@ -370,7 +373,7 @@ def _save_best(model, tok, out_dir: Path, cfg, state: dict, fp: dict) -> None:
         ckpt.save_student(model, tok, out_dir, _card(cfg, state, fp, None, None))
 
 
-def _card(cfg, state: dict, fp: dict, world: int | None, caches: dict | None) -> dict[str, Any]:
+def _card(cfg: SopmoeConfig, state: dict, fp: dict, world: int | None, caches: dict | None) -> dict[str, Any]:
     d = cfg.distill
     return {
         "kind": "sopmoe_distill",

@@ -24,7 +24,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -38,6 +38,9 @@ from sopmoe_models.routers.losses import gate_means, router_loss, shifted_target
 from sopmoe_models.routers.posterior import estimate_prior
 from training.router_state import LAST, load_last, save_last
 from training.toolkit import TrainingDiverged, lr_factor, output_mask, restore_optimizer, write_json
+
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ def guard_output_dir(out_dir: Path, router_type: str, *, resume: bool, overwrite
                         "--overwrite")
 
 
-def data_identity(cfg) -> dict[str, Any]:
+def data_identity(cfg: SopmoeConfig) -> dict[str, Any]:
     """What the training data is: the files' bytes and how they are tokenised (a resume must see the same)."""
     d = cfg.data
     return {"train_file_sha256": file_sha256(d.train_file), "eval_file_sha256": file_sha256(d.eval_file)
@@ -169,7 +172,7 @@ def _progress(enabled: bool):
 
 
 def train_router(
-    cfg,
+    cfg: SopmoeConfig,
     *,
     router_type: str | None = None,
     output_dir: str | Path | None = None,
