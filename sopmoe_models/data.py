@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sopmoe_models.errors import UserError
+from sopmoe_models.outputs import atomic_path
 from sopmoe_models.prompt import PromptFormat, format_prompt
 
 IGNORE_INDEX = -100
@@ -95,13 +96,9 @@ def load_training_examples(path: str | Path, kinds: list[str] | tuple[str, ...] 
 
 def write_jsonl(path: str | Path, examples: list[Example]) -> None:
     """Write examples atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for ex in examples:
             f.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def encode_example(
