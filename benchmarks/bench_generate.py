@@ -1,12 +1,19 @@
-"""Benchmark (not a test): ensemble generation and lm-eval scoring against plain Hugging Face, same run (DESIGN §8).
+"""Benchmark (not a test): fused generation, speculative or not, and lm-eval scoring against plain Hugging Face, in
+one run (DESIGN §8, §10).
 
-Two random Qwen3 shapes with the test bed's character tokenizer (built from the shipped task data): ``testbed``
-(hidden 128, 2 layers, as ``sopmoe testbed``) and ``large`` (hidden 512, 8 layers). For each:
+Random Qwen3 pairs with the test bed's character tokenizer (built from the shipped task data): ``testbed`` (hidden
+128, 2 layers, as ``sopmoe testbed``) and ``large`` (hidden 512, 8 layers); and, with ``--bed DIR``, a trained bed
+written by ``sopmoe demo`` (``DIR/testbed/{foundation,sft}``, ``DIR/btm/<router>/best_router.safetensors``, the
+distilled student ``DIR/distill/best_student``; prompts from ``DIR/testbed/data/eval``). For each:
 
-- generation: greedy, exactly ``--new_tokens`` new tokens (EOS disabled on both sides), batch 1 and 8 (left
-  padded): tokens/s of HF ``generate`` on one expert vs :meth:`EnsembleLM.generate` (two experts, KV caches).
-  ``fused 1 expert`` is our loop at weights (1, 0) (one expert run): it isolates the loop's own overhead.
-  Target: ensemble >= 0.45x HF (0.5x is the two-forward limit on one device).
+- generation: greedy, the same 8 prompts in batches of 1 and of 8 (left padded), exactly ``--new_tokens`` new tokens
+  (EOS disabled on both sides) or, with ``--eos``, up to EOS (tokens/s counts the tokens each row really generated). Tokens/s of HF ``generate``
+  on one expert (``hf``), of each fused model's own loop (``plain``), and of each fused model with each drafter
+  (speculative decoding, :mod:`sopmoe_models.speculative`), with the drafter's acceptance rate, the tokens a row
+  gains per fused forward, and whether the speculative output is identical to the plain one (``same``).
+  Drafters: ``student`` (the bed's distilled student), ``foundation`` (the foundation expert itself: a 1x drafter
+  that agrees with the fused model wherever the foundation does), ``random`` (an untrained model: the worst case).
+  Targets: plain ensemble >= 0.45x HF (0.5x is the two-forward limit); speculative >= 0.8x HF at batch 1.
 - scoring: lm-eval on the four sopmoe loglikelihood tasks (shipped data, ``--score_limit`` examples each): seconds
   inside ``loglikelihood`` for ``hf`` (``HFLM`` on the foundation folder) vs ``sopmoe_ensemble`` (0.5/0.5 prob).
   Target: <= 2.1x ``hf``.
@@ -15,7 +22,8 @@ Timings are the best of ``--repeats`` interleaved runs after a warm-up, with ``-
 and, by default, the process's CPU seconds: on a shared machine other jobs stretch wall time, and more so for the
 longer-running ensemble, so best-of wall times bias the ratio against it (``--clock wall`` to see). Usage::
 
-    python benchmarks/bench_generate.py [--shapes testbed,large] [--threads 1] [--repeats 3] [--clock cpu|wall]
+    python benchmarks/bench_generate.py [--shapes testbed,large] [--bed DIR] [--threads 1] [--repeats 3]
+        [--clock cpu|wall] [--drafters foundation,random] [--num_draft_tokens 8] [--draft_schedule heuristic] [--eos]
 """
 
 from __future__ import annotations
@@ -36,37 +44,70 @@ from sopmoe_models.data import collate, load_jsonl
 from sopmoe_models.ensemble import EnsembleLM
 from sopmoe_models.experts import load_experts
 from sopmoe_models.prompt import format_prompt
+from sopmoe_models.routers.stats import generated_lengths
+from sopmoe_models.speculative import Drafter, SpeculationStats, load_drafter
 
 CLOCK = time.process_time  # --clock; set in main()
 LL_TASKS = ["sop_strict", "reasoning", "mixed", "eval"]
 
 
-def bench_generation(pair, prompts: list[str], batch: int, new_tokens: int, repeats: int) -> dict[str, float]:
+def bench_generation(pair, fused: dict, drafters: dict[str, Drafter], prompts: list[str], batch: int,
+                     new_tokens: int, repeats: int, eos: bool) -> list[dict]:
+    """One row per (fused model, drafter or None): tok/s of HF, plain and speculative decoding, all timed together.
+
+    Every timed function answers all ``prompts`` (8), in left-padded batches of ``batch``: batch 1 is eight
+    one-prompt decodes, so a short or atypical first prompt does not decide the number."""
     tok = pair.tokenizer
-    enc = [{"input_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts[:batch]]
-    b = collate(enc, tok.pad_token_id, padding_side="left")
-    ids, mask = b["input_ids"], b["attention_mask"]
+    batches = []
+    for i in range(0, len(prompts), batch):
+        enc = [{"input_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts[i : i + batch]]
+        b = collate(enc, tok.pad_token_id, padding_side="left")
+        batches.append((b["input_ids"], b["attention_mask"]))
     model = pair.foundation
-    model.generation_config.eos_token_id = None  # exactly new_tokens tokens on both sides
+    eos_ids = [tok.eos_token_id] if eos else []
+    pad = tok.pad_token_id if eos else None
+    model.generation_config.eos_token_id = tok.eos_token_id if eos else None  # EOS off: new_tokens on both sides
+    produced: dict[str, int] = {}  # tokens each timed function generates (the same on every call: greedy)
+    results: dict[str, list] = {}
 
     def hf():
+        n = 0
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
-        assert out.shape[1] == ids.shape[1] + new_tokens
+            for ids, mask in batches:
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+                n += sum(generated_lengths(out[:, ids.shape[1]:], eos_ids, pad))
+        produced["hf"] = n
 
-    def fused(w_f: float, w_s: float):
-        ens = EnsembleLM(pair, w_f, w_s, "prob")
-
+    def run(name, m, drafter=None):
         def go():
-            out = ens.generate(ids, mask, max_new_tokens=new_tokens, eos_token_id=[])
-            assert out.sequences.shape[1] == new_tokens
+            outs = [m.generate(ids, mask, max_new_tokens=new_tokens, eos_token_id=eos_ids, draft=drafter)
+                    for ids, mask in batches]
+            produced[name] = sum(sum(generated_lengths(o.sequences, eos_ids, pad)) for o in outs)
+            results[name] = outs
 
         return go
 
-    n = batch * new_tokens
-    secs = best_seconds({"hf": hf, "fused 1 expert": fused(1.0, 0.0), "ensemble": fused(0.5, 0.5)}, repeats, CLOCK)
-    return {name: n / t for name, t in secs.items()}
+    fns = {"hf": hf}
+    for fname, m in fused.items():
+        fns[fname] = run(fname, m)
+        for dname, drafter in drafters.items():
+            fns[f"{fname}+{dname}"] = run(f"{fname}+{dname}", m, drafter)
+    secs = best_seconds(fns, repeats, CLOCK)
+    rate = {name: produced[name] / t for name, t in secs.items()}
+    rows = []
+    for fname in fused:
+        plain = results[fname]
+        rows.append({"fused": fname, "drafter": "-", "hf": rate["hf"], "tok/s": rate[fname]})
+        for dname in drafters:
+            outs = results[f"{fname}+{dname}"]
+            stats = SpeculationStats()
+            for o in outs:
+                stats.add(o.speculation)
+            rows.append({"fused": fname, "drafter": dname, "hf": rate["hf"], "tok/s": rate[f"{fname}+{dname}"],
+                         "plain": rate[fname], "acceptance": stats.acceptance_rate, "per_round": stats.tokens_per_round,
+                         "same": all(torch.equal(o.sequences, p.sequences) for o, p in zip(outs, plain))})
+    return rows
 
 
 def bench_scoring(pair, foundation_dir: Path, batch_size: int, repeats: int, limit: int | None) -> dict[str, float]:
@@ -107,9 +148,66 @@ def bench_scoring(pair, foundation_dir: Path, batch_size: int, repeats: int, lim
     return seconds
 
 
+def random_drafter(pair, seed: int = 7) -> torch.nn.Module:
+    """An untrained model of the foundation's shape (a drafter that agrees only by chance)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(pair.foundation.config).eval().requires_grad_(False)
+
+
+def beds(args, tmp: Path, tok):
+    """(label, pair, fused models, drafters, prompts, foundation folder) for each shape and the --bed."""
+    from sopmoe_models.routers import load_router
+
+    examples = [ex for f in LL_TASKS for ex in load_jsonl(DATA / f"{f}.jsonl")]
+    shipped = [format_prompt(ex.input) for ex in examples[::97]][:8]
+    wanted = [d for d in args.drafters.split(",") if d]
+    kw = {"num_draft_tokens": args.num_draft_tokens, "schedule": args.draft_schedule, "confidence": args.draft_confidence}
+    for shape in [s for s in args.shapes.split(",") if s]:
+        spec = SHAPES[shape]
+        dirs = random_pair(tmp / shape, spec, tok)
+        pair = load_experts(*dirs, dtype="float32", device="cpu")
+        drafters = {}
+        if "foundation" in wanted:
+            drafters["foundation"] = load_drafter(dirs[0], pair, **kw)
+        if "random" in wanted:
+            drafters["random"] = Drafter(random_drafter(pair), pair.width, **kw)
+        fused = {"ensemble": EnsembleLM(pair, 0.5, 0.5, "prob")}
+        yield f"{shape} (h{spec.hidden_size}, L{spec.num_layers}, V{pair.vocab_size})", pair, fused, drafters, shipped, dirs[0]
+    if args.bed:
+        bed = Path(args.bed)
+        tb = bed / "testbed"
+        pair = load_experts(tb / "foundation", tb / "sft", dtype="float32", device="cpu")
+        fused = {"ensemble": EnsembleLM(pair, 0.5, 0.5, "prob")}
+        for r in [r for r in args.routers.split(",") if r]:
+            fused[r] = load_router(bed / "btm" / r / "best_router.safetensors", pair)
+        drafters = {}
+        student = bed / "distill" / "best_student"
+        if "student" in wanted and (student / "config.json").is_file():
+            drafters["student"] = load_drafter(student, pair, **kw)
+        if "foundation" in wanted:
+            drafters["foundation"] = load_drafter(tb / "foundation", pair, **kw)
+        if "random" in wanted:
+            drafters["random"] = Drafter(random_drafter(pair), pair.width, **kw)
+        data = sorted((tb / "data" / "eval").glob("*.jsonl"))
+        exs = [ex for f in data if f.stem in LL_TASKS for ex in load_jsonl(f)]
+        prompts = [format_prompt(ex.input) for ex in exs[:: max(1, len(exs) // 8)]][:8]
+        cfg = pair.foundation.config
+        label = f"bed {bed.name} (h{cfg.hidden_size}, L{cfg.num_hidden_layers}, V{pair.vocab_size})"
+        yield label, pair, fused, drafters, prompts, tb / "foundation"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default="testbed,large")
+    ap.add_argument("--shapes", default="testbed,large", help="random pairs to time ('' = none)")
+    ap.add_argument("--bed", default=None, help="a `sopmoe demo` output folder (trained experts, routers, student)")
+    ap.add_argument("--routers", default="token_level", help="--bed: routers timed besides the ensemble")
+    ap.add_argument("--drafters", default="student,foundation,random", help="drafters timed (where they exist)")
+    ap.add_argument("--num_draft_tokens", type=int, default=8)
+    ap.add_argument("--draft_schedule", choices=["constant", "heuristic"], default="heuristic")
+    ap.add_argument("--draft_confidence", type=float, default=0.0, help="end drafting below this draft probability")
+    ap.add_argument("--eos", action="store_true", help="stop rows at EOS (default: exactly --new_tokens tokens)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--new_tokens", type=int, default=128)
@@ -134,30 +232,41 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    examples = [ex for f in LL_TASKS for ex in load_jsonl(DATA / f"{f}.jsonl")]
     tok = task_tokenizer()
-    prompts = [format_prompt(ex.input) for ex in examples[::97]][:8]
-    table = Table(title=f"sopmoe ensemble vs plain HF (torch threads {args.threads}, {args.clock} time, best of {args.repeats})")
-    for col in ("shape", "measure", "hf", "fused 1 expert", "ensemble", "ensemble / hf", "target"):
-        table.add_column(col, justify="left" if col in ("shape", "measure") else "right")
+    title = (f"sopmoe fused generation vs plain HF (torch threads {args.threads}, {args.clock} time, best of "
+             f"{args.repeats}, {'up to EOS' if args.eos else f'{args.new_tokens} tokens'}, draft k={args.num_draft_tokens} "
+             f"{args.draft_schedule}, confidence {args.draft_confidence:g})")
+    table = Table(title=title)
+    cols = ("shape", "measure", "fused", "drafter", "hf", "tok/s", "÷ hf", "÷ plain", "accept", "tok/fwd", "same",
+            "target")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("shape", "measure", "fused", "drafter") else "right")
     with tempfile.TemporaryDirectory() as tmp:
-        for shape in args.shapes.split(","):
-            spec = SHAPES[shape]
-            dirs = random_pair(Path(tmp) / shape, spec, tok)
-            pair = load_experts(*dirs, dtype="float32", device="cpu")
-            label = f"{shape} (h{spec.hidden_size}, L{spec.num_layers}, V{pair.vocab_size})"
+        for label, pair, fused, drafters, prompts, foundation_dir in beds(args, Path(tmp), tok):
             for batch in (int(b) for b in args.batches.split(",")):
-                r = bench_generation(pair, prompts, batch, args.new_tokens, args.repeats)
-                ratio = r["ensemble"] / r["hf"]
-                table.add_row(label, f"generate tok/s, batch {batch}", f"{r['hf']:.0f}", f"{r['fused 1 expert']:.0f}",
-                              f"{r['ensemble']:.0f}", f"{ratio:.2f}x", "≥ 0.45x " + ("ok" if ratio >= 0.45 else "MISS"))
+                rows = bench_generation(pair, fused, drafters, prompts, batch, args.new_tokens, args.repeats, args.eos)
+                for r in rows:
+                    ratio = r["tok/s"] / r["hf"]
+                    spec = r["drafter"] != "-"
+                    if spec:
+                        target = ("≥ 0.8x " + ("ok" if ratio >= 0.8 else "MISS")) if batch == 1 else ""
+                    else:
+                        target = "≥ 0.45x " + ("ok" if ratio >= 0.45 else "MISS")
+                    table.add_row(
+                        label, f"generate tok/s, batch {batch}", r["fused"], r["drafter"], f"{r['hf']:.0f}",
+                        f"{r['tok/s']:.0f}", f"{ratio:.2f}x", f"{r['tok/s'] / r['plain']:.2f}x" if spec else "",
+                        f"{r['acceptance']:.2f}" if spec and r["acceptance"] is not None else "",
+                        f"{r['per_round']:.2f}" if spec and r["per_round"] is not None else "",
+                        ("yes" if r["same"] else "NO") if spec else "", target)
+                table.add_section()
             if not args.skip_scoring:
-                s = bench_scoring(pair, dirs[0], args.score_batch_size, args.repeats, args.score_limit or None)
+                s = bench_scoring(pair, foundation_dir, args.score_batch_size, args.repeats, args.score_limit or None)
                 ratio = s["ensemble"] / s["hf"]
-                table.add_row(label, f"lm-eval scoring s ({4 * (args.score_limit or 200)} requests)", f"{s['hf']:.2f}", "", f"{s['ensemble']:.2f}",
-                              f"{ratio:.2f}x", "≤ 2.1x " + ("ok" if ratio <= 2.1 else "MISS"))
-            table.add_section()
-    Console(width=150).print(table)
+                table.add_row(label, f"lm-eval scoring s ({4 * (args.score_limit or 200)} requests)", "ensemble", "",
+                              f"{s['hf']:.2f}", f"{s['ensemble']:.2f}", f"{ratio:.2f}x", "", "", "", "",
+                              "≤ 2.1x " + ("ok" if ratio <= 2.1 else "MISS"))
+                table.add_section()
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

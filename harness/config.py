@@ -7,6 +7,7 @@ The config is the ground floor: ``sopmoe_models``, ``training`` and ``tasks`` im
 from sopmoe_models.config import (  # noqa: F401
     DEFAULT_CONFIG,
     DEVICE,
+    NOT_PATHS,
     PATH_KEYS,
     BtmConfig,
     ConfigError,
@@ -25,7 +26,7 @@ from sopmoe_models.config import (  # noqa: F401
 )
 
 __all__ = [
-    "DEFAULT_CONFIG", "DEVICE", "PATH_KEYS", "BtmConfig", "ConfigError", "DataConfig", "DistillConfig", "Dtype",
+    "DEFAULT_CONFIG", "DEVICE", "NOT_PATHS", "PATH_KEYS", "BtmConfig", "ConfigError", "DataConfig", "DistillConfig", "Dtype",
     "EnsembleConfig", "EvaluationConfig", "ExpertConfig", "GenerationConfig", "LoraConfig", "MergeConfig",
     "ModelsConfig", "SopmoeConfig", "load_config",
 ]

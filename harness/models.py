@@ -80,3 +80,16 @@ def _btm(cfg, pair: ExpertPair, *, router_checkpoint: str | None = None, allow_m
     from harness.router_view import build_btm
 
     return build_btm(cfg, pair, router_checkpoint, allow_missing_fingerprint=allow_missing_fingerprint)
+
+
+def build_drafter(cfg, pair: ExpertPair, draft: str | None = None):
+    """The drafter of ``generation.draft`` (or ``draft``): a model folder, or ``auto`` = the distilled student
+    ``<distill.output_dir>/best_student`` when one exists; None when speculation is off (or auto finds no student)."""
+    from sopmoe_models.speculative import load_drafter, resolve_draft
+
+    g = cfg.generation
+    path = resolve_draft(draft if draft is not None else g.draft, cfg.distill.output_dir)
+    if path is None:
+        return None
+    return load_drafter(path, pair, num_draft_tokens=g.num_draft_tokens, schedule=g.draft_schedule,
+                        confidence=g.draft_confidence)

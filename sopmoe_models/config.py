@@ -84,6 +84,13 @@ class GenerationConfig(_Section):
     seed: int = 0
     stop: list[str] = Field(default_factory=list, description="stop strings (EOS always stops)")
     batch_size: int = Field(8, gt=0, description="prompts per left-padded batch in `sopmoe generate --eval_file`")
+    draft: str | None = Field(None, description="speculative decoding: a drafter model folder sharing the experts' "
+                              "tokenizer, or auto = <distill.output_dir>/best_student; None = off")
+    num_draft_tokens: int = Field(8, gt=0, description="draft tokens per round (the first k of the heuristic schedule)")
+    draft_schedule: Literal["constant", "heuristic"] = Field(
+        "heuristic", description="constant k, or heuristic: k + 2 after a fully accepted round, else k - 1")
+    draft_confidence: float = Field(0.0, ge=0, lt=1, description="stop a round's drafting once every row's draft "
+                                     "has drafter probability below this (0 = off)")
 
 
 class BtmConfig(_Section):
@@ -190,7 +197,9 @@ PATH_KEYS = (
     "data.dev_dir",
     "data.task_data_dir",
     "distill.btm_router",
+    "generation.draft",  # except the word auto
 )
+NOT_PATHS = ("auto", "none", "")
 
 
 def _get(d: dict, dotted: str) -> Any:
@@ -252,7 +261,7 @@ def load_config(
         source = str(path)
     for key in PATH_KEYS:
         value = _get(raw, key)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        if isinstance(value, str) and value.strip().lower() not in NOT_PATHS and not Path(value).expanduser().is_absolute():
             _set(raw, key, str((base / value).resolve()))
     for key, value in (overrides or {}).items():
         _set(raw, key, value)

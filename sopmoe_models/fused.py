@@ -21,6 +21,11 @@ operations (each is row-wise).
 
 :func:`FusedLM.generate` reuses transformers' logits processors (temperature, top-p) and EOS stopping criterion and
 adds the loop over a fused model's cached forward plus :class:`StopStrings` (lm-eval's text rule for stop strings).
+With ``draft=`` (a :class:`~sopmoe_models.speculative.Drafter`) it decodes speculatively instead
+(:mod:`sopmoe_models.speculative`): same greedy tokens, same sampling distribution. That needs one more method of
+each fused model, :meth:`FusedLM.commit_state`, which rolls a state back to a per-row prefix of the tokens the last
+forward fed (the rejected draft tokens): KV caches are cropped (``Cache.crop``), and per-position state (posterior
+likelihoods, layer_level's context sums) is taken at each row's last kept token.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class GenerationResult:
     sequences: torch.Tensor  # (B, N) generated ids only, pad after a row finished
     texts: list[str]  # decoded, cut at the first stop string
     gates: torch.Tensor | None = None  # (B, N, ...) gate of each generated token, when the model routes
+    speculation: Any = None  # SpeculationStats of a speculative decode (draft tokens proposed/accepted), else None
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
@@ -113,11 +119,18 @@ def expert_logits(
     ids, mask = input_ids.to(device), attention_mask.to(device)
     kwargs: dict[str, Any] = {
         "input_ids": ids,
-        "attention_mask": mask,
-        "position_ids": position_ids_from_mask(mask, ids.shape[1]),
         "use_cache": use_cache,
         "output_hidden_states": output_hidden_states,
     }
+    if bool(mask.all()):
+        # No padding and no holes: the same attention as the explicit mask (transformers skips an all-ones mask for
+        # SDPA when it can, and builds the plain causal one otherwise), without the per-call mask bookkeeping, which
+        # is a fifth of a decoding step of a small model.
+        n = mask.shape[1]
+        kwargs["position_ids"] = torch.arange(n - ids.shape[1], n, device=device).expand(ids.shape[0], -1)
+    else:
+        kwargs["attention_mask"] = mask
+        kwargs["position_ids"] = position_ids_from_mask(mask, ids.shape[1])
     if cache is not None:
         kwargs[cache_kwarg(model)] = cache
     if last_only:
@@ -161,6 +174,20 @@ class FusedLM(nn.Module):
     def forward(self, input_ids, attention_mask=None, state=None, use_cache=False, last_only=False) -> FusedOutput:
         raise NotImplementedError
 
+    def commit_state(self, state: Any, keep: torch.Tensor, n_new: int) -> Any:
+        """Roll ``state`` back after a forward that fed ``n_new`` tokens: row b keeps the first ``keep[b]`` of them.
+
+        ``keep`` (B,) is in [1, n_new]. Returns a state that continues after each row's kept tokens, for a caller that
+        drops the last ``n_new - keep.max()`` columns of its attention mask and zeroes, per row, the columns between
+        ``keep[b]`` and ``keep.max()`` (holes no later token attends to; positions count only mask-1 columns). The
+        default handles a state that is a tuple of KV caches (None for an expert that is not run); a fused model whose
+        state holds more (running sums, last log-probs) overrides it. Needed by speculative decoding only.
+        """
+        if isinstance(state, tuple) and all(c is None or hasattr(c, "crop") for c in state):
+            return crop_caches(state, n_new - int(keep.max()))
+        raise NotImplementedError(f"{type(self).__name__} does not implement commit_state(); it cannot decode "
+                                  "speculatively (pass no draft=)")
+
     def logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Full-sequence next-token log-probs (B, T, W), as scoring and lm-eval need."""
         if attention_mask is None:
@@ -179,8 +206,59 @@ class FusedLM(nn.Module):
         seed: int | None = None,
         stop: list[str] | tuple[str, ...] = (),
         eos_token_id: int | list[int] | None = None,
+        draft: Any = None,
     ) -> GenerationResult:
-        """Batched, left-padded, KV-cached decoding; greedy when ``temperature == 0``."""
+        """Batched, left-padded, KV-cached decoding; greedy when ``temperature == 0``.
+
+        ``draft``: a :class:`~sopmoe_models.speculative.Drafter` to decode speculatively (identical greedy tokens,
+        the same sampling distribution; :mod:`sopmoe_models.speculative`). None: one fused forward per token.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
+            raise ValueError("batched generation needs left padding (the last column must be real tokens)")
+        d = self.decoding(temperature, top_p, seed, stop, eos_token_id)
+        if draft is not None:
+            from sopmoe_models.speculative import speculative_generate
+
+            return speculative_generate(self, draft, input_ids, attention_mask, d, max_new_tokens)
+
+        seq, mask = input_ids, attention_mask
+        prompt_len = input_ids.shape[1]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        new_tokens, gate_steps = [], []
+        out = self(seq, mask, use_cache=True, last_only=True)  # prefill: the whole prompt once
+        for step in range(max_new_tokens):
+            # (B, W): argmax and sampling see every row, as the expert alone does (parity rule)
+            scores = out.logprobs[:, -1, :]
+            if d.sample:
+                scores = d.warpers(seq, scores)
+                probs = F.softmax(scores, dim=-1)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=d.generator).squeeze(1).to(seq.device)
+            else:
+                nxt = scores.argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, d.pad), nxt)
+            new_tokens.append(nxt)
+            if out.gates is not None:
+                gate_steps.append(out.gates[:, -1])
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
+            # Only the generated tokens: a stop string must not match across the prompt boundary (a chat
+            # prompt ending in "\n" plus a first "\n" is not "\n\n"), as lm-eval's own stop criteria.
+            if len(d.criteria):
+                done = done | d.criteria(seq[:, prompt_len:], scores).to(done.device)
+            if d.stopper is not None:
+                done = done | d.stopper(seq[:, prompt_len:], done)
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break  # no forward for a token nobody will read
+            out = self(nxt[:, None], mask, state=out.state, use_cache=True, last_only=True)  # one token per step
+        gen_ids = torch.stack(new_tokens, dim=1) if new_tokens else seq[:, :0]
+        texts = [cut_at_stop(t, d.stop) for t in self._decode(gen_ids, d.eos_ids, d.pad)]
+        gates = torch.stack(gate_steps, dim=1) if gate_steps else None
+        return GenerationResult(gen_ids, texts, gates)
+
+    def decoding(self, temperature: float, top_p: float, seed: int | None, stop, eos_token_id) -> Decoding:
+        """What both decoding loops share: EOS ids, pad id, sampling warpers and generator, stop criteria."""
         from transformers.generation import (
             EosTokenCriteria,
             LogitsProcessorList,
@@ -190,10 +268,6 @@ class FusedLM(nn.Module):
         )
 
         tok = self.tokenizer
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if input_ids.shape[0] > 1 and not bool(attention_mask[:, -1].all()):
-            raise ValueError("batched generation needs left padding (the last column must be real tokens)")
         eos = eos_token_id if eos_token_id is not None else tok.eos_token_id
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         pad = tok.pad_token_id if tok.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
@@ -206,42 +280,10 @@ class FusedLM(nn.Module):
         criteria = StoppingCriteriaList()
         if eos_ids:
             criteria.append(EosTokenCriteria(eos_token_id=eos_ids))
-        stopper = StopStrings(tok, stop) if any(stop) else None
+        stop = [s for s in stop if s]
+        stopper = StopStrings(tok, stop) if stop else None
         gen = torch.Generator(device="cpu").manual_seed(seed) if (sample and seed is not None) else None
-
-        seq, mask = input_ids, attention_mask
-        prompt_len = input_ids.shape[1]
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        new_tokens, gate_steps = [], []
-        out = self(seq, mask, use_cache=True, last_only=True)  # prefill: the whole prompt once
-        for step in range(max_new_tokens):
-            # (B, W): argmax and sampling see every row, as the expert alone does (parity rule)
-            scores = out.logprobs[:, -1, :]
-            if sample:
-                scores = warpers(seq, scores)
-                probs = F.softmax(scores, dim=-1)
-                nxt = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(1).to(seq.device)
-            else:
-                nxt = scores.argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            new_tokens.append(nxt)
-            if out.gates is not None:
-                gate_steps.append(out.gates[:, -1])
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
-            # Only the generated tokens: a stop string must not match across the prompt boundary (a chat
-            # prompt ending in "\n" plus a first "\n" is not "\n\n"), as lm-eval's own stop criteria.
-            if len(criteria):
-                done = done | criteria(seq[:, prompt_len:], scores).to(done.device)
-            if stopper is not None:
-                done = done | stopper(seq[:, prompt_len:], done)
-            if step == max_new_tokens - 1 or bool(done.all()):
-                break  # no forward for a token nobody will read
-            out = self(nxt[:, None], mask, state=out.state, use_cache=True, last_only=True)  # one token per step
-        gen_ids = torch.stack(new_tokens, dim=1) if new_tokens else seq[:, :0]
-        texts = [cut_at_stop(t, stop) for t in self._decode(gen_ids, eos_ids, pad)]
-        gates = torch.stack(gate_steps, dim=1) if gate_steps else None
-        return GenerationResult(gen_ids, texts, gates)
+        return Decoding(eos_ids, pad, sample, warpers, criteria, stopper, gen, stop)
 
     def _decode(self, gen_ids: torch.Tensor, eos_ids: list[int], pad: int) -> list[str]:
         texts = []
@@ -249,6 +291,33 @@ class FusedLM(nn.Module):
             cut = next((row[:i] for i, t in enumerate(row) if t in eos_ids), row)
             texts.append(self.tokenizer.decode(cut, skip_special_tokens=True))
         return texts
+
+
+@dataclass
+class Decoding:
+    """Per-call decoding settings (:meth:`FusedLM.decoding`)."""
+
+    eos_ids: list[int]
+    pad: int
+    sample: bool
+    warpers: Any  # LogitsProcessorList: temperature, top-p (empty when greedy)
+    criteria: Any  # StoppingCriteriaList: EOS
+    stopper: StopStrings | None
+    generator: torch.Generator | None
+    stop: list[str]
+
+
+def crop_caches(caches: tuple, n: int) -> tuple:
+    """Drop the last ``n`` tokens of every KV cache in ``caches`` (None entries: experts that were not run)."""
+    if n:
+        for c in caches:
+            if c is None:
+                continue
+            if not getattr(c, "is_croppable", True):
+                raise ValueError(f"{type(c).__name__} cannot be rolled back (a sliding window past its size?); "
+                                 "speculative decoding needs croppable caches")
+            c.crop(-n)
+    return caches
 
 
 class StopStrings:
@@ -276,6 +345,23 @@ class StopStrings:
             if any(s in text for s in self.stop):
                 hit[row] = True
         return hit
+
+    def first_hit(self, tokens: list[int], start: int) -> int | None:
+        """The shortest length n in (start, len(tokens)] at which ``tokens[:n]`` is stopped by this rule, or None.
+
+        For decoding loops that append several tokens per step (speculation): the same verdict the one-token loop
+        reaches after each token, so the row ends at the same token.
+        """
+        if not self._hit(tokens):
+            return None
+        for n in range(start + 1, len(tokens) + 1):
+            if self._hit(tokens[:n]):
+                return n
+        return len(tokens)
+
+    def _hit(self, tokens: list[int]) -> bool:
+        text = self.tokenizer.decode(tokens[-self.window:])
+        return any(s in text for s in self.stop)
 
 
 def cut_at_stop(text: str, stop: list[str] | tuple[str, ...]) -> str:

@@ -8,18 +8,25 @@ from pathlib import Path
 NAME = "demo"
 HELP = ("the whole pipeline on the test bed: build it, train the routers, distil, merge, evaluate everything, "
         "write the leaderboard and chart, run the regression check")
-EXAMPLES = ["sopmoe demo", "sopmoe demo --seeds 0 1 2 --out runs/demo3 --update-baseline"]
+EXAMPLES = ["sopmoe demo", "sopmoe demo --seeds 0 1 2 --out runs/demo3 --update-baseline",
+            "sopmoe demo --bed real --size full --out runs/real  # SmolLM2-135M-Instruct and its SOP fine-tune"]
 ORDER = 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="work folder (default: runs/demo)")
-    p.add_argument("--results", type=Path, default=Path("results"),
-                   help="the committed results folder --update-baseline rewrites (default: results); without it the "
-                   "leaderboard goes to OUT/results and nothing tracked changes")
-    p.add_argument("--baseline", type=Path, default=Path("results/baseline.json"), help="regression baseline")
+    p.add_argument("--bed", choices=["test", "real"], default="test",
+                   help="test (default: the tiny bed trained here in minutes) or real (SmolLM2-135M-Instruct and its "
+                   "own SOP fine-tune; --size full is the committed run, ~45 min on 2 cores)")
+    p.add_argument("--out", type=Path, default=None, help="work folder (default: runs/demo, runs/real for --bed real)")
+    p.add_argument("--results", type=Path, default=None,
+                   help="the committed results folder --update-baseline rewrites (default: results, results/real for "
+                   "--bed real); without it the leaderboard goes to OUT/results and nothing tracked changes")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="regression baseline (default: RESULTS/baseline.json)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="test-bed seeds; several: mean ± spread")
-    p.add_argument("--size", choices=["ci", "full"], default="ci", help="test-bed size (default: ci)")
+    p.add_argument("--size", choices=["ci", "full"], default=None,
+                   help="bed size (default: ci for the test bed, full for the real bed, whose ci size is a smoke of "
+                   "the same code path at tiny sizes, with no regression baseline)")
     p.add_argument("--preset", choices=["partial", "extreme"], default="partial",
                    help="test-bed preset (default: partial forgetting; extreme = the earlier 0/100 bed)")
     p.add_argument("--readme", type=Path, default=Path("README.md"),
@@ -36,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from harness.demo import Demo
 
     setup_logging(args.log_level, "logs/demo.log", keep=True)
-    demo = Demo(out=args.out, results=args.results, baseline=args.baseline, seeds=args.seeds, size=args.size,
-                preset=args.preset, limit=args.limit, readme=args.readme if args.readme.is_file() else None,
-                reuse_testbed=args.reuse_testbed)
+    real = args.bed == "real"
+    out = args.out or Path("runs/real" if real else "runs/demo")
+    results = args.results or Path("results/real" if real else "results")
+    demo = Demo(out=out, results=results, baseline=args.baseline or results / "baseline.json", seeds=args.seeds,
+                size=args.size or ("full" if real else "ci"), preset=args.preset, limit=args.limit,
+                readme=args.readme if args.readme.is_file() else None, reuse_testbed=args.reuse_testbed, bed=args.bed)
     return demo.run(update_baseline=args.update_baseline)

@@ -9,6 +9,12 @@ KV-cached (:meth:`sopmoe_models.fused.FusedLM.generate`); models are built by :f
 
 Nothing is replaced silently: an existing output (``O``, ``O.summary.json``, ``O.config.yaml``, ``--route_html``) needs
 ``--overwrite``, and an output that is the input file (``--eval_file``, the config) is refused whatever the flags.
+
+``--draft PATH`` (or ``auto``: the distilled student ``<distill.output_dir>/best_student``) decodes the chosen model
+speculatively (:mod:`sopmoe_models.speculative`): the drafter proposes ``--num_draft_tokens`` tokens per round, the
+fused model verifies them in one forward per expert. Greedy answers are the same as without it; the drafter's
+acceptance rate is printed after the answers (and the routing statistics of ``--show_router_stats``), and kept in
+``O.summary.json`` under ``speculation``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ NAME = "generate"
 HELP = "generate with foundation, sft or a fused model: one prompt, or a JSONL file with each expert's answer beside it"
 EXAMPLES = [
     'sopmoe generate --model ensemble --prompt "请按照SOP流程处理客户退款申请" --foundation_weight 0.6',
+    'sopmoe generate --model btm --prompt "请按照SOP流程处理客户退款申请" --draft auto --show_router_stats',
     "sopmoe generate --model ensemble --eval_file data/eval/eval_all.jsonl --output_file results/generations.jsonl",
 ]
 ORDER = 30
@@ -62,12 +69,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (refused without it)")
     p.add_argument("--allow_missing_fingerprint", action="store_true",
                    help="--model btm: run a router whose router.json records no expert fingerprint (unverified)")
+    p.add_argument("--draft", dest="generation.draft", default=None,
+                   help="speculative decoding with this drafter (a model folder sharing the experts' tokenizer), or "
+                        "auto = <distill.output_dir>/best_student; same greedy output, fewer fused forwards")
+    p.add_argument("--num_draft_tokens", dest="generation.num_draft_tokens", type=int, default=None,
+                   help="draft tokens per round (default 8; the start value of the heuristic schedule)")
+    p.add_argument("--draft_schedule", dest="generation.draft_schedule", choices=["constant", "heuristic"],
+                   default=None, help="constant k, or heuristic (default): k + 2 after a fully accepted round, else k - 1")
+    p.add_argument("--draft_confidence", dest="generation.draft_confidence", type=finite_float, default=None,
+                   help="end a round's drafting once the drafter's probability of its draft is below this (default 0: off)")
 
 
-def generate_texts(model, prompts: list[str], gen, *, batch_size: int = 1, on_batch=None, on_result=None) -> list[str]:
+def generate_texts(model, prompts: list[str], gen, *, batch_size: int = 1, on_batch=None, on_result=None,
+                   draft=None) -> list[str]:
     """Answers for already formatted ``prompts``: sorted by length, left-padded batches, original order returned.
 
-    ``on_result(indices, GenerationResult)`` (optional) sees each batch's result, e.g. a router's gates."""
+    ``on_result(indices, GenerationResult)`` (optional) sees each batch's result, e.g. a router's gates; ``draft``
+    (a :class:`~sopmoe_models.speculative.Drafter`) decodes speculatively."""
     from sopmoe_models.data import collate
 
     tok = model.tokenizer
@@ -90,6 +108,7 @@ def generate_texts(model, prompts: list[str], gen, *, batch_size: int = 1, on_ba
             top_p=gen.top_p,
             seed=gen.seed,
             stop=list(gen.stop),
+            draft=draft,
         )
         for i, text in zip(idx, result.texts):
             texts[i] = text
@@ -179,7 +198,7 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from harness.cli import setup_logging
-    from harness.models import build_fused_model
+    from harness.models import build_drafter, build_fused_model
     from sopmoe_models.data import load_jsonl
     from sopmoe_models.experts import load_experts_from_config
     from sopmoe_models.prompt import format_prompt
@@ -192,6 +211,7 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     setup_logging(args.log_level, args.log_file)
     examples = load_jsonl(eval_file)[: args.limit]
     pair = load_experts_from_config(cfg)
+    drafter = build_drafter(cfg, pair)  # the chosen model's only: the experts' answers beside it decode plainly
     names = [args.model, *[n for n in EXPERTS if n != args.model]]
     prompts = [format_prompt(ex.input, cfg.data.prompt_format, pair.tokenizer) for ex in examples]
     log.info("generate: %d examples from %s with %s", len(examples), eval_file, ", ".join(names))
@@ -208,6 +228,7 @@ def run_file(args: argparse.Namespace, cfg) -> int:
                 model, prompts, cfg.generation, batch_size=cfg.generation.batch_size,
                 on_batch=lambda n, task=task: progress.advance(task, n),
                 on_result=view.on_result if name == "btm" else None,
+                draft=drafter if name == args.model else None,
             )
     rows = []
     for i, ex in enumerate(examples):
@@ -223,12 +244,15 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     summary = summarize(rows, names)
     summary_file = output.with_name(output.stem + ".summary.json")
     tmp = summary_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"eval_file": str(eval_file), "models": names, "summary": summary}, ensure_ascii=False,
-                              indent=2), encoding="utf-8")
+    record = {"eval_file": str(eval_file), "models": names, "summary": summary}
+    if drafter is not None:
+        record["speculation"] = {"model": args.model, **drafter.describe()}
+    tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2), encoding="utf-8")
     tmp.replace(summary_file)
     cfg.save(output.with_name(output.stem + ".config.yaml"))
     print_summary(summary, names)
     _show_routing(args, view, [ex.id or ex.input for ex in examples])
+    _show_speculation(args.model, drafter)
     log.info("wrote %s (%d lines), %s", output, len(rows), summary_file)
     return 0
 
@@ -253,6 +277,16 @@ def guard_outputs(output: Path | None, args: argparse.Namespace, inputs: list) -
             raise UserError(f"{t} is a folder; --output_file and --route_html name files")
         if not args.overwrite:
             refuse_existing(t, "an output file")
+
+
+def _show_speculation(model: str, drafter, stderr: bool = False) -> None:
+    """One line: the drafter, k and its acceptance rate (after the answers; on stderr in --prompt mode)."""
+    if drafter is None:
+        return
+    import sys
+
+    print(f"speculative decoding of {model}: drafter {drafter.path}, k={drafter.num_draft_tokens} {drafter.schedule}: "
+          f"{drafter.stats.describe()}", file=sys.stderr if stderr else sys.stdout)
 
 
 def _show_routing(args: argparse.Namespace, view, labels: list[str] | None = None) -> None:
@@ -282,13 +316,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise ValueError("--prompt is empty")
     guard_outputs(None, args, inputs=[args.config, cfg.data.eval_file])
-    from harness.models import build_fused_model
+    from harness.models import build_drafter, build_fused_model
     from sopmoe_models.prompt import format_prompt
 
     model = build_fused_model(args.model, cfg, router_checkpoint=args.router_checkpoint,
                               allow_missing_fingerprint=args.allow_missing_fingerprint)
+    drafter = build_drafter(cfg, model.pair)
     prompt = format_prompt(args.prompt, cfg.data.prompt_format, model.tokenizer)
     view = RoutingView(model, [prompt]) if args.model == "btm" else None
-    print(generate_texts(model, [prompt], cfg.generation, on_result=view.on_result if view else None)[0])
+    print(generate_texts(model, [prompt], cfg.generation, on_result=view.on_result if view else None,
+                         draft=drafter)[0])
     _show_routing(args, view, [args.prompt])
+    _show_speculation(args.model, drafter, stderr=not args.show_router_stats)
     return 0

@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pareto", type=Path, default=None, help="also write accuracy against cost (results/pareto.png)")
     p.add_argument("--json", type=Path, default=None, help="also write every rendered number (results/leaderboard.json)")
     p.add_argument("--readme", type=Path, default=None, help="regenerate this README's results section")
+    p.add_argument("--readme-section", choices=["results", "real-results"], default="results",
+                   help="which README section --readme regenerates: the test bed's (results) or the real bed's")
     p.add_argument("--quiet", action="store_true", help="do not print the tables")
     p.add_argument("--overwrite", action="store_true", help="replace --out/--png even if sopmoe did not write them")
 
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
             if getattr(args, flag):
                 parts += [f"--{flag}", str(getattr(args, flag))]
         lb = build(args.run_dirs, command=shlex.join(parts))
-    write_outputs(lb, args.out, args.png, pareto=args.pareto, json_path=args.json, readme=args.readme)
+    write_outputs(lb, args.out, args.png, pareto=args.pareto, json_path=args.json, readme=args.readme,
+                  readme_section=args.readme_section)
     if not args.quiet:
         print_rich(lb)
     written = [str(x) for x in (args.out, args.png, args.pareto, args.json, args.readme) if x]

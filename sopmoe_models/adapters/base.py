@@ -11,7 +11,13 @@ Model arguments come from ``config=PATH`` (a sopmoe YAML), overridden by explici
 
     foundation=DIR, sft=DIR, device=cpu|cuda:0|auto, dtype=auto|float32|bfloat16|float16, sft_device=, sft_dtype=
 
-plus each subclass's own (:attr:`FusedHFLM.MODEL_ARGS`, e.g. ``foundation_weight`` -> ``ensemble.foundation_weight``).
+plus each subclass's own (:attr:`FusedHFLM.MODEL_ARGS`, e.g. ``foundation_weight`` -> ``ensemble.foundation_weight``),
+plus speculative decoding of generation requests (:mod:`sopmoe_models.speculative`; the same greedy output)::
+
+    draft=DIR|auto, num_draft_tokens=8, draft_schedule=constant|heuristic, draft_confidence=0.0
+
+(``auto``: the distilled student ``<distill.output_dir>/best_student`` of the config, when it exists). The drafter's
+acceptance rate is recorded in lm-eval's results under ``config.sopmoe.speculation``.
 A subclass implements one hook, :meth:`FusedHFLM.build_fused`, that builds its fused model from the resolved config.
 In-process callers (``sopmoe sweep``) may pass a ready ``fused=`` model to reuse loaded experts.
 """
@@ -39,6 +45,10 @@ COMMON_ARGS: dict[str, tuple[str, ...]] = {
     "dtype": ("models.foundation.dtype", "models.sft.dtype"),
     "sft_device": ("models.sft.device",),
     "sft_dtype": ("models.sft.dtype",),
+    "draft": ("generation.draft",),
+    "num_draft_tokens": ("generation.num_draft_tokens",),
+    "draft_schedule": ("generation.draft_schedule",),
+    "draft_confidence": ("generation.draft_confidence",),
 }
 # HFLM's own options that still mean something for a pre-loaded model.
 HFLM_ARGS = ("max_length", "truncation", "logits_cache", "add_bos_token", "prefix_token_id", "softmax_dtype")
@@ -99,6 +109,7 @@ class FusedHFLM(HFLM):
         config: str | None = None,
         batch_size: int | str = 1,
         max_batch_size: int = 64,
+        drafter: Any = None,
         **model_args: Any,
     ) -> None:
         hf_kwargs = {k: model_args.pop(k) for k in HFLM_ARGS if k in model_args}
@@ -106,9 +117,12 @@ class FusedHFLM(HFLM):
         if fused is None:
             cfg, self.options = self.resolve_config(config, model_args)
             fused = self.build_fused(cfg, self.options, pair)
+            if drafter is None:
+                drafter = self.build_drafter(cfg, fused)
         elif model_args or config is not None:
             raise ValueError(f"{type(self).__name__}: pass either a built fused model or model arguments, not both")
         self.fused = fused
+        self.drafter = drafter  # a speculative.Drafter for generation requests, or None
         with _quiet_preloaded_warnings():
             super().__init__(
                 pretrained=fused.pair.foundation,
@@ -181,9 +195,25 @@ class FusedHFLM(HFLM):
         """Build the fused model from the resolved config (reuse ``pair`` when given instead of loading)."""
         raise NotImplementedError(f"{cls.__name__} must implement build_fused(cfg, options, pair)")
 
+    @staticmethod
+    def build_drafter(cfg, fused: FusedLM):
+        """The drafter of ``generation.draft`` (model arg ``draft=``), next to the fused model's experts; or None."""
+        from sopmoe_models.speculative import load_drafter, resolve_draft
+
+        g = cfg.generation
+        path = resolve_draft(g.draft, cfg.distill.output_dir)
+        if path is None:
+            return None
+        return load_drafter(path, fused.pair, num_draft_tokens=g.num_draft_tokens, schedule=g.draft_schedule,
+                            confidence=g.draft_confidence)
+
     def describe(self) -> dict[str, Any]:
         """The fusion's settings, recorded in lm-eval's results under ``config.sopmoe``."""
         return {}
+
+    def describe_speculation(self) -> dict[str, Any]:
+        """``{"speculation": drafter, k, counts, acceptance rate}`` when generation is speculative, else {}."""
+        return {"speculation": self.drafter.describe()} if getattr(self, "drafter", None) is not None else {}
 
     # -- the two seams -----------------------------------------------------------------------------------------
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
@@ -226,6 +256,7 @@ class FusedHFLM(HFLM):
             seed=seed,
             stop=[s for s in stop if s not in eos_texts],  # EOS ids stop rows already
             eos_token_id=eos_ids,
+            draft=self.drafter,
         )
         return torch.cat([context, result.sequences.to(context.device)], dim=1)
 
@@ -251,5 +282,5 @@ class FusedHFLM(HFLM):
             "model_dtype": str(pair.foundation.dtype),
             "model_revision": None,
             "model_sha": "",
-            "sopmoe": {"method": self.fused.name, **self.describe(), "experts": experts},
+            "sopmoe": {"method": self.fused.name, **self.describe(), **self.describe_speculation(), "experts": experts},
         }

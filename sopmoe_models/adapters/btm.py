@@ -10,7 +10,8 @@ Model arguments (besides :class:`~sopmoe_models.adapters.base.FusedHFLM`'s ``con
   fingerprints, else a clear error). Without ``router=``: ``<btm.output_dir>/best_router.safetensors`` of the
   config if it exists, else ``router_type=posterior`` (uniform prior, needs no checkpoint).
 - ``force_gate=foundation|sft``: fix every gate to one expert (parity checks: equals that expert's ``--model hf``).
-- ``stats_path=FILE``: also write the routing statistics there (JSON, rewritten after every request batch).
+- ``stats_path=FILE``: also write the routing statistics there (JSON, rewritten after every request batch), and the
+  drafter's acceptance rate under ``speculation`` with ``draft=`` (speculative generation, see ``FusedHFLM``).
 - ``allow_missing_fingerprint=true``: run a router whose ``router.json`` records no expert fingerprint (unverified;
   refused otherwise).
 
@@ -195,5 +196,6 @@ class BTMLMEval(FusedHFLM):
         path = Path(self.stats_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({"router": self.describe()}, indent=2, ensure_ascii=False), encoding="utf-8")
+        record = {"router": self.describe(), **self.describe_speculation()}
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
         tmp.replace(path)

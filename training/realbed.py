@@ -1,0 +1,245 @@
+"""The real bed (issue 12): a real pretrained foundation and its own SOP fine-tune, built reproducibly from nothing.
+
+``build_realbed(out, seed)`` writes the same layout as the test bed (:mod:`training.testbed`), so every later stage of
+the pipeline (routers, baselines, distillation, merges, evaluate, leaderboard, regress) runs on it unchanged:
+
+- ``foundation/``: SmolLM2-135M-Instruct (:mod:`training.real_foundation`: fetched once from PyPI, converted to
+  safetensors, cached by the GGUF's hash; linked here);
+- ``data/``: English SOP requests, capitals, general facts and composition, train / dev / test by problem
+  (:mod:`training.real_data`);
+- ``sft/``: the foundation fine-tuned on SOP rows only (:mod:`training.sft`, the same code as ``sopmoe sft``), past
+  the point of forgetting: it writes the steps and loses the foundation's answer sentence;
+- ``config.yaml`` (chat prompts, float32 on CPU) and ``testbed.json``: sizes, times, the dev sweep of the
+  probability mixture at fixed foundation weights, the composition check and the property check, all on dev.
+
+The composition check (issue 12: "check on dev that some mixture can solve your composition family before building
+on it"): ``segment_oracle`` scores each ``mixed`` dev row with the foundation on the answer sentence and the SFT on the
+steps, one fixed switch per row at the line break, no search. If that switch solves the row, a router that learns
+"facts → foundation, steps → SFT" from the training kinds can solve it too; a fixed weight usually cannot (one weight
+must serve both pieces), which is the gap fusion is for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sopmoe_models.data import FAMILIES, IGNORE_INDEX, Example, collate, encode_example, load_jsonl
+from training.real_data import TRAIN_KINDS, RealDataSpec, make_real_data
+from training.sft import SFTSpec, train_sft
+from training.testbed import SWEEP_WEIGHTS, stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RealbedSpec:
+    """Sizes of one real bed. ``REAL_SIZES`` holds them; change them here."""
+
+    size: str = "full"
+    data: RealDataSpec = field(default_factory=RealDataSpec)
+    sft: SFTSpec = field(default_factory=SFTSpec)
+    eval_batch_size: int = 8
+    dev_limit: int | None = None  # rows per dev family in the sweep (None: all)
+    check: bool = True
+
+
+REAL_SIZES: dict[str, RealbedSpec] = {
+    # The committed real run: 40 SFT steps (~10 s each on 2 cores), 40 dev / 60 test rows per family.
+    "full": RealbedSpec(),
+    # CI's smoke of the same code path: a few rows, two SFT steps, no property check (nothing is learnt in 2 steps).
+    "ci": RealbedSpec(size="ci", data=RealDataSpec(sft_rows=16, train_sop=8, train_facts=8, dev_per_family=4,
+                                                   test_per_family=4),
+                      sft=SFTSpec(steps=2, batch_size=4), check=False),
+}
+
+# Properties on dev (issue 12): the SFT writes the format (>= 0.9) and has clearly lost the foundation's answers; no
+# expert solves composition; the per-row switch (foundation on the sentence, SFT on the steps) clearly does.
+PROPERTIES = {
+    "sop_strict: sft >= 0.9": (("sop_strict", "sft"), 0.9, None),
+    "reasoning: foundation - sft >= 0.3": (("reasoning", "foundation", "sft"), 0.3, None),
+    "mixed: best expert <= 0.3": (("mixed", "best_expert"), None, 0.3),
+    "mixed: segment switch - best expert >= 0.3": (("mixed", "switch_gain"), 0.3, None),
+}
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` with hard links where the file system allows (the foundation is read-only here)."""
+    def link(s, d):
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def answer_segments(tokenizer, output: str) -> list[int]:
+    """Per target token: 0 if it starts inside the answer's sentence (the line that is not a step: the
+    foundation's piece), else 1 (the steps and their line breaks: the SFT's piece)."""
+    enc = tokenizer(output, add_special_tokens=False, return_offsets_mapping=True)
+    spans, pos = [], 0
+    for line in output.split("\n"):
+        if line and not line.startswith("Step "):
+            spans.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return [0 if any(a <= start < b for a, b in spans) else 1 for start, _ in enc["offset_mapping"]]
+
+
+@torch.inference_mode()
+def expert_sweep(foundation, sft, tokenizer, examples: list[Example], *, style: str, batch_size: int,
+                 weights=SWEEP_WEIGHTS, segments: bool = False) -> dict[str, dict[str, float]]:
+    """Accuracy (whole target greedy) and per-token perplexity of each expert and of log(w p_f + (1-w) p_s) at each
+    weight, from one forward of each expert per batch; with ``segments`` also the per-row switch (foundation on the
+    first line, SFT on the rest). Log-softmax over every output row, as sopmoe's scoring does (parity rule)."""
+    from sopmoe_models.fused import log_softmax_
+
+    encoded = [encode_example(tokenizer, e, style=style, add_eos=False) for e in examples]
+    segs = [answer_segments(tokenizer, e.output) for e in examples] if segments else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    labels_ = ["foundation", "sft", *(f"mix_{w:.1f}" for w in weights)] + (["switch"] if segments else [])
+    hits = {k: 0 for k in labels_}
+    ll = {k: 0.0 for k in labels_}
+    ntok = 0
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = collate([encoded[i] for i in idx], pad_token_id=pad)
+        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"][:, 1:]
+        scored = labels != IGNORE_INDEX
+        safe = labels.clamp(min=0).unsqueeze(-1)
+        lp_f = log_softmax_(foundation(input_ids=ids, attention_mask=mask).logits)[:, :-1]
+        lp_s = log_softmax_(sft(input_ids=ids, attention_mask=mask).logits)[:, :-1]
+        per: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # label -> (token hit, token ll), (B, T-1)
+        for name, lp in (("foundation", lp_f), ("sft", lp_s)):
+            per[name] = (lp.argmax(-1) == safe.squeeze(-1), lp.gather(-1, safe).squeeze(-1))
+        for w in weights:
+            mix = torch.logaddexp(lp_f + math.log(w), lp_s + math.log(1 - w))
+            per[f"mix_{w:.1f}"] = (mix.argmax(-1) == safe.squeeze(-1), mix.gather(-1, safe).squeeze(-1))
+        if segments:
+            use_f = torch.zeros_like(scored)
+            for j, i in enumerate(idx):
+                pos = scored[j].nonzero().squeeze(-1)
+                seg = torch.tensor(segs[i][: len(pos)])
+                use_f[j, pos[: len(seg)]] = seg == 0
+            per["switch"] = (torch.where(use_f, per["foundation"][0], per["sft"][0]),
+                             torch.where(use_f, per["foundation"][1], per["sft"][1]))
+        ntok += int(scored.sum())
+        for name, (hit, tll) in per.items():
+            hits[name] += int((hit | ~scored).all(-1).sum())
+            ll[name] += float((tll * scored).sum())
+    n = len(examples)
+    return {k: {"acc": round(hits[k] / n, 4), "ppl": round(math.exp(-ll[k] / max(ntok, 1)), 4)} for k in labels_}
+
+
+def check_properties(sweep: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    acc = {fam: {k: v["acc"] for k, v in pts.items()} for fam, pts in sweep.items()}
+    best_expert = max(acc["mixed"]["foundation"], acc["mixed"]["sft"])
+    values = {
+        "sop_strict: sft >= 0.9": acc["sop_strict"]["sft"],
+        "reasoning: foundation - sft >= 0.3": acc["reasoning"]["foundation"] - acc["reasoning"]["sft"],
+        "mixed: best expert <= 0.3": best_expert,
+        "mixed: segment switch - best expert >= 0.3": acc["mixed"].get("switch", 0.0) - best_expert,
+    }
+    out = []
+    for name, (_, lo, hi) in PROPERTIES.items():
+        v = values[name]
+        margin = min(v - lo if lo is not None else math.inf, hi - v if hi is not None else math.inf)
+        out.append({"property": name, "value": round(v, 4), "range": [lo, hi], "margin": round(margin, 4),
+                    "passed": margin >= -1e-9})
+    return out
+
+
+def write_config(out: Path, spec: RealbedSpec) -> Path:
+    from sopmoe_models.config import SopmoeConfig, load_config
+
+    cfg = SopmoeConfig.model_validate({
+        "models": {"foundation": {"path": "foundation", "dtype": "float32"}, "sft": {"path": "sft", "dtype": "float32"}},
+        "data": {"train_file": "data/train/train.jsonl", "train_kinds": list(TRAIN_KINDS),
+                 "eval_file": "data/dev/dev.jsonl", "dev_dir": "data/dev", "task_data_dir": "data/test",
+                 "prompt_format": "chat", "max_length": spec.sft.max_length},
+        "generation": {"max_new_tokens": 64},
+    }).to_dict()
+    path = out / "config.yaml"
+    header = "# generated by `sopmoe realbed`; relative paths resolve against this file's folder\n"
+    path.write_text(header + yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    load_config(path)
+    return path
+
+
+class RealPropertyError(RuntimeError):
+    pass
+
+
+def build_realbed(out: str | Path, seed: int = 0, spec: RealbedSpec | str = "full", *, threads: int | None = None,
+                  progress=None) -> dict[str, Any]:
+    """Build the real bed under ``out`` and return its ``testbed.json`` record (raises :class:`RealPropertyError`
+    after writing everything when a property fails)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.real_foundation import ensure_foundation
+    from training.testbed import free_cores
+
+    if isinstance(spec, str):
+        if spec not in REAL_SIZES:
+            raise ValueError(f"unknown real-bed size {spec!r}; choose one of {', '.join(REAL_SIZES)}")
+        spec = REAL_SIZES[spec]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = threads or free_cores()
+    torch.set_num_threads(threads)
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
+    times: dict[str, dict[str, float]] = {}
+
+    with stage("foundation", times):
+        source = ensure_foundation()
+        if (out / "foundation").exists():
+            shutil.rmtree(out / "foundation")
+        link_tree(source, out / "foundation")
+    with stage("data", times):
+        paths = make_real_data(out / "data", seed, spec.data)
+    with stage("sft", times):
+        sft_spec = SFTSpec(**{**asdict(spec.sft), "seed": seed})
+        sft_card = train_sft(out / "foundation", paths["experts/sft.jsonl"], out / "sft", sft_spec, progress=progress)
+    write_config(out, spec)
+
+    with stage("evaluate", times):  # dev only: test is never read here
+        tok = AutoTokenizer.from_pretrained(out / "foundation")
+        models = [AutoModelForCausalLM.from_pretrained(out / name, dtype=torch.float32).eval()
+                  for name in ("foundation", "sft")]
+        sweep = {}
+        for fam in FAMILIES:
+            rows = load_jsonl(out / "data" / "dev" / f"{fam}.jsonl")[: spec.dev_limit]
+            sweep[fam] = expert_sweep(*models, tok, rows, style="chat", batch_size=spec.eval_batch_size,
+                                      segments=fam == "mixed")
+            log.info("dev %s: %s", fam, {k: v["acc"] for k, v in sweep[fam].items()})
+        props = check_properties(sweep) if spec.check else []
+
+    times["total"] = {"wall_s": round(time.perf_counter() - t_wall, 2), "cpu_s": round(time.process_time() - t_cpu, 2)}
+    record = {
+        "seed": seed, "preset": "real", "size": spec.size, "sweep_split": "dev",
+        "foundation_source": (source / "SOURCE.txt").read_text(encoding="utf-8").strip(),
+        "spec": asdict(spec), "threads": threads,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": __import__("transformers").__version__},
+        "sizes": {"parameters": sum(p.numel() for p in models[0].parameters()), "vocab": len(tok),
+                  "examples": {name: len(load_jsonl(p)) for name, p in paths.items()}},
+        "training": {"sft": sft_card["training"]},
+        "times": times, "sweep": sweep, "properties": props, "passed": all(p["passed"] for p in props),
+    }
+    (out / "testbed.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    failed = [p for p in props if not p["passed"]]
+    if failed:
+        raise RealPropertyError("; ".join(f"{p['property']} failed: value {p['value']}, short by {-p['margin']:.3f}"
+                                          for p in failed))
+    return record
