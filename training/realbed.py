@@ -21,7 +21,6 @@ must serve both pieces), which is the gap fusion is for.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,7 +36,7 @@ import torch
 from sopmoe_models.data import FAMILIES, IGNORE_INDEX, Example, collate, encode_example, load_jsonl
 from training.real_data import TRAIN_KINDS, RealDataSpec, make_real_data
 from training.sft import SFTSpec, train_sft
-from training.testbed import SWEEP_WEIGHTS, stage, write_bed_config
+from training.testbed import SWEEP_WEIGHTS, record_bed, stage, write_bed_config
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +223,4 @@ def build_realbed(out: str | Path, seed: int = 0, spec: RealbedSpec | str = "ful
         "training": {"sft": sft_card["training"]},
         "times": times, "sweep": sweep, "properties": props, "passed": all(p["passed"] for p in props),
     }
-    (out / "testbed.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    failed = [p for p in props if not p["passed"]]
-    if failed:
-        raise RealPropertyError("; ".join(f"{p['property']} failed: value {p['value']}, short by {-p['margin']:.3f}"
-                                          for p in failed))
-    return record
+    return record_bed(out, record, RealPropertyError)

@@ -27,7 +27,6 @@ thread count, no dropout. Same seed and thread count → byte-identical data and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -377,11 +376,19 @@ def build_testbed(out: str | Path, seed: int = 0, spec: TestbedSpec | str = "par
         "properties": props,
         "passed": all(p["passed"] for p in props),
     }
-    (out / "testbed.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    failed = [p for p in props if not p["passed"]]
+    return record_bed(out, record, PropertyError)
+
+
+def record_bed(out: Path, record: dict[str, Any], error: type[Exception] = PropertyError) -> dict[str, Any]:
+    """Write a built bed's ``testbed.json`` (atomically); raise ``error`` naming each failed property and its
+    margin, after the record is written (it says what failed)."""
+    from sopmoe_models.outputs import write_json
+
+    write_json(out / "testbed.json", record)
+    failed = [p for p in record["properties"] if not p["passed"]]
     if failed:
-        raise PropertyError("; ".join(f"{p['property']} failed: value {p['value']}, short by {-p['margin']:.3f}"
-                                      for p in failed))
+        raise error("; ".join(f"{p['property']} failed: value {p['value']}, short by {-p['margin']:.3f}"
+                              for p in failed))
     return record
 
 
