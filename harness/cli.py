@@ -59,7 +59,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """Load the YAML named by ``--config`` and apply every dotted-dest flag that was given."""
-    from harness.config import load_config
+    from sopmoe_models.config import load_config
 
     overrides = {k: v for k, v in vars(args).items() if "." in k and v is not None}
     return load_config(args.config, overrides)

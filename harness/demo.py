@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sopmoe_models.outputs import write_json
+
 log = logging.getLogger(__name__)
 
 ROUTERS = ("posterior", "token_level", "layer_level")
@@ -215,9 +217,7 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         record = {"seeds": self.seeds, "size": self.size, "ok": ok, "wall_s": round(wall_s, 1),
                   "testbed_property_failures": self.property_failures, "stages": self.stages}
-        tmp = self.out / "demo.json.tmp"
-        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(self.out / "demo.json")
+        write_json(self.out / "demo.json", record)
 
     def print_summary(self) -> None:
         from rich.console import Console

@@ -24,8 +24,9 @@ from typing import Any
 
 from harness.runs import Metric, Run, collect, mean_spread, model_order, read_runs
 from harness.stats import paired_bootstrap, wilson
+from sopmoe_models.data import FAMILIES
+from sopmoe_models.outputs import write_atomic
 
-FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
 CORE = ("sop_strict", "reasoning", "mixed")
 # Trained fusions (routers and the student distilled from one) against everything else: the experts, the ensemble,
 # the dispatch and replay baselines and the merges (issue 11's comparison).
@@ -433,7 +434,7 @@ def update_readme(path: Path, lb: Leaderboard, section: str = "results") -> None
         raise ValueError(f"{path}: no results section ({begin} ... {end}) to regenerate")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    _write_atomic(path, (head + readme_block(lb, section) + tail).encode("utf-8"))
+    write_atomic(path, (head + readme_block(lb, section) + tail).encode("utf-8"))
 
 
 def to_pareto_png(lb: Leaderboard) -> bytes:
@@ -502,13 +503,6 @@ def to_png(lb: Leaderboard) -> bytes:
     return buf.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 def write_leaderboard(run_dirs: list[str | Path], out: str | Path, png: str | Path | None = None,
                       command: str | None = None, *, pareto: str | Path | None = None,
                       json_path: str | Path | None = None, readme: str | Path | None = None,
@@ -523,13 +517,13 @@ def write_leaderboard(run_dirs: list[str | Path], out: str | Path, png: str | Pa
 def write_outputs(lb: Leaderboard, out: str | Path, png: str | Path | None = None, *, pareto: str | Path | None = None,
                   json_path: str | Path | None = None, readme: str | Path | None = None,
                   readme_section: str = "results") -> None:
-    _write_atomic(Path(out), to_markdown(lb).encode("utf-8"))
+    write_atomic(Path(out), to_markdown(lb).encode("utf-8"))
     if png is not None:
-        _write_atomic(Path(png), to_png(lb))
+        write_atomic(Path(png), to_png(lb))
     if pareto is not None:
-        _write_atomic(Path(pareto), to_pareto_png(lb))
+        write_atomic(Path(pareto), to_pareto_png(lb))
     if json_path is not None:
-        _write_atomic(Path(json_path), (json.dumps(lb.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+        write_atomic(Path(json_path), (json.dumps(lb.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     if readme is not None:
         update_readme(Path(readme), lb, readme_section)
 

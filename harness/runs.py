@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from sopmoe_models.outputs import write_json  # noqa: F401  (atomic; harness.evaluate and harness.regress use it from here)
 
 SUMMARY = "summary.json"
 RESULTS = "results.json"
@@ -121,14 +122,6 @@ def read_json(path: Path) -> Any:
         raise FileNotFoundError(f"{path}: not found") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (tmp + rename), UTF-8, stable key order as given."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def read_run(path: str | Path) -> Run:

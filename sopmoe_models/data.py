@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from sopmoe_models.errors import UserError
+from sopmoe_models.outputs import atomic_path
 from sopmoe_models.prompt import PromptFormat, format_prompt
 
 IGNORE_INDEX = -100
+# The scored families: one lm-eval task (tasks/sop_*.yaml) and one JSONL file (<family>.jsonl) each.
+FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
 REQUIRED = ("input", "output")
 OPTIONAL = ("id", "category")
 
@@ -93,13 +96,9 @@ def load_training_examples(path: str | Path, kinds: list[str] | tuple[str, ...] 
 
 def write_jsonl(path: str | Path, examples: list[Example]) -> None:
     """Write examples atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for ex in examples:
             f.write(json.dumps(ex.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def encode_example(
@@ -145,3 +144,9 @@ def collate(features: list[dict[str, list[int]]], pad_token_id: int, padding_sid
             out["attention_mask"].append([0] * pad + [1] * n)
             out["labels"].append([IGNORE_INDEX] * pad + f.get("labels", f["input_ids"]))
     return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+
+
+def output_mask(labels):
+    """(B, T) labels with ``IGNORE_INDEX`` on prompt/padding -> (B, T-1) bool mask: position t predicts
+    ``labels[t+1]``, an output token (not prompt, not padding). The one definition both trainers use."""
+    return labels[:, 1:] != IGNORE_INDEX

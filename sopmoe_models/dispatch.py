@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair
+from sopmoe_models.outputs import atomic_path, write_json
 
 WEIGHTS = "dispatch.safetensors"
 CARD = "dispatch.json"
@@ -75,14 +76,10 @@ class Dispatcher:
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / (WEIGHTS + ".tmp")
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.reshape(()).contiguous(),
-                   "mean": self.mean.contiguous(), "std": self.std.contiguous()}, str(tmp), metadata={"format": "pt"})
-        tmp.replace(out_dir / WEIGHTS)
-        tmp = out_dir / (CARD + ".tmp")
-        tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        tmp.replace(out_dir / CARD)
+        with atomic_path(out_dir / WEIGHTS) as tmp:
+            save_file({"weight": self.weight.contiguous(), "bias": self.bias.reshape(()).contiguous(),
+                       "mean": self.mean.contiguous(), "std": self.std.contiguous()}, str(tmp), metadata={"format": "pt"})
+        write_json(out_dir / CARD, card)
         self.card = card
         return out_dir / WEIGHTS
 

@@ -22,12 +22,15 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from sopmoe_models.errors import UserError
+
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +228,8 @@ def load_experts(
     return ExpertPair(f_model, s_model, tok_f, usable_vocab_size(tok_f, f_model, s_model), str(foundation), str(sft))
 
 
-def load_experts_from_config(cfg) -> ExpertPair:
-    """:func:`load_experts` with the ``models`` section of a :class:`harness.config.SopmoeConfig`."""
+def load_experts_from_config(cfg: SopmoeConfig) -> ExpertPair:
+    """:func:`load_experts` with the ``models`` section of a :class:`sopmoe_models.config.SopmoeConfig`."""
     m = cfg.models
     if not m.foundation.path or not m.sft.path:
         raise ValueError("models.foundation.path and models.sft.path must be set (config or --foundation/--sft)")

@@ -6,6 +6,8 @@
   writes as a whole. A destructive flag only ever deletes a folder whose marker names the same command
   (:func:`written_by`); any other folder is refused, whatever the flag.
 - :func:`overlaps`: a destination that is, or contains, one of the command's inputs is refused.
+- :func:`write_atomic` / :func:`write_json` / :func:`atomic_path`: a file is written under a uniquely named hidden
+  sibling and renamed into place, so a reader never sees half a file and a kill leaves the previous one.
 - :func:`new_temp_dir` + :func:`replace_dir`: a folder is written whole under a uniquely named hidden sibling and
   renamed into place; the folder it replaces is first renamed aside under a unique name and deleted only once the new
   one is in place. No fixed name (``X.tmp``, ``X.old``) is used, so nothing the user owns is ever deleted by accident,
@@ -20,7 +22,8 @@ import json
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +40,7 @@ def write_marker(folder: str | Path, command: str, **extra: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"format": MARKER_FORMAT, "written_by": f"sopmoe {command}",
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-    path = folder / MARKER
-    tmp = folder / f".{MARKER}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json(folder / MARKER, record)
 
 
 def read_marker(folder: str | Path) -> dict[str, Any] | None:
@@ -91,6 +90,37 @@ def overlaps(dest: str | Path, inputs: Iterable[str | Path | None]) -> list[Path
         if q == d or d in q.parents:
             out.append(q)
     return out
+
+
+# --- whole files ------------------------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A uniquely named hidden sibling of ``path`` to write into; renamed to ``path`` when the block ends without an
+    error, deleted when it raises (the previous ``path``, if any, is then left as it was)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:10]}.tmp")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` whole: temporary sibling, then rename."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as indented UTF-8 JSON (keys in the order given, one trailing newline), written atomically."""
+    return write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 # --- whole folders -----------------------------------------------------------------------------------------------

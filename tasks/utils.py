@@ -25,7 +25,8 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
+from sopmoe_models.data import FAMILIES
+
 DEFAULT_DIR = Path(__file__).resolve().parent / "data"
 STEP = re.compile(r"步骤\s*(\d+)|[Ss]tep\s*(\d+)")
 
@@ -54,7 +55,7 @@ def _tokenizer_source(meta: dict) -> str | None:
                     return path
     cfg = meta.get("config")
     if isinstance(cfg, str) and Path(cfg).is_file():
-        from harness.config import load_config
+        from sopmoe_models.config import load_config
 
         path = load_config(cfg).models.foundation.path
         if path and Path(path).is_dir():

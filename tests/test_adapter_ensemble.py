@@ -32,10 +32,12 @@ def parity_dirs(tmp_path_factory):
 def task_manager(tiny_data_dir, parity_dirs):
     from lm_eval.tasks import TaskManager
 
-    from sopmoe_models.lm_eval_plugin import register_all
+    from sopmoe_models.lm_eval_plugin import register_all, tasks_dir
 
     register_all()
-    return TaskManager(metadata={"data_dir": str(tiny_data_dir / "eval"), "tokenizer": parity_dirs["foundation"]})
+    # only our tasks: indexing lm-eval's ~15k built-in ones costs ~12 s (the full index: test_lm_eval_discovery)
+    return TaskManager(include_path=tasks_dir(), include_defaults=False,
+                       metadata={"data_dir": str(tiny_data_dir / "eval"), "tokenizer": parity_dirs["foundation"]})
 
 
 @pytest.fixture(scope="module")

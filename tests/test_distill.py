@@ -159,7 +159,7 @@ def test_cached_teacher_with_k_equal_w_matches_live(full_run, workdir, tiny_pair
     assert not again["teacher_cache"]["train"]["built"] and not again["teacher_cache"]["eval"]["built"]
 
 
-def test_lora_student_is_merged(workdir, tiny_pair_dirs, tiny_data_dir, monkeypatch):
+def test_lora_student_is_merged(workdir, tiny_pair_dirs, tiny_data_dir, monkeypatch, recwarn):
     from transformers import AutoModelForCausalLM
 
     from training.distill_trainer import train
@@ -171,6 +171,7 @@ def test_lora_student_is_merged(workdir, tiny_pair_dirs, tiny_data_dir, monkeypa
                    distill__gradient_checkpointing=True)
     card = train(cfg)
     assert card["finetuning"] == "lora" and card["student_init"] == "sft"
+    assert not [w for w in recwarn if "gradient_checkpointing_enable" in str(w.message)]  # transformers 5's name
     got, init = weights(out / "best_student"), weights(Path(tiny_pair_dirs[1]))
     assert set(got) == set(init), "LoRA tensors must be merged away"
     changed = {k for k in got if not torch.equal(got[k], init[k])}

@@ -111,18 +111,25 @@ def _requests(bed, tok, family="sop_strict"):
             for i, ex in enumerate(rows)]
 
 
-@pytest.mark.parametrize("mix", ["prob", "logit"])
-def test_loglikelihood_parity_with_hf_at_qwen3_width(bed, pair, mix):
-    """(1, 0) and (0, 1) equal ``--model hf`` within 1e-4 although the padded rows carry ~10 % of the mass."""
+@pytest.fixture(scope="module")
+def hf_loglikelihoods(bed, pair):
+    """``--model hf``'s answers for each expert, computed once for both mixes."""
     from lm_eval.models.huggingface import HFLM
 
+    reqs = _requests(bed, pair.tokenizer)
+    return {expert: HFLM(pretrained=bed[expert], device="cpu", dtype="bfloat16", softmax_dtype="float32",
+                         batch_size=2).loglikelihood(reqs) for expert in ("foundation", "sft")}
+
+
+@pytest.mark.parametrize("mix", ["prob", "logit"])
+def test_loglikelihood_parity_with_hf_at_qwen3_width(bed, pair, hf_loglikelihoods, mix):
+    """(1, 0) and (0, 1) equal ``--model hf`` within 1e-4 although the padded rows carry ~10 % of the mass."""
     from sopmoe_models.adapters.ensemble import EnsembleLMEval
 
     reqs = _requests(bed, pair.tokenizer)
     for expert, weights in (("foundation", (1, 0)), ("sft", (0, 1))):
-        hf = HFLM(pretrained=bed[expert], device="cpu", dtype="bfloat16", softmax_dtype="float32", batch_size=2)
         ens = EnsembleLMEval(pair=pair, foundation_weight=weights[0], sft_weight=weights[1], mix=mix, batch_size=2)
-        a, b = hf.loglikelihood(reqs), ens.loglikelihood(reqs)
+        a, b = hf_loglikelihoods[expert], ens.loglikelihood(reqs)
         assert max(abs(x[0] - y[0]) for x, y in zip(a, b)) < 1e-4, (expert, a, b)
         assert [x[1] for x in a] == [y[1] for y in b]
 

@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
-from sopmoe_models.data import IGNORE_INDEX
+from sopmoe_models.data import IGNORE_INDEX, output_mask
 from sopmoe_models.routers.losses import (
     gate_entropy,
     gate_means,
     load_balance,
     mixture_nll,
-    output_mask,
     router_loss,
     shifted_targets,
     token_nll,
@@ -86,7 +85,7 @@ def test_mixture_nll_is_the_nll_of_the_gated_mixture():
 
 def test_output_mask_and_targets_shift_labels():
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 5, 6, IGNORE_INDEX]])
-    assert output_mask(labels).tolist() == [[0.0, 1.0, 1.0, 0.0]]  # position t predicts label t+1
+    assert output_mask(labels).tolist() == [[False, True, True, False]]  # position t predicts label t+1
     assert shifted_targets(labels).tolist() == [[0, 5, 6, 0]]
 
 

@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sopmoe_models.data import Example, write_jsonl
+from sopmoe_models.data import FAMILIES, Example, write_jsonl
 
-FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")  # the scored families (lm-eval tasks)
 TRAIN_KINDS = ("sop_strict", "reasoning", "general")  # what trainers see by default: no composition (`mixed`)
 COMPOSITION_KINDS = ("mixed",)
 SPLITS = ("train", "dev", "test")

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from sopmoe_models.dispatch import FEATURES, Dispatcher, prompt_features
 from sopmoe_models.experts import ExpertPair
 from sopmoe_models.prompt import format_prompt
 from sopmoe_models.scoring import model_logprobs, score_examples
+
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ def routed_nll(choice: torch.Tensor, nll: torch.Tensor) -> float:
     return float(nll.gather(1, choice.long().unsqueeze(1)).mean())
 
 
-def train_dispatch(cfg, pair: ExpertPair, out_dir: str | Path, *, batch_size: int = 32) -> dict[str, Any]:
+def train_dispatch(cfg: SopmoeConfig, pair: ExpertPair, out_dir: str | Path, *, batch_size: int = 32) -> dict[str, Any]:
     """Fit, choose on dev, write the classifier into ``out_dir``; returns its card."""
     t0, c0 = time.perf_counter(), time.process_time()
     d = cfg.data

@@ -21,17 +21,20 @@ files, stored in ``state.json``) is compared on resume.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from sopmoe_models.errors import UserError
 from sopmoe_models.outputs import file_sha256, leftovers, new_temp_dir, overlaps, replace_dir
+from training.toolkit import optimizer_tensors, read_state, restore_optimizer, write_json
+
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +42,6 @@ CHECKPOINT = "checkpoint"
 BEST_STUDENT = "best_student"
 BEST_ADAPTER = "best_adapter.safetensors"
 CARD = "distill.json"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -64,28 +61,9 @@ def load_trainable(model: nn.Module, tensors: dict[str, torch.Tensor], source: P
             p.copy_(tensors[n].to(p.device, p.dtype))
 
 
-def optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    sd = optimizer.state_dict()
-    out = {}
-    for idx, st in sd["state"].items():
-        for name, value in st.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            out[f"state.{idx}.{name}"] = t.detach().to("cpu").contiguous()
-    return out
-
-
-def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    sd = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
-    sd["state"] = state
-    optimizer.load_state_dict(sd)
-
-
 TENSOR_FILES = ("trainable.safetensors", "optimizer.safetensors")
 STATE = "state.json"
+STATE_KEYS = ("epoch", "batch", "step", "history", "config")  # what a resume needs
 
 
 def save_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> Path:
@@ -95,7 +73,7 @@ def save_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     tmp = new_temp_dir(final)
     step = {"step": str(state.get("step"))}
     save_file(trainable_state(model), str(tmp / TENSOR_FILES[0]), metadata=step)
-    save_file(optimizer_tensors(optimizer), str(tmp / TENSOR_FILES[1]), metadata=step)
+    save_file(optimizer_tensors(optimizer)[0], str(tmp / TENSOR_FILES[1]), metadata=step)
     files = {name: (tmp / name).stat().st_size for name in TENSOR_FILES}
     write_json(tmp / STATE, {**state, "files": files})
     return replace_dir(tmp, final)
@@ -108,18 +86,6 @@ def checkpoint_folder(out_dir: Path) -> Path | None:
         return ckpt
     aside = [p for p in [*leftovers(out_dir, CHECKPOINT, "old"), out_dir / (CHECKPOINT + ".old")] if (p / STATE).is_file()]
     return aside[-1] if aside else None
-
-
-def read_state(path: Path) -> dict[str, Any]:
-    try:
-        state = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); the checkpoint is damaged: start again with --overwrite"
-                        ) from None
-    keys = ("epoch", "batch", "step", "history", "config")
-    if not isinstance(state, dict) or any(k not in state for k in keys):
-        raise UserError(f"{path}: not a distillation state (needs {', '.join(keys)}); start again with --overwrite")
-    return state
 
 
 def check_checkpoint(ckpt: Path, state: dict) -> None:
@@ -157,10 +123,10 @@ def load_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     ckpt = checkpoint_folder(out_dir)
     if ckpt is None:
         return None
-    state = read_state(ckpt / STATE)
+    state = read_state(ckpt / STATE, STATE_KEYS, "distillation state")
     check_checkpoint(ckpt, state)
     load_trainable(model, load_file(str(ckpt / TENSOR_FILES[0])), ckpt)
-    load_optimizer(optimizer, load_file(str(ckpt / TENSOR_FILES[1])))
+    restore_optimizer(optimizer, load_file(str(ckpt / TENSOR_FILES[1])))  # keeps the optimizer's own param groups
     state.pop("files", None)
     return state
 
@@ -187,7 +153,7 @@ def merged_student(peft_model: nn.Module, adapter_file: Path) -> nn.Module:
 TRAINED = (BEST_STUDENT, CHECKPOINT, CARD, BEST_ADAPTER)  # what a run leaves in its folder
 
 
-def guard_run_folder(cfg, out_dir: Path, *, resume: bool, overwrite: bool, main: bool = True) -> None:
+def guard_run_folder(cfg: SopmoeConfig, out_dir: Path, *, resume: bool, overwrite: bool, main: bool = True) -> None:
     """Refuse to replace a trained student in ``out_dir`` unless asked (``resume``: continue its checkpoint;
     ``overwrite``: delete the run's own files, on the main process). ``out_dir`` may not be or hold an input."""
     d = cfg.distill
@@ -219,7 +185,7 @@ def guard_run_folder(cfg, out_dir: Path, *, resume: bool, overwrite: bool, main:
                         "(choose another --output_dir) or replace it with --overwrite")
 
 
-def data_identity(cfg) -> dict[str, Any]:
+def data_identity(cfg: SopmoeConfig) -> dict[str, Any]:
     """What the data is, byte for byte: a resumed run must see the same files, not only the same paths."""
     d = cfg.data
     return {"train_file_sha256": file_sha256(d.train_file),

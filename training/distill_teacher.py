@@ -21,14 +21,17 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sopmoe_models.data import collate
+from sopmoe_models.data import collate, output_mask
 from sopmoe_models.experts import load_experts
 from sopmoe_models.fused import FusedLM
-from training.kd_losses import TopKTeacher, output_mask, select_output_positions, topk_teacher
+from training.kd_losses import TopKTeacher, select_output_positions, topk_teacher
+
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ CACHE_FORMAT = 2
 MANIFEST = "cache.json"
 
 
-def build_teacher(cfg, device: str | torch.device | None = None, *, allow_missing_fingerprint: bool = False) -> FusedLM:
+def build_teacher(cfg: SopmoeConfig, device: str | torch.device | None = None, *, allow_missing_fingerprint: bool = False) -> FusedLM:
     """The configured teacher on ``device`` (used where the config says ``auto``), frozen and in eval mode. A btm
     teacher's router must record its experts' fingerprints unless ``allow_missing_fingerprint``."""
     m, d = cfg.models, cfg.distill

@@ -28,8 +28,9 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,20 +47,20 @@ from training.distill_teacher import (
     teacher_fingerprint,
 )
 from training.kd_losses import distill_loss
+from training.toolkit import TrainingDiverged, atomic_path, lr_factor
+
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
 DUMMY = -1  # index of the placeholder example of a process whose slice of a batch is empty
 
 
-class TrainingDiverged(ValueError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
-
-
 # --- pieces ----------------------------------------------------------------------------------------------------
 
 
-def student_path(cfg) -> str:
+def student_path(cfg: SopmoeConfig) -> str:
     init = cfg.distill.student_init
     path = {"foundation": cfg.models.foundation.path, "sft": cfg.models.sft.path}.get(init, init)
     if not path:
@@ -70,7 +71,7 @@ def student_path(cfg) -> str:
     return str(p)
 
 
-def load_student(cfg, teacher_tokenizer, device: torch.device) -> torch.nn.Module:
+def load_student(cfg: SopmoeConfig, teacher_tokenizer, device: torch.device) -> torch.nn.Module:
     """A trainable copy of the chosen init (never the teacher's expert objects); LoRA-wrapped when enabled."""
     from transformers import AutoModelForCausalLM
 
@@ -80,7 +81,10 @@ def load_student(cfg, teacher_tokenizer, device: torch.device) -> torch.nn.Modul
     dtype = torch.bfloat16 if (d.lora.enabled and d.bf16) else torch.float32  # full FT keeps fp32 master weights
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False).to(device)
     if d.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers 5: the old name warns (gone in v6)
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if d.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -93,7 +97,7 @@ def load_student(cfg, teacher_tokenizer, device: torch.device) -> torch.nn.Modul
     return model
 
 
-def encode_file(path: str, tokenizer, cfg, limit: int | None = None) -> list[dict[str, list[int]]]:
+def encode_file(path: str, tokenizer, cfg: SopmoeConfig, limit: int | None = None) -> list[dict[str, list[int]]]:
     examples = load_training_examples(path, cfg.data.train_kinds)
     examples = examples[:limit] if limit else examples
     return [encode_example(tokenizer, ex, style=cfg.data.prompt_format, max_length=cfg.data.max_length) for ex in examples]
@@ -110,25 +114,20 @@ def rank_slice(indices: list[int], world: int, rank: int) -> list[int]:
     return indices[rank * per : (rank + 1) * per] or [DUMMY]
 
 
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total`` (step counts from 0)."""
-    return base * max(0.0, min((step + 1) / max(warmup, 1), (total - step) / max(total - warmup, 1)))
-
-
 def make_batch(features: list[dict], indices: list[int], pad_id: int, device) -> dict[str, torch.Tensor]:
     dummy = {"input_ids": [pad_id], "labels": [IGNORE_INDEX]}
     rows = [features[i] if i != DUMMY else dummy for i in indices]
     return {k: v.to(device) for k, v in collate(rows, pad_id).items()}
 
 
-def _loss_kwargs(cfg) -> dict[str, Any]:
+def _loss_kwargs(cfg: SopmoeConfig) -> dict[str, Any]:
     d = cfg.distill
     return dict(temperature=d.temperature, distill_loss_weight=d.distill_loss_weight, task_loss_weight=d.task_loss_weight,
                 kind=d.kl, beta=d.jsd_beta)
 
 
 @torch.no_grad()
-def evaluate(model, targets, features, cfg, accelerator, pad_id: int) -> dict[str, float]:
+def evaluate(model, targets, features, cfg: SopmoeConfig, accelerator, pad_id: int) -> dict[str, float]:
     """Per-token KD, CE and weighted loss on ``features`` (each process scores its slice; sums are all-reduced)."""
     model.eval()
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -153,7 +152,7 @@ def _no_teacher(indices: list[int], batch: dict[str, torch.Tensor]) -> None:
     return None
 
 
-def _teacher_targets(teacher, features, data_file, cfg, accelerator, out_dir: Path, fp: dict, what: str):
+def _teacher_targets(teacher, features, data_file, cfg: SopmoeConfig, accelerator, out_dir: Path, fp: dict, what: str):
     k = cfg.distill.teacher_cache_topk
     if not k:
         return LiveTeacher(teacher), None
@@ -167,7 +166,7 @@ def _teacher_targets(teacher, features, data_file, cfg, accelerator, out_dir: Pa
     return cache, info
 
 
-def _same_run(saved: dict, cfg, saved_data: dict | None = None) -> None:
+def _same_run(saved: dict, cfg: SopmoeConfig, saved_data: dict | None = None) -> None:
     """Refuse to resume a checkpoint written under other settings or data (it would not continue the same run)."""
     if saved_data is not None:
         now_data = ckpt.data_identity(cfg)
@@ -187,9 +186,56 @@ def _same_run(saved: dict, cfg, saved_data: dict | None = None) -> None:
 
 
 # --- the run -----------------------------------------------------------------------------------------------------
+# train() reads as its steps: the run folder, the models and data (_setup), the state to start from (_start_state),
+# then per epoch the optimizer steps (_optimizer_step) and the epoch's evaluation and best (_end_of_epoch), and the
+# final student (_finish). _Run holds what stays fixed from setup to the end.
 
 
-def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_fingerprint: bool = False,
+@dataclass
+class _Run:
+    cfg: SopmoeConfig
+    accelerator: Any
+    out_dir: Path
+    wall0: float  # when the run (this process) started: wall clock and CPU
+    cpu0: float
+    tok: Any = None
+    pad_id: int = 0
+    fp: dict = field(default_factory=dict)  # the teacher's fingerprint
+    train_feats: list = field(default_factory=list)
+    eval_feats: list = field(default_factory=list)
+    train_targets: Any = None
+    eval_targets: Any = None
+    caches: dict = field(default_factory=dict)  # teacher caches: {"train": info, "eval": info}
+    model: Any = None  # the student (wrapped by accelerate once prepared)
+    optimizer: Any = None
+    params: list = field(default_factory=list)
+    total_steps: int = 0
+    warmup: int = 0
+    loss_kw: dict = field(default_factory=dict)
+    writer: Any = None
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def save(self, state: dict, wall_base: float, cpu_base: float) -> None:
+        """Checkpoint for --resume (times so far included), written by the main process; every process waits."""
+        state["wall_s"] = wall_base + time.time() - self.wall0
+        state["cpu_s"] = cpu_base + time.process_time() - self.cpu0
+        if self.main:
+            ckpt.save_checkpoint(self.out_dir, self.accelerator.unwrap_model(self.model), self.optimizer, state)
+        self.accelerator.wait_for_everyone()
+
+
+def train(cfg: SopmoeConfig, *, resume: bool = False, overwrite: bool = False, allow_missing_fingerprint: bool = False,
           on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) distillation as configured; returns the ``distill.json`` card of the best student."""
     from accelerate import Accelerator
@@ -199,7 +245,48 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_f
     # Several processes without CUDA (torchrun / accelerate launch on a CPU machine): DDP over gloo on the CPU.
     cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(mixed_precision="bf16" if d.bf16 else "no", cpu=cpu_ddp)
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    run = _Run(cfg, accelerator, _run_folder(cfg, accelerator, resume=resume, overwrite=overwrite), wall0, cpu0)
+    torch.manual_seed(d.seed)
+    _setup(run, allow_missing_fingerprint=allow_missing_fingerprint)
+    state = _start_state(run, resume=resume)
+    run.model, run.optimizer = accelerator.prepare(run.model, run.optimizer)
+    if run.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        run.writer = SummaryWriter(str(Path("outputs/tensorboard") / f"distill-{run.out_dir.name}"))
+    log.info("distilling %s teacher into %s (%s, %d trainable params) on %d process(es): %d examples, %d steps",
+             d.teacher_type, d.student_init, "LoRA" if d.lora.enabled else "full", sum(p.numel() for p in run.params),
+             run.world, len(run.train_feats), run.total_steps)
+    run.loss_kw = _loss_kwargs(cfg)
+
+    wall_base, cpu_base = state["wall_s"], state["cpu_s"]
+    from rich.progress import Progress
+
+    with Progress(disable=not run.main, transient=False) as progress:
+        while state["epoch"] < d.num_epochs and not state["done"]:
+            epoch = state["epoch"]
+            batches = epoch_batches(len(run.train_feats), d.batch_size, d.seed, epoch)
+            bar = progress.add_task(f"epoch {epoch + 1}/{d.num_epochs}", total=len(batches), completed=state["batch"])
+            t_epoch = time.time()
+            while state["batch"] < len(batches):
+                loss = _optimizer_step(run, state, batches[state["batch"] : state["batch"] + d.gradient_accumulation_steps])
+                progress.update(bar, completed=state["batch"], description=f"epoch {epoch + 1}/{d.num_epochs} loss {loss:.4f}")
+                if state["step"] % d.save_steps == 0 and state["batch"] < len(batches):
+                    run.save(state, wall_base, cpu_base)
+                if on_step is not None:
+                    on_step(state["step"])
+            _end_of_epoch(run, state, t_epoch)
+            run.save(state, wall_base, cpu_base)
+
+    state["done"] = True
+    run.save(state, wall_base, cpu_base)
+    return _finish(run, state)
+
+
+def _run_folder(cfg: SopmoeConfig, accelerator, *, resume: bool, overwrite: bool) -> Path:
+    """The checked run folder (``distill.output_dir``), created, with unfinished temporary folders cleared."""
+    d = cfg.distill
+    world, main = accelerator.num_processes, accelerator.is_main_process
     if d.batch_size < world:
         raise ValueError(f"distill.batch_size ({d.batch_size}) is the global batch; it must be >= the {world} processes")
     if not cfg.data.train_file:
@@ -211,172 +298,165 @@ def train(cfg, *, resume: bool = False, overwrite: bool = False, allow_missing_f
     if main:
         for name in (ckpt.CHECKPOINT, ckpt.BEST_STUDENT):
             remove_leftovers(out_dir, name)
-    torch.manual_seed(d.seed)
+    return out_dir
 
-    # setup: teacher, student, data, teacher targets
+
+def _setup(run: _Run, *, allow_missing_fingerprint: bool) -> None:
+    """Teacher (unless plain fine-tuning), student, encoded data, teacher targets, optimizer and schedule."""
+    cfg, accelerator = run.cfg, run.accelerator
+    d = cfg.distill
     if d.teacher_type == "none":  # plain fine-tuning (replay): no teacher is loaded or run
-        teacher, fp = None, {"class": None, "name": "none (plain fine-tuning on the references)"}
-        tok = load_tokenizer(student_path(cfg))  # cross-entropy over all the student's output rows
+        teacher, run.fp = None, {"class": None, "name": "none (plain fine-tuning on the references)"}
+        run.tok = load_tokenizer(student_path(cfg))  # cross-entropy over all the student's output rows
     else:
         teacher = build_teacher(cfg, accelerator.device, allow_missing_fingerprint=allow_missing_fingerprint)
-        fp = teacher_fingerprint(teacher)
-        tok = teacher.tokenizer
-    pad_id = tok.pad_token_id
-    student = load_student(cfg, tok, accelerator.device)
+        run.fp = teacher_fingerprint(teacher)
+        run.tok = teacher.tokenizer
+    run.pad_id = run.tok.pad_token_id
+    student = load_student(cfg, run.tok, accelerator.device)
     if teacher is not None and output_rows(student) < teacher.width:
         raise ValueError(f"the student ({student_path(cfg)}) has {output_rows(student)} output rows but the teacher's "
                          f"distribution covers {teacher.width} (the experts' padded lm_head); use a student with them all")
-    train_feats = encode_file(cfg.data.train_file, tok, cfg, d.max_train_examples)
-    eval_feats = encode_file(cfg.data.eval_file, tok, cfg) if cfg.data.eval_file else []
-    if not eval_feats:
+    run.train_feats = encode_file(cfg.data.train_file, run.tok, cfg, d.max_train_examples)
+    run.eval_feats = encode_file(cfg.data.eval_file, run.tok, cfg) if cfg.data.eval_file else []
+    if not run.eval_feats:
         log.warning("data.eval_file is not set: the best student is chosen by training loss")
+    train_cache = eval_cache = None
     if teacher is None:
-        (train_targets, train_cache), (eval_targets, eval_cache) = (_no_teacher, None), (_no_teacher, None)
+        run.train_targets, run.eval_targets = _no_teacher, _no_teacher
     else:
-        train_targets, train_cache = _teacher_targets(teacher, train_feats, cfg.data.train_file, cfg, accelerator,
-                                                      out_dir, fp, "train")
-        eval_targets, eval_cache = (
-            _teacher_targets(teacher, eval_feats, cfg.data.eval_file, cfg, accelerator, out_dir, fp, "eval")
-            if eval_feats else (None, None)
+        run.train_targets, train_cache = _teacher_targets(teacher, run.train_feats, cfg.data.train_file, cfg,
+                                                          accelerator, run.out_dir, run.fp, "train")
+        run.eval_targets, eval_cache = (
+            _teacher_targets(teacher, run.eval_feats, cfg.data.eval_file, cfg, accelerator, run.out_dir, run.fp, "eval")
+            if run.eval_feats else (None, None)
         )
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=d.learning_rate, weight_decay=d.weight_decay)
-    n_batches = math.ceil(len(train_feats) / d.batch_size)
+    run.caches = {"train": train_cache, "eval": eval_cache}
+    run.model = student
+    run.params = [p for p in student.parameters() if p.requires_grad]
+    run.optimizer = torch.optim.AdamW(run.params, lr=d.learning_rate, weight_decay=d.weight_decay)
+    n_batches = math.ceil(len(run.train_feats) / d.batch_size)
     steps_per_epoch = math.ceil(n_batches / d.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * d.num_epochs
-    warmup = math.ceil(d.warmup_ratio * total_steps)
+    run.total_steps = steps_per_epoch * d.num_epochs
+    run.warmup = math.ceil(d.warmup_ratio * run.total_steps)
 
+
+def _start_state(run: _Run, *, resume: bool) -> dict[str, Any]:
+    """A fresh state, or the checkpoint's (student and optimizer restored) when resuming the same run."""
+    cfg = run.cfg
     state: dict[str, Any] = {"epoch": 0, "batch": 0, "step": 0, "sums": [0.0, 0.0, 0.0, 0], "history": [],
                              "best": None, "wall_s": 0.0, "cpu_s": 0.0, "done": False, "config": cfg.to_dict(),
                              "data": ckpt.data_identity(cfg)}
-    if resume:
-        loaded = ckpt.load_checkpoint(out_dir, student, optimizer)
-        if loaded is None:
-            log.warning("--resume: no checkpoint in %s; starting from the beginning", out_dir)
-        else:
-            if "data" not in loaded:
-                log.warning("--resume: %s predates data checks; cannot verify the training file is the same", out_dir)
-            _same_run(loaded["config"], cfg, loaded.get("data"))
-            state = {**loaded, "data": ckpt.data_identity(cfg)}
-            log.info("resumed from %s: epoch %d, batch %d, step %d", out_dir / ckpt.CHECKPOINT, state["epoch"] + 1,
-                     state["batch"], state["step"])
-    model, optimizer = accelerator.prepare(student, optimizer)
-    writer = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
+    if not resume:
+        return state
+    loaded = ckpt.load_checkpoint(run.out_dir, run.model, run.optimizer)
+    if loaded is None:
+        log.warning("--resume: no checkpoint in %s; starting from the beginning", run.out_dir)
+        return state
+    if "data" not in loaded:
+        log.warning("--resume: %s predates data checks; cannot verify the training file is the same", run.out_dir)
+    _same_run(loaded["config"], cfg, loaded.get("data"))
+    state = {**loaded, "data": ckpt.data_identity(cfg)}
+    log.info("resumed from %s: epoch %d, batch %d, step %d", run.out_dir / ckpt.CHECKPOINT, state["epoch"] + 1,
+             state["batch"], state["step"])
+    return state
 
-        writer = SummaryWriter(str(Path("outputs/tensorboard") / f"distill-{out_dir.name}"))
-    log.info("distilling %s teacher into %s (%s, %d trainable params) on %d process(es): %d examples, %d steps",
-             d.teacher_type, d.student_init, "LoRA" if d.lora.enabled else "full", sum(p.numel() for p in params),
-             world, len(train_feats), total_steps)
-    loss_kw = _loss_kwargs(cfg)
 
-    def save(wall_base: float, cpu_base: float) -> None:
-        state["wall_s"], state["cpu_s"] = wall_base + time.time() - wall0, cpu_base + time.process_time() - cpu0
-        if main:
-            ckpt.save_checkpoint(out_dir, accelerator.unwrap_model(model), optimizer, state)
-        accelerator.wait_for_everyone()
+def _optimizer_step(run: _Run, state: dict[str, Any], window: list[list[int]]) -> float:
+    """One optimizer step over the micro-batches of ``window`` (gradient accumulation), on every process; the
+    divergence guard stops before a non-finite step is applied. Advances ``state``; returns the step's loss."""
+    d, accelerator, model, optimizer = run.cfg.distill, run.accelerator, run.model, run.optimizer
+    world, rank = run.world, run.rank
+    n_window = sum(n_output_tokens(run.train_feats[i]) for b in window for i in b)
+    torch.manual_seed(d.seed * 1_000_003 + state["step"] * 9973 + rank)  # dropout: a function of the step
+    for g in optimizer.param_groups:
+        g["lr"] = d.learning_rate * lr_factor(state["step"], run.total_steps, run.warmup)
+    acc = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
+    for j, global_batch in enumerate(window):
+        idx = rank_slice(global_batch, world, rank)
+        batch = make_batch(run.train_feats, idx, run.pad_id, accelerator.device)
+        sync = nullcontext() if j == len(window) - 1 else accelerator.no_sync(model)
+        with sync:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            out = distill_loss(logits, batch["labels"], run.train_targets(idx, batch), normalizer=max(n_window, 1),
+                               **run.loss_kw)
+            accelerator.backward(out.loss * world)  # DDP averages over ranks; the loss is already global
+        acc += torch.tensor([out.loss.item(), out.kd.item(), out.ce.item()], device=acc.device, dtype=acc.dtype)
+    acc = accelerator.reduce(acc, "sum")
+    if not bool(torch.isfinite(acc).all()):
+        where = f"epoch {state['epoch'] + 1}, step {state['step'] + 1}"
+        log.error("non-finite loss (%s) at %s; stopping. Last good checkpoint kept in %s", acc[0].item(), where,
+                  run.out_dir / ckpt.CHECKPOINT)
+        raise TrainingDiverged(f"loss became {acc[0].item()} at {where}; last good checkpoint kept in "
+                               f"{run.out_dir / ckpt.CHECKPOINT} (lower distill.learning_rate and rerun)")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    state["step"] += 1
+    state["batch"] += len(window)
+    s = state["sums"]
+    state["sums"] = [s[0] + float(acc[0]), s[1] + float(acc[1]), s[2] + float(acc[2]), s[3] + 1]
+    if run.writer:
+        run.writer.add_scalar("train/loss", float(acc[0]), state["step"])
+        run.writer.add_scalar("train/kd", float(acc[1]), state["step"])
+        run.writer.add_scalar("train/ce", float(acc[2]), state["step"])
+        run.writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state["step"])
+    return float(acc[0])
 
-    wall_base, cpu_base = state["wall_s"], state["cpu_s"]
-    from rich.progress import Progress
 
-    with Progress(disable=not main, transient=False) as progress:
-        while state["epoch"] < d.num_epochs and not state["done"]:
-            epoch = state["epoch"]
-            batches = epoch_batches(len(train_feats), d.batch_size, d.seed, epoch)
-            bar = progress.add_task(f"epoch {epoch + 1}/{d.num_epochs}", total=len(batches), completed=state["batch"])
-            t_epoch = time.time()
-            while state["batch"] < len(batches):
-                window = batches[state["batch"] : state["batch"] + d.gradient_accumulation_steps]
-                n_window = sum(n_output_tokens(train_feats[i]) for b in window for i in b)
-                torch.manual_seed(d.seed * 1_000_003 + state["step"] * 9973 + rank)  # dropout: a function of the step
-                for g in optimizer.param_groups:
-                    g["lr"] = lr_at(state["step"], total_steps, warmup, d.learning_rate)
-                acc = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
-                for j, global_batch in enumerate(window):
-                    idx = rank_slice(global_batch, world, rank)
-                    batch = make_batch(train_feats, idx, pad_id, accelerator.device)
-                    sync = nullcontext() if j == len(window) - 1 else accelerator.no_sync(model)
-                    with sync:
-                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                        out = distill_loss(logits, batch["labels"], train_targets(idx, batch), normalizer=max(n_window, 1), **loss_kw)
-                        accelerator.backward(out.loss * world)  # DDP averages over ranks; the loss is already global
-                    acc += torch.tensor([out.loss.item(), out.kd.item(), out.ce.item()], device=acc.device, dtype=acc.dtype)
-                acc = accelerator.reduce(acc, "sum")
-                if not bool(torch.isfinite(acc).all()):
-                    where = f"epoch {epoch + 1}, step {state['step'] + 1}"
-                    log.error("non-finite loss (%s) at %s; stopping. Last good checkpoint kept in %s", acc[0].item(), where,
-                              out_dir / ckpt.CHECKPOINT)
-                    raise TrainingDiverged(f"loss became {acc[0].item()} at {where}; last good checkpoint kept in "
-                                           f"{out_dir / ckpt.CHECKPOINT} (lower distill.learning_rate and rerun)")
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                state["batch"] += len(window)
-                s = state["sums"]
-                state["sums"] = [s[0] + float(acc[0]), s[1] + float(acc[1]), s[2] + float(acc[2]), s[3] + 1]
-                progress.update(bar, completed=state["batch"], description=f"epoch {epoch + 1}/{d.num_epochs} loss {float(acc[0]):.4f}")
-                if writer:
-                    writer.add_scalar("train/loss", float(acc[0]), state["step"])
-                    writer.add_scalar("train/kd", float(acc[1]), state["step"])
-                    writer.add_scalar("train/ce", float(acc[2]), state["step"])
-                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state["step"])
-                if state["step"] % d.save_steps == 0 and state["batch"] < len(batches):
-                    save(wall_base, cpu_base)
-                if on_step is not None:
-                    on_step(state["step"])
-            # end of epoch: eval, best, checkpoint
-            s = state["sums"]
-            train_m = {"loss": s[0] / max(s[3], 1), "kd": s[1] / max(s[3], 1), "ce": s[2] / max(s[3], 1)}
-            eval_m = evaluate(accelerator.unwrap_model(model), eval_targets, eval_feats, cfg, accelerator, pad_id) if eval_feats else None
-            score = eval_m["loss"] if eval_m else train_m["loss"]
-            rec = {"epoch": epoch + 1, "step": state["step"], "train": train_m, "eval": eval_m,
-                   "lr": optimizer.param_groups[0]["lr"], "epoch_wall_s": round(time.time() - t_epoch, 3)}
-            state["history"].append(rec)
-            log.info("epoch %d: train loss %.4f (kd %.4f, ce %.4f)%s", epoch + 1, train_m["loss"], train_m["kd"], train_m["ce"],
-                     f"; eval loss {eval_m['loss']:.4f} (kd {eval_m['kd']:.4f}, ce {eval_m['ce']:.4f})" if eval_m else "")
-            if writer and eval_m:
-                for k_ in ("loss", "kd", "ce"):
-                    writer.add_scalar(f"eval/{k_}", eval_m[k_], epoch + 1)
-            if state["best"] is None or score < state["best"]["score"]:
-                state["best"] = {"epoch": epoch + 1, "score": score, "metric": "eval_loss" if eval_m else "train_loss"}
-                if main:
-                    _save_best(accelerator.unwrap_model(model), tok, out_dir, cfg, state, fp)
-            state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0])
-            save(wall_base, cpu_base)
+def _end_of_epoch(run: _Run, state: dict[str, Any], t_epoch: float) -> None:
+    """Evaluate, record the epoch in the history, keep the best student; ``state`` moves to the next epoch."""
+    epoch, accelerator = state["epoch"], run.accelerator
+    s = state["sums"]
+    train_m = {"loss": s[0] / max(s[3], 1), "kd": s[1] / max(s[3], 1), "ce": s[2] / max(s[3], 1)}
+    eval_m = (evaluate(accelerator.unwrap_model(run.model), run.eval_targets, run.eval_feats, run.cfg, accelerator,
+                       run.pad_id) if run.eval_feats else None)
+    score = eval_m["loss"] if eval_m else train_m["loss"]
+    rec = {"epoch": epoch + 1, "step": state["step"], "train": train_m, "eval": eval_m,
+           "lr": run.optimizer.param_groups[0]["lr"], "epoch_wall_s": round(time.time() - t_epoch, 3)}
+    state["history"].append(rec)
+    log.info("epoch %d: train loss %.4f (kd %.4f, ce %.4f)%s", epoch + 1, train_m["loss"], train_m["kd"], train_m["ce"],
+             f"; eval loss {eval_m['loss']:.4f} (kd {eval_m['kd']:.4f}, ce {eval_m['ce']:.4f})" if eval_m else "")
+    if run.writer and eval_m:
+        for k_ in ("loss", "kd", "ce"):
+            run.writer.add_scalar(f"eval/{k_}", eval_m[k_], epoch + 1)
+    if state["best"] is None or score < state["best"]["score"]:
+        state["best"] = {"epoch": epoch + 1, "score": score, "metric": "eval_loss" if eval_m else "train_loss"}
+        if run.main:
+            _save_best(accelerator.unwrap_model(run.model), run.tok, run.out_dir, run.cfg, state, run.fp)
+    state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0])
 
-    # final: write the best student (LoRA merged) with its card
-    state["done"] = True
-    save(wall_base, cpu_base)
-    card = _card(cfg, state, fp, world, {"train": train_cache, "eval": eval_cache})
-    if main:
-        unwrapped = accelerator.unwrap_model(model)
-        final = ckpt.merged_student(unwrapped, out_dir / ckpt.BEST_ADAPTER) if d.lora.enabled else None
+
+def _finish(run: _Run, state: dict[str, Any]) -> dict[str, Any]:
+    """Write the best student (LoRA merged into its base) with its card, and the run's card and config."""
+    cfg, out_dir = run.cfg, run.out_dir
+    card = _card(cfg, state, run.fp, run.world, run.caches)
+    if run.main:
+        unwrapped = run.accelerator.unwrap_model(run.model)
+        final = ckpt.merged_student(unwrapped, out_dir / ckpt.BEST_ADAPTER) if cfg.distill.lora.enabled else None
         if final is not None:
-            ckpt.save_student(final, tok, out_dir, card)
+            ckpt.save_student(final, run.tok, out_dir, card)
         else:
             ckpt.write_json(out_dir / ckpt.BEST_STUDENT / ckpt.CARD, card)
         ckpt.write_json(out_dir / ckpt.CARD, card)
         cfg.save(out_dir / "config.yaml")
-        writer.close()
-    accelerator.wait_for_everyone()
+        run.writer.close()
+    run.accelerator.wait_for_everyone()
     log.info("best student (epoch %d, %s %.4f) in %s", state["best"]["epoch"], state["best"]["metric"],
              state["best"]["score"], out_dir / ckpt.BEST_STUDENT)
     return card
 
 
-def _save_best(model, tok, out_dir: Path, cfg, state: dict, fp: dict) -> None:
+def _save_best(model, tok, out_dir: Path, cfg: SopmoeConfig, state: dict, fp: dict) -> None:
     if cfg.distill.lora.enabled:  # keep the LoRA tensors; merged into the base once, when the run ends
         from safetensors.torch import save_file
 
-        tmp = out_dir / (ckpt.BEST_ADAPTER + ".tmp")
-        save_file(ckpt.trainable_state(model), str(tmp))
-        tmp.replace(out_dir / ckpt.BEST_ADAPTER)
+        with atomic_path(out_dir / ckpt.BEST_ADAPTER) as tmp:
+            save_file(ckpt.trainable_state(model), str(tmp))
     else:
         ckpt.save_student(model, tok, out_dir, _card(cfg, state, fp, None, None))
 
 
-def _card(cfg, state: dict, fp: dict, world: int | None, caches: dict | None) -> dict[str, Any]:
+def _card(cfg: SopmoeConfig, state: dict, fp: dict, world: int | None, caches: dict | None) -> dict[str, Any]:
     d = cfg.distill
     return {
         "kind": "sopmoe_distill",

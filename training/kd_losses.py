@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from sopmoe_models.data import IGNORE_INDEX
+from sopmoe_models.data import output_mask
 
 Divergence = Literal["forward", "reverse", "jsd"]
 # log(0) stand-in: finite so that 0·(log a − log b) and its gradient stay 0 instead of NaN, and so small that
@@ -62,11 +62,6 @@ class DistillLoss:
     kd: torch.Tensor  # mean KD per output token (detached)
     ce: torch.Tensor  # mean CE per output token (detached)
     n_tokens: int  # output tokens in this batch
-
-
-def output_mask(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T-1) bool: position t predicts labels[t+1], an output token (not prompt, not padding)."""
-    return labels[:, 1:] != IGNORE_INDEX
 
 
 def select_output_positions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

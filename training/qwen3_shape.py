@@ -67,13 +67,12 @@ def build_pair(out: str | Path, tokenizer_dir: str | Path, *, seed: int = 0, dty
     return dirs
 
 
-FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
 SHIPPED = Path(__file__).resolve().parents[1] / "tasks" / "data"
 
 
 def write_data(out: str | Path, *, train: int = 6, dev: int = 3, test: int = 3) -> dict[str, Path]:
     """Disjoint slices of the shipped task data: ``train.jsonl``, ``eval.jsonl`` (dev) and ``tasks/FAMILY.jsonl``."""
-    from sopmoe_models.data import load_jsonl, write_jsonl
+    from sopmoe_models.data import FAMILIES, load_jsonl, write_jsonl
 
     out = Path(out)
     rows = {f: load_jsonl(SHIPPED / f"{f}.jsonl") for f in FAMILIES}
@@ -88,7 +87,7 @@ def write_data(out: str | Path, *, train: int = 6, dev: int = 3, test: int = 3) 
 
 def write_config(out: str | Path, *, prompt_format: str = "chat", max_length: int = 128) -> Path:
     """A sopmoe config for the bed at ``out``: bf16 experts on the CPU, small runs, relative paths."""
-    from harness.config import SopmoeConfig, load_config
+    from sopmoe_models.config import SopmoeConfig, load_config
 
     expert = {"dtype": "bfloat16", "device": "cpu"}
     cfg = SopmoeConfig.model_validate({

@@ -15,7 +15,6 @@ sha256 before a run resumes from it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +22,14 @@ import torch
 
 from sopmoe_models.errors import UserError
 from sopmoe_models.outputs import file_sha256, leftovers, new_temp_dir, replace_dir
-from sopmoe_models.routers.base import write_json
+from training.toolkit import optimizer_tensors, read_state, write_json
 
 LAST = "last"
 STATE = "trainer_state.json"
 OPTIM = "optimizer.safetensors"
 ROUTER = "router.safetensors"
 CHECKED = (ROUTER, "router.json", OPTIM)
-
-
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """Split an optimizer's state dict into flat tensors (safetensors) and JSON-able param groups."""
-    sd = opt.state_dict()
-    tensors = {}
-    for idx, st in sd["state"].items():
-        for name, value in st.items():
-            t = value if torch.is_tensor(value) else torch.tensor(value)
-            tensors[f"state.{idx}.{name}"] = t.detach().cpu().contiguous()
-    return tensors, sd["param_groups"]
-
-
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": groups})
+STATE_KEYS = ("epoch", "group", "global_step", "history", "trajectory", "param_groups")  # what a resume needs
 
 
 def save_last(out_dir: Path, router, opt: torch.optim.Optimizer, state: dict[str, Any], training: dict) -> Path:
@@ -81,7 +62,7 @@ def load_last(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
     if missing:
         raise FileNotFoundError(f"--resume: no resumable checkpoint in {last} (missing {', '.join(missing)}); "
                                 "start without --resume (with --overwrite if the folder holds a trained router)")
-    state = read_state(last / STATE)
+    state = read_state(last / STATE, STATE_KEYS, "router trainer state")
     files = state.get("files")
     if isinstance(files, dict):  # written whole (sopmoe >= the atomic last/): every file must be the one recorded
         torn = [name for name in CHECKED if not (last / name).is_file() or file_sha256(last / name) != files.get(name)]
@@ -93,16 +74,3 @@ def load_last(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
     except Exception as e:  # SafetensorError on a truncated file
         raise UserError(f"--resume: {last} holds an unreadable safetensors file ({e}); start again with --overwrite"
                         ) from None
-
-
-def read_state(path: Path) -> dict[str, Any]:
-    """``trainer_state.json``; a damaged one is one line naming the file."""
-    try:
-        state = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); the checkpoint is damaged: start again with --overwrite"
-                        ) from None
-    keys = ("epoch", "group", "global_step", "history", "trajectory", "param_groups")
-    if not isinstance(state, dict) or any(k not in state for k in keys):
-        raise UserError(f"{path}: not a router trainer state (needs {', '.join(keys)}); start again with --overwrite")
-    return state

@@ -24,7 +24,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,10 +33,14 @@ from sopmoe_models.errors import UserError
 from sopmoe_models.experts import load_experts_from_config
 from sopmoe_models.outputs import file_sha256, leftovers, overlaps, remove_leftovers
 from sopmoe_models.routers import build_router, check_fingerprints, router_kwargs
-from sopmoe_models.routers.base import BEST, CARD, _parse_card, write_json
-from sopmoe_models.routers.losses import gate_means, output_mask, router_loss, shifted_targets
+from sopmoe_models.routers.base import BEST, CARD, _parse_card
+from sopmoe_models.routers.losses import gate_means, router_loss, shifted_targets
 from sopmoe_models.routers.posterior import estimate_prior
-from training.router_state import LAST, load_last, restore_optimizer, save_last
+from training.router_state import LAST, load_last, save_last
+from training.toolkit import TrainingDiverged, lr_factor, output_mask, restore_optimizer, write_json
+
+if TYPE_CHECKING:
+    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +49,6 @@ MAX_GRAD_NORM = 1.0
 TRAJECTORY_KEYS = ("router_type", "router_hidden_size", "num_epochs", "batch_size", "gradient_accumulation_steps",
                    "learning_rate", "weight_decay", "warmup_ratio", "load_balance_weight", "sparsity_weight",
                    "max_train_examples", "seed")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoints were kept."""
 
 
 def guard_output_dir(out_dir: Path, router_type: str, *, resume: bool, overwrite: bool,
@@ -93,7 +93,7 @@ def guard_output_dir(out_dir: Path, router_type: str, *, resume: bool, overwrite
                         "--overwrite")
 
 
-def data_identity(cfg) -> dict[str, Any]:
+def data_identity(cfg: SopmoeConfig) -> dict[str, Any]:
     """What the training data is: the files' bytes and how they are tokenised (a resume must see the same)."""
     d = cfg.data
     return {"train_file_sha256": file_sha256(d.train_file), "eval_file_sha256": file_sha256(d.eval_file)
@@ -118,13 +118,6 @@ def epoch_groups(n: int, batch_size: int, accum: int, seed: int, epoch: int) -> 
     return [batches[i : i + accum] for i in range(0, len(batches), accum)]
 
 
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warmup over ``warmup`` steps, then linear decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
 def _batch(router, encoded: list[dict], idx: list[int]) -> dict[str, torch.Tensor]:
     pad = router.tokenizer.pad_token_id if router.tokenizer.pad_token_id is not None else 0
     b = collate([encoded[i] for i in idx], pad_token_id=pad, padding_side="right")
@@ -135,7 +128,7 @@ def batch_loss(router, batch: dict[str, torch.Tensor], lb_w: float, sp_w: float)
     """Loss parts of one micro-batch, plus ``gates`` (detached mean per expert over output tokens)."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     lp, gates = router.target_logprobs(ids, mask, shifted_targets(labels))
-    m = output_mask(labels).to(lp.device)
+    m = output_mask(labels).to(lp.device, torch.float32)
     parts = router_loss(lp, gates, m, load_balance_weight=lb_w, sparsity_weight=sp_w)
     means = gate_means(gates.detach(), m)
     parts["gates"] = means if means.dim() == 1 else means.mean(0)
@@ -149,7 +142,7 @@ def evaluate(router, encoded: list[dict], batch_size: int) -> dict[str, Any]:
     for start in range(0, len(encoded), batch_size):
         batch = _batch(router, encoded, list(range(start, min(start + batch_size, len(encoded)))))
         lp, gates = router.target_logprobs(batch["input_ids"], batch["attention_mask"], shifted_targets(batch["labels"]))
-        m = output_mask(batch["labels"]).to(lp.device)
+        m = output_mask(batch["labels"]).to(lp.device, torch.float32)
         n = float(m.sum())
         nll_sum += float(-(lp * m).sum())
         g = gate_means(gates, m) * n
@@ -179,7 +172,7 @@ def _progress(enabled: bool):
 
 
 def train_router(
-    cfg,
+    cfg: SopmoeConfig,
     *,
     router_type: str | None = None,
     output_dir: str | Path | None = None,

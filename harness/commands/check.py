@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sopmoe_models.data import FAMILIES
+
 NAME = "check"
 HELP = "validate the config, the two model folders (and their tokenizers) and every data file"
 EXAMPLES = ["sopmoe check --config configs/config.yaml", "sopmoe check --foundation DIR --sft DIR --no-load"]
 ORDER = 10
-
-FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

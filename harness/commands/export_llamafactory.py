@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from harness.cli import finite_float
+from sopmoe_models.outputs import write_atomic
 
 NAME = "export-llamafactory"
 HELP = "write dataset_info.json, the training JSONL (optionally teacher outputs) and a LlamaFactory SFT yaml"
@@ -159,9 +160,7 @@ def run(args: argparse.Namespace) -> int:
     for name, text in (("dataset_info.json", json.dumps(info, indent=2, ensure_ascii=False) + "\n"),
                        (YAML_FILE, yaml.safe_dump(llamafactory_yaml(cfg, out_dir, model_path, template), sort_keys=False,
                                                   allow_unicode=True))):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out_dir / name)
+        write_atomic(out_dir / name, text)
     print(f"wrote {len(rows)} examples ({source} responses) and {YAML_FILE} to {out_dir}; "
           f"run: llamafactory-cli train {out_dir / YAML_FILE}")
     return 0

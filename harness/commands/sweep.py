@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import finite_float
+from sopmoe_models.outputs import atomic_path, write_atomic
 
 NAME = "sweep"
 HELP = "score the ensemble across foundation weights on the sopmoe loglikelihood tasks (table, JSON, PNG)"
@@ -178,10 +179,9 @@ def plot(points: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -232,9 +232,7 @@ def run(args: argparse.Namespace) -> int:
         "experts": {"foundation": pair.foundation_path, "sft": pair.sft_path, "fingerprints": pair.fingerprints()},
         "points": points,
     }
-    tmp = out / "sweep.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out / "sweep.json")
+    write_atomic(out / "sweep.json", json.dumps(record, indent=2, ensure_ascii=False))
     plot(points, tasks, out / "sweep.png")
     cfg.save(out / "config.yaml")
     print_table(points, tasks)

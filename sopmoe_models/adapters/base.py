@@ -141,7 +141,7 @@ class FusedHFLM(HFLM):
     @classmethod
     def resolve_config(cls, config: str | None, model_args: dict[str, Any]):
         """(SopmoeConfig, options): the YAML named by ``config`` with the explicit ``model_args`` applied on top."""
-        from harness.config import load_config  # lazy: the YAML schema lives with the CLI
+        from sopmoe_models.config import load_config  # lazy: pydantic + yaml only when a config is read
 
         overrides: dict[str, Any] = {}
         options: dict[str, Any] = {}
@@ -176,7 +176,7 @@ class FusedHFLM(HFLM):
         a warning (the config's, default ``auto``, applies), as HFLM falls back to CPU. ``device`` places the sft too,
         unless ``sft_device`` is given or the config puts the sft on another device than the foundation on purpose.
         """
-        from harness.config import load_config
+        from sopmoe_models.config import load_config
 
         for key in ("device", "sft_device"):
             value = model_args.get(key)

@@ -44,7 +44,7 @@ def resolve_config(config: str | None, model_args: dict[str, Any]):
     the fused adapters' rules (a device this machine lacks, e.g. lm-eval's CLI default ``cuda:0`` on a CPU machine,
     falls back to the config's, as HFLM falls back to CPU).
     """
-    from harness.config import load_config  # lazy: the YAML schema lives with the CLI
+    from sopmoe_models.config import load_config  # lazy: pydantic + yaml only when a config is read
 
     model_args = FusedHFLM._placement_args(config, dict(model_args))
     overrides: dict[str, Any] = {}

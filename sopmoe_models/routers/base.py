@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair, legacy_fingerprint_matches, load_experts
 from sopmoe_models.fused import FusedLM, float_out, time_chunks
-from sopmoe_models.outputs import file_sha256
+from sopmoe_models.outputs import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +185,6 @@ class Router(FusedLM):
         tmp.replace(weights)
         write_json(out_dir / CARD, card)
         return weights
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def _parse_card(card: Path) -> dict[str, Any]:

@@ -24,13 +24,6 @@ from __future__ import annotations
 
 import torch
 
-from sopmoe_models.data import IGNORE_INDEX
-
-
-def output_mask(labels: torch.Tensor) -> torch.Tensor:
-    """(B, T) labels with ``IGNORE_INDEX`` on prompt/padding -> (B, T-1) float mask of positions predicting an output."""
-    return (labels[:, 1:] != IGNORE_INDEX).float()
-
 
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
     """Next-token targets (B, T-1) with ignored positions set to 0 (a valid index; the mask removes them)."""
