@@ -4,7 +4,7 @@ one run (DESIGN §8, §10).
 Random Qwen3 pairs with the test bed's character tokenizer (built from the shipped task data): ``testbed`` (hidden
 128, 2 layers, as ``sopmoe testbed``) and ``large`` (hidden 512, 8 layers); and, with ``--bed DIR``, a trained bed
 written by ``sopmoe demo`` (``DIR/testbed/{foundation,sft}``, ``DIR/btm/<router>/best_router.safetensors``, the
-distilled student ``DIR/distill/best_student``; prompts from ``DIR/testbed/data/eval``). For each:
+distilled student ``DIR/distill/best_student``; prompts from ``DIR/testbed/data/test``, in the bed's prompt format). For each:
 
 - generation: greedy, the same 8 prompts in batches of 1 and of 8 (left padded), exactly ``--new_tokens`` new tokens
   (EOS disabled on both sides) or, with ``--eos``, up to EOS (tokens/s counts the tokens each row really generated). Tokens/s of HF ``generate``
@@ -156,6 +156,16 @@ def random_drafter(pair, seed: int = 7) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(pair.foundation.config).eval().requires_grad_(False)
 
 
+def bed_prompt_format(tb: Path) -> str:
+    """The prompt format the bed's config names (the real bed's is ``chat``; the test bed's ``raw``)."""
+    import yaml
+
+    cfg = tb / "config.yaml"
+    if not cfg.is_file():
+        return "raw"
+    return (yaml.safe_load(cfg.read_text(encoding="utf-8")).get("data") or {}).get("prompt_format", "raw")
+
+
 def beds(args, tmp: Path, tok):
     """(label, pair, fused models, drafters, prompts, foundation folder) for each shape and the --bed."""
     from sopmoe_models.routers import load_router
@@ -190,9 +200,11 @@ def beds(args, tmp: Path, tok):
             drafters["foundation"] = load_drafter(tb / "foundation", pair, **kw)
         if "random" in wanted:
             drafters["random"] = Drafter(random_drafter(pair), pair.width, **kw)
-        data = sorted((tb / "data" / "eval").glob("*.jsonl"))
+        split = next(d for d in (tb / "data" / "test", tb / "data" / "eval") if d.is_dir())  # eval: older beds
+        data = sorted(split.glob("*.jsonl"))
         exs = [ex for f in data if f.stem in LL_TASKS for ex in load_jsonl(f)]
-        prompts = [format_prompt(ex.input) for ex in exs[:: max(1, len(exs) // 8)]][:8]
+        style = bed_prompt_format(tb)
+        prompts = [format_prompt(ex.input, style, pair.tokenizer) for ex in exs[:: max(1, len(exs) // 8)]][:8]
         cfg = pair.foundation.config
         label = f"bed {bed.name} (h{cfg.hidden_size}, L{cfg.num_hidden_layers}, V{pair.vocab_size})"
         yield label, pair, fused, drafters, prompts, tb / "foundation"

@@ -171,9 +171,7 @@ def build_realbed(out: str | Path, seed: int = 0, spec: RealbedSpec | str = "ful
                   progress=None) -> dict[str, Any]:
     """Build the real bed under ``out`` and return its ``testbed.json`` record (raises :class:`RealPropertyError`
     after writing everything when a property fails)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.real_foundation import ensure_foundation
     from training.testbed import free_cores
 
     if isinstance(spec, str):
@@ -183,7 +181,18 @@ def build_realbed(out: str | Path, seed: int = 0, spec: RealbedSpec | str = "ful
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     threads = threads or free_cores()
-    torch.set_num_threads(threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # for the build only: later stages in the same process keep their own
+    try:
+        return _build(out, seed, spec, threads, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _build(out: Path, seed: int, spec: RealbedSpec, threads: int, progress) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.real_foundation import ensure_foundation
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     times: dict[str, dict[str, float]] = {}
 
