@@ -4,7 +4,8 @@ inputs exist, its inference cost by construction, and the training cost its arte
 Specs, simplest first:
 
 - ``foundation`` | ``sft`` | ``ensemble`` | ``btm`` | ``distill`` | ``merge``: the built-in kinds, arguments from
-  the config (``btm``: ``--btm_router``; ``distill``: ``--distill_model``).
+  the config (``btm``: ``--btm_router``; ``distill``: ``--distill_model``; their defaults are the model factory's,
+  :mod:`sopmoe_models.factory`).
 - ``ensemble@0.7``: the ensemble with foundation_weight 0.7 and sft_weight 0.3 (label ``ensemble@0.7``; also as
   a kind: ``w7=ensemble@0.7:mix=logit``).
 - ``LABEL=KIND:key=value,...``: kind is a built-in kind (its arguments, then these in lm-eval's ``--model_args``
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sopmoe_models.errors import UserError
+from sopmoe_models.factory import router_checkpoint, student_path
 
 BUILTIN = {  # kind -> lm-eval model
     "foundation": "hf",
@@ -142,10 +144,10 @@ def builtin_args(kind: str, cfg, *, btm_router: str | None, distill_model: str |
     if kind == "ensemble":
         return {**experts, "foundation_weight": e.foundation_weight, "sft_weight": e.sft_weight, "mix": e.mix}
     if kind == "btm":
-        router = btm_router or cfg.distill.btm_router or str(Path(cfg.btm.output_dir) / "best_router.safetensors")
-        return {"router": router}
+        router = router_checkpoint(cfg, btm_router)  # the one default rule (sopmoe_models.factory)
+        return {"router": router} if router is not None else {**experts, "router_type": "posterior"}
     if kind in ("distill", "replay"):
-        return {"pretrained": distill_model or str(Path(cfg.distill.output_dir) / "best_student"),
+        return {"pretrained": student_path(cfg, distill_model),
                 "dtype": _dtype(m.foundation.dtype, device), **FLOAT32_SOFTMAX}
     if kind == "dispatch":
         return {"classifier": None, "dtype": m.foundation.dtype}

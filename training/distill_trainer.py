@@ -37,11 +37,11 @@ import torch
 from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_training_examples
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import check_same_tokenizer, load_tokenizer, output_rows
+from sopmoe_models.factory import build_teacher
 from sopmoe_models.outputs import remove_leftovers
 from training import distill_checkpoint as ckpt
 from training.distill_teacher import (
     LiveTeacher,
-    build_teacher,
     get_cache,
     n_output_tokens,
     teacher_fingerprint,

@@ -5,7 +5,7 @@ with the chosen model's answer *and each expert's* (``outputs``), exact match pe
 (``exact_match``: stripped strings equal, as the lm-eval ``*_gen`` tasks score it), then prints where each expert
 wins per category (the seed's "analyse each model's advantage scenarios"); ``O.summary.json`` holds the same table
 and ``O.config.yaml`` the resolved config. Generation is batched (left padding, prompts sorted by length) and
-KV-cached (:meth:`sopmoe_models.fused.FusedLM.generate`); models are built by :func:`harness.models.build_fused_model`.
+KV-cached (:meth:`sopmoe_models.fused.FusedLM.generate`); models are built by the model factory, :func:`sopmoe_models.factory.build_fused_model`.
 
 Nothing is replaced silently: an existing output (``O``, ``O.summary.json``, ``O.config.yaml``, ``--route_html``) needs
 ``--overwrite``, and an output that is the input file (``--eval_file``, the config) is refused whatever the flags.
@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt_format", dest="data.prompt_format", choices=["raw", "chat"], default=None)
     p.add_argument("--log-file", default="logs/generate.log", help="log file in --eval_file mode")
     p.add_argument("--router_checkpoint", default=None,
-                   help="--model btm: router checkpoint (default <btm.output_dir>/best_router.safetensors)")
+                   help="--model btm: router checkpoint (default: distill.btm_router, else "
+                        "<btm.output_dir>/best_router.safetensors; see sopmoe_models/factory.py)")
     p.add_argument("--show_router_stats", action="store_true",
                    help="--model btm: per-query share of foundation vs sft (table; always in --output_file rows)")
     p.add_argument("--route_html", type=Path, default=None,
