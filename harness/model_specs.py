@@ -233,24 +233,17 @@ def plan(spec: ModelSpec, cfg, *, btm_router=None, distill_model=None, device="c
     return p
 
 
-def _wall_in(record: dict) -> float | None:
-    """The training wall-clock seconds an artefact JSON records: ``distill.json`` ``wall_time_s``, ``router.json``
-    ``metrics.train_seconds``, ``testbed.json`` ``times.total.wall_s`` (first match)."""
-    for path in (("wall_time_s",), ("metrics", "train_seconds"), ("train_seconds",), ("times", "total", "wall_s"),
-                 ("training", "wall_s"), ("wall_s",)):
-        d: Any = record
-        for k in path:
-            d = d.get(k) if isinstance(d, dict) else None
-        if isinstance(d, (int, float)) and not isinstance(d, bool):
-            return float(d)
-    return None
+def _read_card(path: Path):
+    """The typed card (:mod:`sopmoe_models.cards`) of an artefact JSON, by its file name."""
+    from sopmoe_models.cards import CARDS
+
+    return CARDS[path.name].read(path)
 
 
-def _data_of(card: dict[str, Any]) -> str | None:
-    """'<train file> [kinds]' from a training record (router.json, distill.json or dispatch.json)."""
-    data = (card.get("training", {}) or {}).get("data") or (card.get("config", {}) or {}).get("data") \
-        or card.get("training") or {}
-    train = data.get("train_file") if isinstance(data, dict) else None
+def _data_of(card) -> str | None:
+    """'<train file> [kinds]' from a training card (router.json, distill.json or dispatch.json)."""
+    data = card.training_data() or {}
+    train = data.get("train_file")
     if not train:
         return None
     kinds = data.get("train_kinds")
@@ -274,12 +267,12 @@ def training_data(p: Planned) -> str:
         q = Path(a[key])
         for card in ((q if q.is_dir() else q.parent) / card_name, q.parent / card_name):
             if card.is_file():
-                record = json.loads(card.read_text(encoding="utf-8"))
                 if card_name == "merge.json":
                     return "none (weight merge; parameters chosen on dev)"
+                record = _read_card(card)
                 data = _data_of(record)
                 if card_name == "distill.json":
-                    teacher = record.get("teacher", {}).get("type")
+                    teacher = record.teacher_type()
                     how = "plain CE" if teacher == "none" else f"KD from {teacher} + CE"
                     return f"{data} ({how})" if data else how
                 return data or "–"
@@ -319,7 +312,7 @@ def training_cost(p: Planned, load_s: float) -> dict[str, Any]:
         candidates += [d / "distill.json", d.parent / "distill.json", d / "merge.json"]
     for card in candidates:
         if card.is_file():
-            return {"wall_s": _wall_in(json.loads(card.read_text(encoding="utf-8"))), "source": str(card)}
+            return {"wall_s": _read_card(card).wall_time_s(), "source": str(card)}
     if p.lm_eval_model == "sopmoe_merge":
         return {"wall_s": round(load_s, 3), "source": "in-memory merge at load (load_s, experts' loading included)"}
     return {"wall_s": None, "source": "unknown"}
