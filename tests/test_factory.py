@@ -125,3 +125,40 @@ def test_unknown_and_known_names(kind):
     assert kind in BUILDERS
     with pytest.raises(ValueError, match="is not one of"):
         build_fused_model("nope", load_config(None, use_default=False), pair=object())
+
+
+def test_builders_on_the_tiny_pair(tiny_pair_dirs, tmp_path):
+    import torch
+
+    from sopmoe_models.factory import (
+        build_ensemble,
+        build_expert,
+        build_merge,
+        build_router_model,
+        build_teacher,
+        load_merged,
+        load_pair,
+        load_student,
+        with_device,
+    )
+
+    f, s = map(str, tiny_pair_dirs)
+    cfg = load_config(None, {"models.foundation.path": f, "models.sft.path": s, "models.foundation.dtype": "float32",
+                             "models.sft.dtype": "float32", "ensemble.foundation_weight": 0.7,
+                             "ensemble.sft_weight": 0.3, "merge.weight": 0.0, "btm.output_dir": str(tmp_path / "none"),
+                             "btm.router_type": "posterior"}, use_default=False)
+    assert with_device(cfg, "cpu").models.sft.device == "cpu" and with_device(cfg, None) is cfg
+    pair = load_pair(cfg, "cpu")
+    assert pair.foundation_path == f and pair.sft_path == s
+    assert build_ensemble(cfg, pair).weights == (0.7, 0.3)
+    assert build_expert(cfg, "sft", pair).weights == (0.0, 1.0)
+    router = build_router_model(cfg, pair)  # nothing trained, router_type posterior: the training-free router
+    assert router.router_type == "posterior" and router.checkpoint is None
+    teacher = build_teacher(cfg, "cpu")
+    assert type(teacher).__name__ == "EnsembleLM" and not any(p.requires_grad for p in teacher.parameters())
+    merged, tok, params = build_merge(cfg, load_pair(cfg, "cpu"))  # weight 0: the foundation itself
+    assert params.method == "linear" and tok is not None
+    f_state = pair.foundation.state_dict()
+    assert all(torch.equal(t, f_state[n]) for n, t in merged.state_dict().items())
+    assert type(load_merged(cfg, f)).__name__ == type(pair.foundation).__name__  # any merged HF folder
+    assert type(load_student(cfg, s)).__name__ == type(pair.sft).__name__

@@ -201,7 +201,7 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     from harness.cli import setup_logging
     from harness.models import build_drafter, build_fused_model
     from sopmoe_models.data import load_jsonl
-    from sopmoe_models.experts import load_experts_from_config
+    from sopmoe_models.factory import load_pair
     from sopmoe_models.prompt import format_prompt
 
     if args.limit is not None and args.limit <= 0:
@@ -211,7 +211,7 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     guard_outputs(output, args, inputs=[eval_file, args.config])
     setup_logging(args.log_level, args.log_file)
     examples = load_jsonl(eval_file)[: args.limit]
-    pair = load_experts_from_config(cfg)
+    pair = load_pair(cfg)
     drafter = build_drafter(cfg, pair)  # the chosen model's only: the experts' answers beside it decode plainly
     names = [args.model, *[n for n in EXPERTS if n != args.model]]
     prompts = [format_prompt(ex.input, cfg.data.prompt_format, pair.tokenizer) for ex in examples]

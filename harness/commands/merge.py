@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
     import sopmoe_models
     from harness.cli import config_from_args
-    from sopmoe_models.experts import load_experts_from_config
+    from sopmoe_models.factory import load_pair
     from sopmoe_models.merges import METHODS, PEFT_FUNCTIONS, MergeParams, merge_models
 
     cfg = config_from_args(args)
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_file)
     try:
-        pair = load_experts_from_config(cfg)
+        pair = load_pair(cfg)
         fingerprints = pair.fingerprints()
         search, t0 = None, time.perf_counter()
         if args.auto:
