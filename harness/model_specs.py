@@ -4,7 +4,8 @@ inputs exist, its inference cost by construction, and the training cost its arte
 Specs, simplest first:
 
 - ``foundation`` | ``sft`` | ``ensemble`` | ``btm`` | ``distill`` | ``merge``: the built-in kinds, arguments from
-  the config (``btm``: ``--btm_router``; ``distill``: ``--distill_model``).
+  the config (``btm``: ``--btm_router``; ``distill``: ``--distill_model``; their defaults are the model factory's,
+  :mod:`sopmoe_models.factory`).
 - ``ensemble@0.7``: the ensemble with foundation_weight 0.7 and sft_weight 0.3 (label ``ensemble@0.7``; also as
   a kind: ``w7=ensemble@0.7:mix=logit``).
 - ``LABEL=KIND:key=value,...``: kind is a built-in kind (its arguments, then these in lm-eval's ``--model_args``
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sopmoe_models.errors import UserError
+from sopmoe_models.factory import router_checkpoint, student_path
 
 BUILTIN = {  # kind -> lm-eval model
     "foundation": "hf",
@@ -142,10 +144,10 @@ def builtin_args(kind: str, cfg, *, btm_router: str | None, distill_model: str |
     if kind == "ensemble":
         return {**experts, "foundation_weight": e.foundation_weight, "sft_weight": e.sft_weight, "mix": e.mix}
     if kind == "btm":
-        router = btm_router or cfg.distill.btm_router or str(Path(cfg.btm.output_dir) / "best_router.safetensors")
-        return {"router": router}
+        router = router_checkpoint(cfg, btm_router)  # the one default rule (sopmoe_models.factory)
+        return {"router": router} if router is not None else {**experts, "router_type": "posterior"}
     if kind in ("distill", "replay"):
-        return {"pretrained": distill_model or str(Path(cfg.distill.output_dir) / "best_student"),
+        return {"pretrained": student_path(cfg, distill_model),
                 "dtype": _dtype(m.foundation.dtype, device), **FLOAT32_SOFTMAX}
     if kind == "dispatch":
         return {"classifier": None, "dtype": m.foundation.dtype}
@@ -231,24 +233,17 @@ def plan(spec: ModelSpec, cfg, *, btm_router=None, distill_model=None, device="c
     return p
 
 
-def _wall_in(record: dict) -> float | None:
-    """The training wall-clock seconds an artefact JSON records: ``distill.json`` ``wall_time_s``, ``router.json``
-    ``metrics.train_seconds``, ``testbed.json`` ``times.total.wall_s`` (first match)."""
-    for path in (("wall_time_s",), ("metrics", "train_seconds"), ("train_seconds",), ("times", "total", "wall_s"),
-                 ("training", "wall_s"), ("wall_s",)):
-        d: Any = record
-        for k in path:
-            d = d.get(k) if isinstance(d, dict) else None
-        if isinstance(d, (int, float)) and not isinstance(d, bool):
-            return float(d)
-    return None
+def _read_card(path: Path):
+    """The typed card (:mod:`sopmoe_models.cards`) of an artefact JSON, by its file name."""
+    from sopmoe_models.cards import CARDS
+
+    return CARDS[path.name].read(path)
 
 
-def _data_of(card: dict[str, Any]) -> str | None:
-    """'<train file> [kinds]' from a training record (router.json, distill.json or dispatch.json)."""
-    data = (card.get("training", {}) or {}).get("data") or (card.get("config", {}) or {}).get("data") \
-        or card.get("training") or {}
-    train = data.get("train_file") if isinstance(data, dict) else None
+def _data_of(card) -> str | None:
+    """'<train file> [kinds]' from a training card (router.json, distill.json or dispatch.json)."""
+    data = card.training_data() or {}
+    train = data.get("train_file")
     if not train:
         return None
     kinds = data.get("train_kinds")
@@ -272,12 +267,12 @@ def training_data(p: Planned) -> str:
         q = Path(a[key])
         for card in ((q if q.is_dir() else q.parent) / card_name, q.parent / card_name):
             if card.is_file():
-                record = json.loads(card.read_text(encoding="utf-8"))
                 if card_name == "merge.json":
                     return "none (weight merge; parameters chosen on dev)"
+                record = _read_card(card)
                 data = _data_of(record)
                 if card_name == "distill.json":
-                    teacher = record.get("teacher", {}).get("type")
+                    teacher = record.teacher_type()
                     how = "plain CE" if teacher == "none" else f"KD from {teacher} + CE"
                     return f"{data} ({how})" if data else how
                 return data or "–"
@@ -317,7 +312,7 @@ def training_cost(p: Planned, load_s: float) -> dict[str, Any]:
         candidates += [d / "distill.json", d.parent / "distill.json", d / "merge.json"]
     for card in candidates:
         if card.is_file():
-            return {"wall_s": _wall_in(json.loads(card.read_text(encoding="utf-8"))), "source": str(card)}
+            return {"wall_s": _read_card(card).wall_time_s(), "source": str(card)}
     if p.lm_eval_model == "sopmoe_merge":
         return {"wall_s": round(load_s, 3), "source": "in-memory merge at load (load_s, experts' loading included)"}
     return {"wall_s": None, "source": "unknown"}

@@ -1,7 +1,7 @@
 """``sopmoe generate --model btm``: build the router, and show how it routed (statistics table, JSON, HTML view).
 
 :func:`btm_config` fills ``models.*.path`` from the checkpoint's ``router.json`` when the config leaves them unset
-(a router knows the experts it was trained beside). :class:`RoutingView` collects, per query, the gates of the
+(a router knows the experts it was trained beside); the model itself is built by :mod:`sopmoe_models.factory`. :class:`RoutingView` collects, per query, the gates of the
 generated tokens (up to EOS) from each :class:`~sopmoe_models.fused.GenerationResult`, and turns them into the
 per-query share of foundation vs sft (per layer for ``layer_level``: :func:`~sopmoe_models.routers.stats.gate_shares`),
 a rich table (``--show_router_stats``) and an HTML page colouring every generated token by its gate
@@ -13,42 +13,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-DEFAULT_NAME = "best_router.safetensors"
-
-
-def checkpoint_path(cfg, router_checkpoint: str | None) -> Path:
-    return Path(router_checkpoint) if router_checkpoint else Path(cfg.btm.output_dir) / DEFAULT_NAME
-
 
 def btm_config(cfg, router_checkpoint: str | None):
-    """``cfg`` with the expert paths of the router's ``router.json`` where the config has none."""
-    from sopmoe_models.routers import read_card
+    """``cfg`` with the expert paths of the router's ``router.json`` where the config has none. The checkpoint is
+    the factory's (:func:`sopmoe_models.factory.router_checkpoint`); a missing one is an error here, before any
+    expert loads (None: the training-free posterior router over the config's experts)."""
+    from sopmoe_models.factory import router_checkpoint as default_checkpoint
+    from sopmoe_models.factory import router_experts_config
 
-    path = checkpoint_path(cfg, router_checkpoint)
-    if not path.exists():
-        if cfg.btm.router_type == "posterior" and router_checkpoint is None:
-            return cfg  # a posterior router needs no checkpoint: uniform prior over the config's experts
+    path = default_checkpoint(cfg, router_checkpoint)
+    if path is None:
+        return cfg  # a posterior router needs no checkpoint: uniform prior over the config's experts
+    if not Path(path).expanduser().exists():
         raise FileNotFoundError(f"router checkpoint {path} not found; train one with `sopmoe train-router` "
                                 "or pass --router_checkpoint PATH")
-    experts = read_card(path).get("experts", {})
-    update = {}
-    for role in ("foundation", "sft"):
-        expert = getattr(cfg.models, role)
-        if not expert.path and experts.get(role, {}).get("path"):
-            update[role] = expert.model_copy(update={"path": experts[role]["path"]})
-    if not update:
-        return cfg
-    return cfg.model_copy(update={"models": cfg.models.model_copy(update=update)})
-
-
-def build_btm(cfg, pair, router_checkpoint: str | None = None, *, allow_missing_fingerprint: bool = False):
-    """The router of ``router_checkpoint`` (default ``<btm.output_dir>/best_router.safetensors``) over ``pair``."""
-    from sopmoe_models.routers import build_router, load_router
-
-    path = checkpoint_path(cfg, router_checkpoint)
-    if not path.exists() and cfg.btm.router_type == "posterior" and router_checkpoint is None:
-        return build_router("posterior", pair)
-    return load_router(path, pair, allow_missing_fingerprint=allow_missing_fingerprint)
+    return router_experts_config(cfg, path)
 
 
 class RoutingView:

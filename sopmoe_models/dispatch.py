@@ -13,17 +13,17 @@ Checkpoint: ``dispatch.safetensors`` (``weight`` (D,), ``bias`` (), ``mean`` (D,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sopmoe_models.cards import CardError, DispatchCard
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair
-from sopmoe_models.outputs import atomic_path, write_json
+from sopmoe_models.outputs import atomic_path
 
 WEIGHTS = "dispatch.safetensors"
-CARD = "dispatch.json"
+CARD = DispatchCard.FILE  # dispatch.json
 FEATURES = "foundation final hidden state: mean over the prompt tokens, concatenated with the last prompt token"
 EXPERTS = ("foundation", "sft")
 
@@ -79,7 +79,7 @@ class Dispatcher:
         with atomic_path(out_dir / WEIGHTS) as tmp:
             save_file({"weight": self.weight.contiguous(), "bias": self.bias.reshape(()).contiguous(),
                        "mean": self.mean.contiguous(), "std": self.std.contiguous()}, str(tmp), metadata={"format": "pt"})
-        write_json(out_dir / CARD, card)
+        DispatchCard.new(**card).write(out_dir / CARD)
         self.card = card
         return out_dir / WEIGHTS
 
@@ -95,13 +95,15 @@ def resolve(path: str | Path) -> Path:
     return folder
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
+def read_card(path: str | Path) -> DispatchCard:
     card = resolve(path) / CARD
     try:
-        data = json.loads(card.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{card}: not valid JSON ({e}); retrain with `sopmoe train-dispatch`") from None
-    if not isinstance(data, dict) or data.get("type") != "dispatch":
+        data = DispatchCard.read(card)
+    except CardError as e:
+        if "not valid JSON" in str(e) or "not UTF-8" in str(e):
+            raise ValueError(f"{e}; retrain with `sopmoe train-dispatch`") from None
+        data = None
+    if data is None or data.type != "dispatch":
         raise ValueError(f"{card}: not a sopmoe dispatch card (type must be 'dispatch')")
     return data
 

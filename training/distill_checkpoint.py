@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from sopmoe_models.cards import DistillCard
 from sopmoe_models.errors import UserError
 from sopmoe_models.outputs import file_sha256, leftovers, new_temp_dir, overlaps, replace_dir
 from training.toolkit import optimizer_tensors, read_state, restore_optimizer, write_json
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 BEST_STUDENT = "best_student"
 BEST_ADAPTER = "best_adapter.safetensors"
-CARD = "distill.json"
+CARD = DistillCard.FILE  # distill.json
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -131,13 +132,13 @@ def load_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     return state
 
 
-def save_student(model: nn.Module, tokenizer, out_dir: Path, card: dict) -> Path:
+def save_student(model: nn.Module, tokenizer, out_dir: Path, card: DistillCard) -> Path:
     """Write ``<out_dir>/best_student`` as a plain HF folder (safetensors) with ``distill.json``, atomically."""
     final = out_dir / BEST_STUDENT
     tmp = new_temp_dir(final)
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
-    write_json(tmp / CARD, card)
+    card.write(tmp / CARD)
     return replace_dir(tmp, final)
 
 

@@ -1,7 +1,7 @@
 """The distillation teacher: build it from the config, fingerprint it, and serve its targets live or from a cache.
 
 Teacher = any :class:`~sopmoe_models.fused.FusedLM` (``ensemble``: :class:`~sopmoe_models.ensemble.EnsembleLM` at the
-configured weights; ``btm``: a saved router via ``sopmoe_models.routers.load_router``), frozen, always called under
+configured weights; ``btm``: a saved router), built by :func:`sopmoe_models.factory.build_teacher`, frozen, always called under
 ``torch.inference_mode()``; its outputs are inference tensors, so they are ``.clone()``d before entering autograd.
 
 Offline cache (``distill.teacher_cache_topk: K``): for every example, one row per output token with the tempered
@@ -21,52 +21,19 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from sopmoe_models.data import collate, output_mask
-from sopmoe_models.experts import load_experts
 from sopmoe_models.fused import FusedLM
 from training.kd_losses import TopKTeacher, select_output_positions, topk_teacher
-
-if TYPE_CHECKING:
-    from sopmoe_models.config import SopmoeConfig
 
 log = logging.getLogger(__name__)
 
 # 2: the teacher's distribution covers the experts' full output width (padded rows included), not the tokenizer's
 CACHE_FORMAT = 2
 MANIFEST = "cache.json"
-
-
-def build_teacher(cfg: SopmoeConfig, device: str | torch.device | None = None, *, allow_missing_fingerprint: bool = False) -> FusedLM:
-    """The configured teacher on ``device`` (used where the config says ``auto``), frozen and in eval mode. A btm
-    teacher's router must record its experts' fingerprints unless ``allow_missing_fingerprint``."""
-    m, d = cfg.models, cfg.distill
-    if not m.foundation.path or not m.sft.path:
-        raise ValueError("models.foundation.path and models.sft.path must be set (config or --foundation/--sft)")
-    if d.teacher_type == "btm" and not d.btm_router:
-        raise ValueError("--teacher_type btm needs --btm_router PATH (a router trained with `sopmoe train-router`)")
-    dev = str(device) if device is not None else "auto"
-    pair = load_experts(
-        m.foundation.path, m.sft.path,
-        dtype=m.foundation.dtype, device=dev if m.foundation.device == "auto" else m.foundation.device,
-        sft_dtype=m.sft.dtype, sft_device=dev if m.sft.device == "auto" else m.sft.device,
-    )
-    if d.teacher_type == "ensemble":
-        from sopmoe_models.ensemble import EnsembleLM
-
-        e = cfg.ensemble
-        teacher: FusedLM = EnsembleLM(pair, e.foundation_weight, e.sft_weight, mix=e.mix)
-    else:
-        try:
-            from sopmoe_models.routers import load_router
-        except ImportError as err:
-            raise ValueError(f"--teacher_type btm needs sopmoe_models.routers ({err})") from None
-        teacher = load_router(d.btm_router, pair=pair, allow_missing_fingerprint=allow_missing_fingerprint)
-        teacher.router_path = str(Path(d.btm_router).expanduser().resolve())
-    return teacher.eval().requires_grad_(False)
 
 
 def _sha256_file(path: str | Path) -> str:

@@ -34,14 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sopmoe_models.cards import DistillCard
 from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_training_examples
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import check_same_tokenizer, load_tokenizer, output_rows
+from sopmoe_models.factory import build_teacher
 from sopmoe_models.outputs import remove_leftovers
 from training import distill_checkpoint as ckpt
 from training.distill_teacher import (
     LiveTeacher,
-    build_teacher,
     get_cache,
     n_output_tokens,
     teacher_fingerprint,
@@ -436,14 +437,14 @@ def _finish(run: _Run, state: dict[str, Any]) -> dict[str, Any]:
         if final is not None:
             ckpt.save_student(final, run.tok, out_dir, card)
         else:
-            ckpt.write_json(out_dir / ckpt.BEST_STUDENT / ckpt.CARD, card)
-        ckpt.write_json(out_dir / ckpt.CARD, card)
+            card.write(out_dir / ckpt.BEST_STUDENT / ckpt.CARD)
+        card.write(out_dir / ckpt.CARD)
         cfg.save(out_dir / "config.yaml")
         run.writer.close()
     run.accelerator.wait_for_everyone()
     log.info("best student (epoch %d, %s %.4f) in %s", state["best"]["epoch"], state["best"]["metric"],
              state["best"]["score"], out_dir / ckpt.BEST_STUDENT)
-    return card
+    return card.to_dict()
 
 
 def _save_best(model, tok, out_dir: Path, cfg: SopmoeConfig, state: dict, fp: dict) -> None:
@@ -456,20 +457,20 @@ def _save_best(model, tok, out_dir: Path, cfg: SopmoeConfig, state: dict, fp: di
         ckpt.save_student(model, tok, out_dir, _card(cfg, state, fp, None, None))
 
 
-def _card(cfg: SopmoeConfig, state: dict, fp: dict, world: int | None, caches: dict | None) -> dict[str, Any]:
+def _card(cfg: SopmoeConfig, state: dict, fp: dict, world: int | None, caches: dict | None) -> DistillCard:
     d = cfg.distill
-    return {
-        "kind": "sopmoe_distill",
-        "teacher": {"type": d.teacher_type, "btm_router": d.btm_router, "fingerprint": fp},
-        "student_init": d.student_init,
-        "student_init_path": student_path(cfg),
-        "finetuning": "lora" if d.lora.enabled else "full",
-        "inference_cost": 1.0,
-        "best": state["best"],
-        "epochs": state["history"],
-        "wall_time_s": round(state["wall_s"], 3),
-        "cpu_time_s": round(state["cpu_s"], 3),
-        "num_processes": world,
-        "teacher_cache": caches,
-        "config": cfg.to_dict(),
-    }
+    return DistillCard.new(
+        kind="sopmoe_distill",
+        teacher={"type": d.teacher_type, "btm_router": d.btm_router, "fingerprint": fp},
+        student_init=d.student_init,
+        student_init_path=student_path(cfg),
+        finetuning="lora" if d.lora.enabled else "full",
+        inference_cost=1.0,
+        best=state["best"],
+        epochs=state["history"],
+        wall_time_s=round(state["wall_s"], 3),
+        cpu_time_s=round(state["cpu_s"], 3),
+        num_processes=world,
+        teacher_cache=caches,
+        config=cfg.to_dict(),
+    )

@@ -18,7 +18,6 @@ and starts again; anything else is an error.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from sopmoe_models.cards import RouterCard
 from sopmoe_models.data import Example, collate, encode_example, load_training_examples
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import load_experts_from_config
@@ -37,7 +37,7 @@ from sopmoe_models.routers.base import BEST, CARD, _parse_card
 from sopmoe_models.routers.losses import gate_means, router_loss, shifted_targets
 from sopmoe_models.routers.posterior import estimate_prior
 from training.router_state import LAST, load_last, save_last
-from training.toolkit import TrainingDiverged, lr_factor, output_mask, restore_optimizer, write_json
+from training.toolkit import TrainingDiverged, lr_factor, output_mask, restore_optimizer
 
 if TYPE_CHECKING:
     from sopmoe_models.config import SopmoeConfig
@@ -345,12 +345,12 @@ def _end_epoch(router, evals, train, b, state, writer, out_dir: Path, training) 
 
 
 def _finish(out_dir: Path, state: dict, status: str, router_type: str) -> dict[str, Any]:
-    card_path = out_dir / "router.json"
+    card_path = out_dir / CARD
     if card_path.is_file() and status == "completed":
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        card["metrics"].update(history=state["history"], train_seconds=round(state["train_seconds"], 2),
-                               steps=state["global_step"])
-        write_json(card_path, card)
+        card = RouterCard.read(card_path)
+        card.metrics.update(history=state["history"], train_seconds=round(state["train_seconds"], 2),
+                            steps=state["global_step"])
+        card.write(card_path)
     return {"router_type": router_type, "status": status, "output_dir": str(out_dir),
             "best": str(out_dir / "best_router.safetensors"), "best_epoch": state["best_epoch"],
             "best_eval_nll": state["best_eval_nll"], "steps": state["global_step"],

@@ -8,7 +8,6 @@ foundation's tokenizer and an ``sft.json`` card (data, steps, losses, time, the 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sopmoe_models.cards import SftCard
 from sopmoe_models.data import encode_example, load_jsonl
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def train_sft(foundation: str | Path, data_file: str | Path, out: str | Path, sp
     if spec.lora:
         model = model.merge_and_unload()
     card = {
-        "format": 1, "kind": "sft", "foundation": str(foundation.resolve()), "foundation_fingerprint":
+        "format": SftCard.FORMAT, "kind": "sft", "foundation": str(foundation.resolve()), "foundation_fingerprint":
         fingerprint(foundation), "data": str(Path(data_file).resolve()), "kinds": kinds, "rows": len(examples),
         "spec": asdict(spec), "training": stats,
         "wall_s": round(time.perf_counter() - t_wall, 1), "cpu_s": round(time.process_time() - t_cpu, 1),
@@ -78,7 +78,7 @@ def train_sft(foundation: str | Path, data_file: str | Path, out: str | Path, sp
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "sft.json").write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        SftCard.from_dict(card).write(tmp / SftCard.FILE)
         write_marker(tmp, "sft")
         replace_dir(tmp, out)
     except BaseException:

@@ -2,8 +2,8 @@
 
 Validates the config, that both model folders exist, hold a tokenizer and load, that their tokenizers are identical,
 that the configured devices exist on this machine, that every weight is a finite number, that every data file parses,
-and that the router checkpoint the config names (``distill.btm_router``, else ``<btm.output_dir>/best_router.safetensors``
-when present) is readable, finite and was trained beside these experts. Prints a rich table; exits 1 with a one-line
+and that the router checkpoint the config names (:func:`sopmoe_models.factory.configured_router`: ``distill.btm_router``,
+else ``<btm.output_dir>/best_router.safetensors`` when present) is readable, finite and was trained beside these experts. Prints a rich table; exits 1 with a one-line
 reason naming the first problem.
 """
 
@@ -76,8 +76,9 @@ def _checks(cfg, load_weights: bool) -> list[tuple[str, Callable[[], str]]]:
 
         checks.append(("weights load", weights))
 
-    router = cfg.distill.btm_router or (str(Path(cfg.btm.output_dir) / "best_router.safetensors")
-                                        if (Path(cfg.btm.output_dir) / "best_router.safetensors").is_file() else None)
+    from sopmoe_models.factory import configured_router
+
+    router = configured_router(cfg)
     if router:
 
         def router_check(router=router) -> str:

@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     responses = [ex.output for ex in examples]
     source = "reference"
     if args.teacher_outputs:
-        from training.distill_teacher import build_teacher
+        from sopmoe_models.factory import build_teacher
 
         teacher = build_teacher(cfg, allow_missing_fingerprint=args.allow_missing_fingerprint)
         responses = teacher_responses(teacher, examples, cfg, args.batch_size)

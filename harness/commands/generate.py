@@ -5,7 +5,7 @@ with the chosen model's answer *and each expert's* (``outputs``), exact match pe
 (``exact_match``: stripped strings equal, as the lm-eval ``*_gen`` tasks score it), then prints where each expert
 wins per category (the seed's "analyse each model's advantage scenarios"); ``O.summary.json`` holds the same table
 and ``O.config.yaml`` the resolved config. Generation is batched (left padding, prompts sorted by length) and
-KV-cached (:meth:`sopmoe_models.fused.FusedLM.generate`); models are built by :func:`harness.models.build_fused_model`.
+KV-cached (:meth:`sopmoe_models.fused.FusedLM.generate`); models are built by the model factory, :func:`sopmoe_models.factory.build_fused_model`.
 
 Nothing is replaced silently: an existing output (``O``, ``O.summary.json``, ``O.config.yaml``, ``--route_html``) needs
 ``--overwrite``, and an output that is the input file (``--eval_file``, the config) is refused whatever the flags.
@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt_format", dest="data.prompt_format", choices=["raw", "chat"], default=None)
     p.add_argument("--log-file", default="logs/generate.log", help="log file in --eval_file mode")
     p.add_argument("--router_checkpoint", default=None,
-                   help="--model btm: router checkpoint (default <btm.output_dir>/best_router.safetensors)")
+                   help="--model btm: router checkpoint (default: distill.btm_router, else "
+                        "<btm.output_dir>/best_router.safetensors; see sopmoe_models/factory.py)")
     p.add_argument("--show_router_stats", action="store_true",
                    help="--model btm: per-query share of foundation vs sft (table; always in --output_file rows)")
     p.add_argument("--route_html", type=Path, default=None,
@@ -200,7 +201,7 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     from harness.cli import setup_logging
     from harness.models import build_drafter, build_fused_model
     from sopmoe_models.data import load_jsonl
-    from sopmoe_models.experts import load_experts_from_config
+    from sopmoe_models.factory import load_pair
     from sopmoe_models.prompt import format_prompt
 
     if args.limit is not None and args.limit <= 0:
@@ -210,7 +211,7 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     guard_outputs(output, args, inputs=[eval_file, args.config])
     setup_logging(args.log_level, args.log_file)
     examples = load_jsonl(eval_file)[: args.limit]
-    pair = load_experts_from_config(cfg)
+    pair = load_pair(cfg)
     drafter = build_drafter(cfg, pair)  # the chosen model's only: the experts' answers beside it decode plainly
     names = [args.model, *[n for n in EXPERTS if n != args.model]]
     prompts = [format_prompt(ex.input, cfg.data.prompt_format, pair.tokenizer) for ex in examples]

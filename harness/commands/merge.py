@@ -19,7 +19,6 @@ place, so no other folder (``DIR.old``, ``DIR.tmp``) is ever touched.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import random
@@ -125,13 +124,11 @@ def is_merge_output(folder: Path) -> bool:
 
     if written_by(folder, NAME):
         return True
-    if read_marker(folder) is not None or not (folder / "merge.json").is_file():
+    from sopmoe_models.cards import MergeCard
+
+    if read_marker(folder) is not None or not (folder / MergeCard.FILE).is_file():
         return False
-    try:
-        record = json.loads((folder / "merge.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and {"method", "inputs", "tensor_maths"} <= set(record)
+    return MergeCard.is_merge_record(folder / MergeCard.FILE)
 
 
 def guard_out(out: Path, overwrite: bool, inputs: list) -> None:
@@ -158,13 +155,15 @@ def guard_out(out: Path, overwrite: bool, inputs: list) -> None:
 def save_merged(model, tokenizer, out: Path, record: dict[str, Any], cfg) -> None:
     """Write the HF folder, ``merge.json``, ``sopmoe_config.yaml`` and the marker to a temporary sibling, then rename
     it to ``out``."""
+    from sopmoe_models.cards import MergeCard
     from sopmoe_models.outputs import new_temp_dir, replace_dir, write_marker
 
+    card = MergeCard.new(**record)
     tmp = new_temp_dir(out)
     try:
         model.save_pretrained(tmp)  # safetensors (transformers 5 default), config.json, generation_config.json
         tokenizer.save_pretrained(tmp)
-        (tmp / "merge.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        card.write(tmp / MergeCard.FILE)
         cfg.save(tmp / "sopmoe_config.yaml")
         write_marker(tmp, NAME, method=record.get("method"))
     except BaseException:
@@ -180,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
     import sopmoe_models
     from harness.cli import config_from_args
-    from sopmoe_models.experts import load_experts_from_config
+    from sopmoe_models.factory import load_pair
     from sopmoe_models.merges import METHODS, PEFT_FUNCTIONS, MergeParams, merge_models
 
     cfg = config_from_args(args)
@@ -199,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     log_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(log_file)
     try:
-        pair = load_experts_from_config(cfg)
+        pair = load_pair(cfg)
         fingerprints = pair.fingerprints()
         search, t0 = None, time.perf_counter()
         if args.auto:

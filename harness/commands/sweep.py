@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from harness.cli import config_from_args, setup_logging
-    from sopmoe_models.experts import load_experts_from_config
+    from sopmoe_models.factory import load_pair
 
     cfg = config_from_args(args)
     weights = parse_weights(args.weights)
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             refuse_existing(args.output_dir / name, "a sweep result")
     setup_logging(args.log_level, args.log_file)
     hf_logging.disable_progress_bar()
-    pair = load_experts_from_config(cfg)
+    pair = load_pair(cfg)
     metadata: dict[str, Any] = {"tokenizer": pair.foundation_path, "prompt_format": cfg.data.prompt_format}
     data_dir = args.data_dir or cfg.data.dev_dir or cfg.data.task_data_dir
     if data_dir:

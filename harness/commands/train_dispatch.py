@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from harness.cli import config_from_args, setup_logging
-    from sopmoe_models.experts import load_experts_from_config
+    from sopmoe_models.factory import load_pair
     from training.dispatch_trainer import train_dispatch
 
     setup_logging(args.log_level, "logs/dispatch.log")
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch_size must be > 0, got {args.batch_size}")
     cfg = config_from_args(args)
     guard(Path(args.output_dir), args.overwrite, cfg)
-    card = train_dispatch(cfg, load_experts_from_config(cfg), args.output_dir, batch_size=args.batch_size)
+    card = train_dispatch(cfg, load_pair(cfg), args.output_dir, batch_size=args.batch_size)
     from sopmoe_models.outputs import write_marker
 
     write_marker(args.output_dir, "train-dispatch")

@@ -80,7 +80,7 @@ def device_available(device: str) -> bool:
 
 
 @contextmanager
-def _quiet_preloaded_warnings():
+def quiet_preloaded_warnings():
     """HFLM warns twice that a model object was passed; that is the design here, not a user mistake."""
     hf_log = logging.getLogger("lm_eval.models.huggingface")
 
@@ -93,6 +93,64 @@ def _quiet_preloaded_warnings():
         yield
     finally:
         hf_log.removeFilter(drop)
+
+
+def accepted_args(model_args: dict[str, str | None]) -> list[str]:
+    """Every model argument an adapter with these extra ``model_args`` accepts (for error messages)."""
+    return ["config", *COMMON_ARGS, *model_args, *HFLM_ARGS, "batch_size", "max_batch_size"]
+
+
+def resolve_model_args(name: str, config: str | None, model_args: dict[str, Any],
+                       extra: dict[str, str | None]) -> tuple[Any, dict[str, Any]]:
+    """(SopmoeConfig, options) of a sopmoe adapter: the YAML named by ``config`` with the explicit ``model_args``
+    applied on top. ``extra`` maps the adapter's own arguments to a dotted config key, or to None (returned in
+    ``options``). ``name`` names the adapter in errors. Only an explicit ``config=`` is read: an lm-eval run means
+    what its model_args say, from any working directory."""
+    from sopmoe_models.config import load_config  # lazy: pydantic + yaml only when a config is read
+
+    overrides: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    model_args = placement_args(config, dict(model_args))
+    for key, value in model_args.items():
+        if key in TASK_ARGS or (key == "trust_remote_code" and not value):
+            continue
+        if key == "trust_remote_code":
+            raise ValueError("sopmoe never enables trust_remote_code; load local transformers checkpoints")
+        if key == "pretrained":
+            raise ValueError(f"{name} takes foundation=DIR,sft=DIR (or config=YAML), not pretrained=")
+        if key in COMMON_ARGS:
+            for dotted in COMMON_ARGS[key]:
+                overrides[dotted] = str(value) if value is not None else None
+        elif key in extra:
+            if extra[key] is None:
+                options[key] = value
+            else:
+                overrides[extra[key]] = value
+        else:
+            raise ValueError(f"{name}: unknown model argument {key!r}; accepted: {', '.join(accepted_args(extra))}")
+    return load_config(config, overrides, use_default=False), options
+
+
+def placement_args(config: str | None, model_args: dict[str, Any]) -> dict[str, Any]:
+    """Resolve ``device``/``sft_device`` as HFLM resolves ``device``, plus the two-device layout.
+
+    lm-eval always passes ``device`` (its CLI default is ``cuda:0``). A device this machine lacks is dropped with
+    a warning (the config's, default ``auto``, applies), as HFLM falls back to CPU. ``device`` places the sft too,
+    unless ``sft_device`` is given or the config puts the sft on another device than the foundation on purpose.
+    """
+    from sopmoe_models.config import load_config
+
+    for key in ("device", "sft_device"):
+        value = model_args.get(key)
+        if value is not None and not device_available(str(value)):
+            log.warning("%s=%s is not available on this machine; using the config's device (auto: %s)",
+                        key, value, "cuda:0" if torch.cuda.is_available() else "cpu")
+            del model_args[key]
+    if "device" in model_args and "sft_device" not in model_args and config is not None:
+        m = load_config(config, use_default=False).models
+        if m.sft.device not in ("auto", m.foundation.device):
+            model_args["sft_device"] = m.sft.device  # keep the config's one-expert-per-device layout
+    return model_args
 
 
 class FusedHFLM(HFLM):
@@ -123,7 +181,7 @@ class FusedHFLM(HFLM):
             raise ValueError(f"{type(self).__name__}: pass either a built fused model or model arguments, not both")
         self.fused = fused
         self.drafter = drafter  # a speculative.Drafter for generation requests, or None
-        with _quiet_preloaded_warnings():
+        with quiet_preloaded_warnings():
             super().__init__(
                 pretrained=fused.pair.foundation,
                 tokenizer=fused.tokenizer,
@@ -136,59 +194,16 @@ class FusedHFLM(HFLM):
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
     def accepted_args(cls) -> list[str]:
-        return ["config", *COMMON_ARGS, *cls.MODEL_ARGS, *HFLM_ARGS, "batch_size", "max_batch_size"]
+        return accepted_args(cls.MODEL_ARGS)
 
     @classmethod
     def resolve_config(cls, config: str | None, model_args: dict[str, Any]):
         """(SopmoeConfig, options): the YAML named by ``config`` with the explicit ``model_args`` applied on top."""
-        from sopmoe_models.config import load_config  # lazy: pydantic + yaml only when a config is read
-
-        overrides: dict[str, Any] = {}
-        options: dict[str, Any] = {}
-        model_args = cls._placement_args(config, dict(model_args))
-        for key, value in model_args.items():
-            if key in TASK_ARGS or (key == "trust_remote_code" and not value):
-                continue
-            if key == "trust_remote_code":
-                raise ValueError("sopmoe never enables trust_remote_code; load local transformers checkpoints")
-            if key == "pretrained":
-                raise ValueError(f"{cls.__name__} takes foundation=DIR,sft=DIR (or config=YAML), not pretrained=")
-            if key in COMMON_ARGS:
-                for dotted in COMMON_ARGS[key]:
-                    overrides[dotted] = str(value) if value is not None else None
-            elif key in cls.MODEL_ARGS:
-                if cls.MODEL_ARGS[key] is None:
-                    options[key] = value
-                else:
-                    overrides[cls.MODEL_ARGS[key]] = value
-            else:
-                raise ValueError(
-                    f"{cls.__name__}: unknown model argument {key!r}; accepted: {', '.join(cls.accepted_args())}"
-                )
-        # Only an explicit config=: an lm-eval run means what its model_args say, from any working directory.
-        return load_config(config, overrides, use_default=False), options
+        return resolve_model_args(cls.__name__, config, model_args, cls.MODEL_ARGS)
 
     @staticmethod
     def _placement_args(config: str | None, model_args: dict[str, Any]) -> dict[str, Any]:
-        """Resolve ``device``/``sft_device`` as HFLM resolves ``device``, plus the two-device layout.
-
-        lm-eval always passes ``device`` (its CLI default is ``cuda:0``). A device this machine lacks is dropped with
-        a warning (the config's, default ``auto``, applies), as HFLM falls back to CPU. ``device`` places the sft too,
-        unless ``sft_device`` is given or the config puts the sft on another device than the foundation on purpose.
-        """
-        from sopmoe_models.config import load_config
-
-        for key in ("device", "sft_device"):
-            value = model_args.get(key)
-            if value is not None and not device_available(str(value)):
-                log.warning("%s=%s is not available on this machine; using the config's device (auto: %s)",
-                            key, value, "cuda:0" if torch.cuda.is_available() else "cpu")
-                del model_args[key]
-        if "device" in model_args and "sft_device" not in model_args and config is not None:
-            m = load_config(config, use_default=False).models
-            if m.sft.device not in ("auto", m.foundation.device):
-                model_args["sft_device"] = m.sft.device  # keep the config's one-expert-per-device layout
-        return model_args
+        return placement_args(config, model_args)
 
     @classmethod
     def build_fused(cls, cfg, options: dict[str, Any], pair: ExpertPair | None) -> FusedLM:
@@ -198,14 +213,9 @@ class FusedHFLM(HFLM):
     @staticmethod
     def build_drafter(cfg, fused: FusedLM):
         """The drafter of ``generation.draft`` (model arg ``draft=``), next to the fused model's experts; or None."""
-        from sopmoe_models.speculative import load_drafter, resolve_draft
+        from sopmoe_models.factory import build_drafter
 
-        g = cfg.generation
-        path = resolve_draft(g.draft, cfg.distill.output_dir)
-        if path is None:
-            return None
-        return load_drafter(path, fused.pair, num_draft_tokens=g.num_draft_tokens, schedule=g.draft_schedule,
-                            confidence=g.draft_confidence)
+        return build_drafter(cfg, fused.pair)
 
     def describe(self) -> dict[str, Any]:
         """The fusion's settings, recorded in lm-eval's results under ``config.sopmoe``."""

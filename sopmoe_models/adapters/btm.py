@@ -7,8 +7,10 @@ Model arguments (besides :class:`~sopmoe_models.adapters.base.FusedHFLM`'s ``con
 
 - ``router=PATH``: a ``best_router.safetensors`` (or its folder) from ``sopmoe train-router``. The experts are the
   ones recorded in its ``router.json``; explicit ``foundation=``/``sft=`` override them (and must have the same
-  fingerprints, else a clear error). Without ``router=``: ``<btm.output_dir>/best_router.safetensors`` of the
-  config if it exists, else ``router_type=posterior`` (uniform prior, needs no checkpoint).
+  fingerprints, else a clear error). Without ``router=``: the config's default router
+  (:func:`sopmoe_models.factory.router_checkpoint`: ``distill.btm_router``, else
+  ``<btm.output_dir>/best_router.safetensors``); ``router_type=posterior`` builds the uniform-prior router, which
+  needs no checkpoint.
 - ``force_gate=foundation|sft``: fix every gate to one expert (parity checks: equals that expert's ``--model hf``).
 - ``stats_path=FILE``: also write the routing statistics there (JSON, rewritten after every request batch), and the
   drafter's acceptance rate under ``speculation`` with ``draft=`` (speculative generation, see ``FusedHFLM``).
@@ -33,8 +35,9 @@ from typing import Any, ClassVar
 import torch
 
 from sopmoe_models.adapters.base import FusedHFLM
-from sopmoe_models.experts import ExpertPair, load_experts, load_experts_from_config
-from sopmoe_models.routers import BEST, build_router, load_router, read_card
+from sopmoe_models.experts import ExpertPair
+from sopmoe_models.factory import build_router_model, load_pair, router_checkpoint, router_experts_config
+from sopmoe_models.routers import read_card
 from sopmoe_models.routers.base import Router, resolve_checkpoint
 from sopmoe_models.routers.stats import RoutingStats, generated_lengths
 
@@ -80,11 +83,10 @@ class BTMLMEval(FusedHFLM):
         if force is not None and force not in FORCE:
             raise ValueError(f"sopmoe_btm: force_gate must be foundation or sft, got {force!r}")
         if router is None and rtype in (None, "", "auto"):
-            default = Path(cfg.btm.output_dir) / BEST
-            if default.is_file():
-                router = str(default)
-            else:
-                raise ValueError("sopmoe_btm: pass router=PATH (best_router.safetensors from `sopmoe train-router`) "
+            router = router_checkpoint(cfg)  # the one default (sopmoe_models.factory); None = posterior
+            if router is not None and not Path(router).expanduser().exists():
+                raise ValueError(f"sopmoe_btm: no router checkpoint at {router}; pass router=PATH "
+                                 "(best_router.safetensors from `sopmoe train-router`) "
                                  "or router_type=posterior with foundation=DIR,sft=DIR")
         if router is not None:
             resolve_checkpoint(router)  # clear error for a missing file before anything loads
@@ -92,30 +94,23 @@ class BTMLMEval(FusedHFLM):
             if rtype and rtype != card["type"]:
                 raise ValueError(f"sopmoe_btm: router_type={rtype} but {router} is a {card['type']} router")
             if pair is None:
-                pair = cls._pair_for(cfg, card, options.get("_explicit", set()))
-            allow = str(options.get("allow_missing_fingerprint", False)).strip().lower() in ("true", "1", "yes")
-            fused = load_router(router, pair, allow_missing_fingerprint=allow)
-            fused.checkpoint = str(router)
-        else:
-            if rtype != "posterior":
-                raise ValueError(f"sopmoe_btm: router_type={rtype} must be trained first; pass router=PATH")
-            fused = build_router("posterior", pair if pair is not None else load_experts_from_config(cfg))
-            fused.checkpoint = None
+                pair = cls._pair_for(cfg, router, options.get("_explicit", set()))
+        elif rtype not in (None, "", "auto", "posterior"):
+            raise ValueError(f"sopmoe_btm: router_type={rtype} must be trained first; pass router=PATH")
+        allow = str(options.get("allow_missing_fingerprint", False)).strip().lower() in ("true", "1", "yes")
+        fused = build_router_model(cfg, pair, router, allow_missing_fingerprint=allow, posterior=router is None)
         if force is not None:
             fused.force_gate(FORCE[force])
         return fused
 
     @staticmethod
-    def _pair_for(cfg, card: dict[str, Any], explicit: set[str]) -> ExpertPair:
-        m, experts = cfg.models, card.get("experts", {})
-        paths = {}
+    def _pair_for(cfg, router: str, explicit: set[str]) -> ExpertPair:
+        """The experts of router.json, except those given explicitly as model arguments."""
+        cfg = router_experts_config(cfg, router, pinned=explicit)
         for role in ("foundation", "sft"):
-            given = getattr(m, role).path
-            paths[role] = given if (role in explicit or not experts.get(role, {}).get("path")) else experts[role]["path"]
-            if not paths[role]:
+            if not getattr(cfg.models, role).path:
                 raise ValueError(f"sopmoe_btm: no {role} path in router.json; pass {role}=DIR")
-        return load_experts(paths["foundation"], paths["sft"], dtype=m.foundation.dtype, device=m.foundation.device,
-                            sft_dtype=m.sft.dtype, sft_device=m.sft.device)
+        return load_pair(cfg)
 
     def describe(self) -> dict[str, Any]:
         r = self.fused

@@ -16,7 +16,7 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
-from sopmoe_models.adapters.base import _quiet_preloaded_warnings, device_available
+from sopmoe_models.adapters.base import device_available, quiet_preloaded_warnings
 from sopmoe_models.dispatch import load_dispatcher, prompt_features, read_card
 from sopmoe_models.experts import fingerprint, load_experts
 
@@ -54,7 +54,7 @@ class DispatchLMEval(HFLM):
         self.sent = [0, 0]  # requests sent to (foundation, sft)
         self.per_task: dict[str, list[int]] = {}  # task -> requests sent to (foundation, sft)
         self._tasks: list[str] | None = None  # task of each request of the call in flight
-        with _quiet_preloaded_warnings():
+        with quiet_preloaded_warnings():
             super().__init__(pretrained=pair.foundation, tokenizer=pair.tokenizer, backend="causal",
                              batch_size=batch_size, max_batch_size=max_batch_size)
 

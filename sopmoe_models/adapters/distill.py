@@ -10,25 +10,20 @@ of ``pretrained=``, and logs the ``distill.json`` provenance (teacher, student i
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
+from sopmoe_models.cards import DistillCard
+
 log = logging.getLogger(__name__)
 
 
-def read_card(folder: str | Path) -> dict[str, Any] | None:
+def read_card(folder: str | Path) -> DistillCard | None:
     """The ``distill.json`` of a student folder, or None when the folder has none (any HF model evaluates too)."""
-    card = Path(folder).expanduser() / "distill.json"
-    if not card.is_file():
-        return None
-    try:
-        return json.loads(card.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{card}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    return DistillCard.in_folder(folder)
 
 
 class DistillLMEval(HFLM):
@@ -51,10 +46,10 @@ class DistillLMEval(HFLM):
                 )
             self.distill_card = read_card(folder)
             c = self.distill_card
-            if c:
-                best = c.get("best") or {}
+            if c is not None:
+                best = c.best
                 log.info("sopmoe_distill: student of a %s teacher, init %s (%s), best epoch %s (%s %.4f)",
-                         c.get("teacher", {}).get("type"), c.get("student_init"), c.get("finetuning"), best.get("epoch"),
+                         c.teacher_type(), c.student_init, c.finetuning, best.get("epoch"),
                          best.get("metric"), best.get("score", float("nan")))
             else:
                 log.warning("sopmoe_distill: %s has no distill.json; evaluating it as a plain HF model", folder)

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 from sopmoe_models.adapters.base import FusedHFLM
 from sopmoe_models.ensemble import EnsembleLM
-from sopmoe_models.experts import ExpertPair, load_experts_from_config
+from sopmoe_models.experts import ExpertPair
+from sopmoe_models.factory import build_ensemble
 
 
 class EnsembleLMEval(FusedHFLM):
@@ -30,9 +31,7 @@ class EnsembleLMEval(FusedHFLM):
 
     @classmethod
     def build_fused(cls, cfg, options: dict[str, Any], pair: ExpertPair | None) -> EnsembleLM:
-        pair = pair if pair is not None else load_experts_from_config(cfg)
-        e = cfg.ensemble
-        return EnsembleLM(pair, e.foundation_weight, e.sft_weight, e.mix)
+        return build_ensemble(cfg, pair)
 
     def describe(self) -> dict[str, Any]:
         w_f, w_s = self.fused.weights

@@ -9,7 +9,7 @@ handed to ``HFLM.__init__`` (no folder written, no throwaway model loaded). Mode
 adapters (``config``, ``foundation``, ``sft``, ``device``, ``dtype``, ``sft_device``, ``sft_dtype``, HFLM's
 ``batch_size``/``max_length``/...) plus the ``merge`` section: ``method``, ``weight``, ``scale``, ``density``,
 ``seed`` (:mod:`sopmoe_models.merges`); explicit args override the YAML. The experts load through
-:func:`sopmoe_models.experts.load_experts_from_config` and the merge is written into the foundation in place, so
+:func:`sopmoe_models.factory.build_merge` and the merge is written into the foundation in place, so
 peak memory is two models, not three. The same merge saved by ``sopmoe merge`` and evaluated with ``--model hf``
 gives the same log-likelihoods (tests/test_merge_cli.py).
 """
@@ -21,15 +21,8 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
-from sopmoe_models.adapters.base import (
-    COMMON_ARGS,
-    HFLM_ARGS,
-    TASK_ARGS,
-    FusedHFLM,
-    _quiet_preloaded_warnings,
-)
-from sopmoe_models.experts import load_experts_from_config
-from sopmoe_models.merges import MergeParams, merge_models
+from sopmoe_models.adapters.base import HFLM_ARGS, quiet_preloaded_warnings, resolve_model_args
+from sopmoe_models.factory import build_merge
 
 log = logging.getLogger(__name__)
 
@@ -38,28 +31,10 @@ MODEL_ARGS = {"method": "merge.method", "weight": "merge.weight", "scale": "merg
 
 
 def resolve_config(config: str | None, model_args: dict[str, Any]):
-    """The YAML named by ``config`` (as the other adapters read it) with explicit ``model_args`` applied on top.
-
-    Only an explicit ``config=`` is read (never ``configs/config.yaml`` of the working directory); devices follow
-    the fused adapters' rules (a device this machine lacks, e.g. lm-eval's CLI default ``cuda:0`` on a CPU machine,
-    falls back to the config's, as HFLM falls back to CPU).
-    """
-    from sopmoe_models.config import load_config  # lazy: pydantic + yaml only when a config is read
-
-    model_args = FusedHFLM._placement_args(config, dict(model_args))
-    overrides: dict[str, Any] = {}
-    for key, value in model_args.items():
-        if key in TASK_ARGS:
-            continue
-        if key in COMMON_ARGS:
-            for dotted in COMMON_ARGS[key]:
-                overrides[dotted] = str(value) if value is not None else None
-        elif key in MODEL_ARGS:
-            overrides[MODEL_ARGS[key]] = value
-        else:
-            accepted = ["config", *COMMON_ARGS, *MODEL_ARGS, *HFLM_ARGS, "batch_size", "max_batch_size"]
-            raise ValueError(f"sopmoe_merge: unknown model argument {key!r}; accepted: {', '.join(accepted)}")
-    return load_config(config, overrides, use_default=False)
+    """The YAML named by ``config`` with explicit ``model_args`` applied on top, by the rules of every sopmoe adapter
+    (:func:`sopmoe_models.adapters.base.resolve_model_args`: only an explicit ``config=``; a device this machine
+    lacks falls back to the config's)."""
+    return resolve_model_args("sopmoe_merge", config, model_args, MODEL_ARGS)[0]
 
 
 class MergeLMEval(HFLM):
@@ -72,13 +47,10 @@ class MergeLMEval(HFLM):
         if not cfg.models.foundation.path or not cfg.models.sft.path:
             raise ValueError("sopmoe_merge needs foundation=DIR and sft=DIR (or config=PATH) in --model_args")
         g = cfg.merge
-        self.merge_params = MergeParams(g.method, g.weight, g.scale, g.density, g.seed)
-        pair = load_experts_from_config(cfg)
-        merged, tokenizer = merge_models(pair, **self.merge_params.__dict__, inplace=True), pair.tokenizer
-        del pair  # drop the sft: only the merged module is kept
+        merged, tokenizer, self.merge_params = build_merge(cfg, inplace=True)  # the sft is dropped on return
         log.info("sopmoe_merge: %s %s of %s and %s", g.method, self.merge_params.used(),
                  cfg.models.foundation.path, cfg.models.sft.path)
-        with _quiet_preloaded_warnings():
+        with quiet_preloaded_warnings():
             super().__init__(pretrained=merged, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
                              max_batch_size=max_batch_size, **hf_kwargs)
 

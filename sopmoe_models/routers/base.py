@@ -24,10 +24,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sopmoe_models.cards import RouterCard
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair, legacy_fingerprint_matches, load_experts
 from sopmoe_models.fused import FusedLM, float_out, time_chunks
-from sopmoe_models.outputs import file_sha256, write_json
+from sopmoe_models.outputs import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -179,16 +180,16 @@ class Router(FusedLM):
         weights = out_dir / filename
         tmp = weights.with_name(weights.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"format": "pt", "router_type": self.router_type})
-        card = self.card(training=training, metrics=metrics)
-        card["weights"] = filename
-        card["weights_sha256"] = file_sha256(tmp)  # ties the card to these weights (a torn pair is detected)
+        card = RouterCard.new(**self.card(training=training, metrics=metrics), weights=filename,
+                              weights_sha256=file_sha256(tmp))  # ties the card to these weights (a torn pair is detected)
         tmp.replace(weights)
-        write_json(out_dir / CARD, card)
+        card.write(out_dir / CARD)
         return weights
 
 
-def _parse_card(card: Path) -> dict[str, Any]:
-    """router.json as a dict, checked field by field; any problem is one line naming the file and the field."""
+def _parse_card(card: Path) -> RouterCard:
+    """router.json as a :class:`~sopmoe_models.cards.RouterCard`, checked field by field; any problem is one line
+    naming the file and the field."""
     try:
         data = json.loads(card.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -221,7 +222,7 @@ def _parse_card(card: Path) -> dict[str, Any]:
                 bad = f"'experts.{role}.path' is not a string"
     if bad:
         raise UserError(f"{card}: not a sopmoe router card: {bad}; retrain the router with `sopmoe train-router`")
-    return data
+    return RouterCard.from_dict(data, card)
 
 
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -240,7 +241,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     return weights, card
 
 
-def read_card(path: str | Path) -> dict[str, Any]:
+def read_card(path: str | Path) -> RouterCard:
     """The checked ``router.json`` of a checkpoint (file or folder)."""
     _, card = resolve_checkpoint(path)
     return _parse_card(card)

@@ -1,0 +1,57 @@
+"""Smoke tests of the benchmarks in ``benchmarks/``: each script runs end to end at its smallest sizes.
+
+They check that the scripts still run against the library (imports, call signatures, the report), not the numbers:
+each runs as the user runs it (``python benchmarks/bench_x.py ...``, a subprocess with a timeout) on a random pair
+of the test bed's shape, one thread, one repeat, a couple of tokens (~7 s each on 2 cores). The memory benchmark
+builds a pair at Qwen3's vocabulary and runs two child processes (~25 s), so it is marked slow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 180
+
+
+def run_bench(script: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run ``benchmarks/<script>`` with ``args`` from the repository root; its stdout (a failure shows both)."""
+    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+               "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, env=environ,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_bench_router():
+    out = run_bench("bench_router.py", "--batch_size", "1", "--new_tokens", "2", "--repeats", "1",
+                    "--router_hidden_size", "4", "--threads", "1")
+    for router in ("posterior", "token_level", "layer_level"):
+        assert router in out
+    assert "target generation" in out
+
+
+def test_bench_distill():
+    out = run_bench("bench_distill.py", "--batch_size", "1", "--steps", "1", "--topk", "2", "--threads", "1")
+    assert "cached teacher" in out and "live teacher" in out and "target cached" in out
+
+
+def test_bench_generate():
+    out = run_bench("bench_generate.py", "--shapes", "testbed", "--drafters", "foundation,random", "--repeats", "1",
+                    "--new_tokens", "2", "--batches", "1", "--skip_scoring", "--threads", "1")
+    assert "ensemble" in out and "random" in out
+
+
+@pytest.mark.slow
+def test_bench_memory(qwen3_tokenizer_dir):
+    out = run_bench("bench_memory.py", "--batch", "1", "--length", "8", "--cont", "2", "--threads", "1",
+                    "--modes", "hf,token_level", env={"SOPMOE_CACHE_DIR": str(Path(qwen3_tokenizer_dir).parent)})
+    assert "failed" not in out
+    assert "hf" in out and "token_level" in out
