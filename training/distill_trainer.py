@@ -37,7 +37,7 @@ import torch
 from sopmoe_models.cards import DistillCard
 from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_training_examples
 from sopmoe_models.errors import UserError
-from sopmoe_models.experts import check_same_tokenizer, load_tokenizer, output_rows
+from sopmoe_models.experts import check_same_tokenizer, load_tokenizer, output_rows, same_tokenizer_files
 from sopmoe_models.factory import build_teacher
 from sopmoe_models.outputs import remove_leftovers
 from training import distill_checkpoint as ckpt
@@ -78,7 +78,9 @@ def load_student(cfg: SopmoeConfig, teacher_tokenizer, device: torch.device) -> 
 
     d = cfg.distill
     path = student_path(cfg)
-    check_same_tokenizer(load_tokenizer(path), teacher_tokenizer, "student", "teacher")
+    foundation = cfg.models.foundation.path
+    if not (foundation and same_tokenizer_files(Path(path), Path(foundation))):  # identical files: one tokenizer
+        check_same_tokenizer(load_tokenizer(path), teacher_tokenizer, "student", "teacher")
     dtype = torch.bfloat16 if (d.lora.enabled and d.bf16) else torch.float32  # full FT keeps fp32 master weights
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False).to(device)
     if d.gradient_checkpointing:

@@ -70,7 +70,7 @@ def build_pair(out: str | Path, tokenizer_dir: str | Path, *, seed: int = 0, dty
 SHIPPED = Path(__file__).resolve().parents[1] / "tasks" / "data"
 
 
-def write_data(out: str | Path, *, train: int = 6, dev: int = 3, test: int = 3) -> dict[str, Path]:
+def write_data(out: str | Path, *, train: int = 4, dev: int = 2, test: int = 2) -> dict[str, Path]:
     """Disjoint slices of the shipped task data: ``train.jsonl``, ``eval.jsonl`` (dev) and ``tasks/FAMILY.jsonl``."""
     from sopmoe_models.data import FAMILIES, load_jsonl, write_jsonl
 
