@@ -254,7 +254,11 @@ def training_data(p: Planned) -> str:
     """What data made this model (the leaderboard's "Trained on"), from the records beside its artefact."""
     a, kind = p.model_args, p.spec.kind
     if kind in ("foundation", "sft") and a.get("pretrained"):
-        if (Path(a["pretrained"]).parent / "testbed.json").is_file():
+        bed = Path(a["pretrained"]).parent / "testbed.json"
+        if bed.is_file():
+            if json.loads(bed.read_text(encoding="utf-8")).get("preset") == "real":  # the real bed (issue 12)
+                return ("SmolLM2-135M-Instruct as published (not trained here)" if kind == "foundation"
+                        else "SOP-only rows (sopmoe sft, from the foundation)")
             return ("pretraining corpus (reasoning, loose SOP, general)" if kind == "foundation"
                     else "SOP-only SFT corpus (from the foundation)")
         return "given checkpoint"
