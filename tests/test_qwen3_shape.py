@@ -235,4 +235,6 @@ def test_scoring_memory_stays_bounded_at_qwen3_width(bed, tmp_path):
                               capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         peak = json.loads(proc.stdout.strip().splitlines()[-1])["peak_delta_mib"]
-        assert peak < 2.4 * unit, (mode, peak, unit)
+        # Below 2.4 units when run alone; token_level reached 2.49 once inside a full suite on a loaded machine
+        # (2026-12-01), so the bound has headroom. It still fails on one (B, T, W) copy per expert and stage (>= 4).
+        assert peak < 2.7 * unit, (mode, peak, unit)
