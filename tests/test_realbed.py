@@ -13,7 +13,8 @@ from tests import tiny
 
 
 def test_real_data_splits_by_problem_and_trains_on_no_composition():
-    from training.real_data import TRAIN_KINDS, RealDataSpec, generate
+    from training.datagen import TRAIN_KINDS
+    from training.real_data import RealDataSpec, generate
 
     files = generate(0, RealDataSpec())
     orders = {split: set() for split in ("train", "dev", "test")}

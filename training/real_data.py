@@ -29,7 +29,6 @@ from pathlib import Path
 
 from sopmoe_models.data import Example, write_jsonl
 
-TRAIN_KINDS = ("sop_strict", "reasoning", "general")
 MIXED_ORDER = "question_first"  # chosen on dev (see the module docstring and the real bed's record)
 
 CAPITALS = {

@@ -34,9 +34,10 @@ from typing import Any
 import torch
 
 from sopmoe_models.data import FAMILIES, IGNORE_INDEX, Example, collate, encode_example, load_jsonl
-from training.real_data import TRAIN_KINDS, RealDataSpec, make_real_data
+from training.datagen import TRAIN_KINDS
+from training.real_data import RealDataSpec, make_real_data
 from training.sft import SFTSpec, train_sft
-from training.testbed import SWEEP_WEIGHTS, record_bed, stage, write_bed_config
+from training.testbed import SWEEP_WEIGHTS, property_row, record_bed, stage, write_bed_config
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ REAL_SIZES: dict[str, RealbedSpec] = {
 
 # Properties on dev (issue 12): the SFT writes the format (>= 0.9) and has clearly lost the foundation's answers; no
 # expert solves composition; the per-row switch (foundation on the sentence, SFT on the steps) clearly does.
-PROPERTIES = {
-    "sop_strict: sft >= 0.9": (("sop_strict", "sft"), 0.9, None),
-    "reasoning: foundation - sft >= 0.3": (("reasoning", "foundation", "sft"), 0.3, None),
-    "mixed: best expert <= 0.3": (("mixed", "best_expert"), None, 0.3),
-    "mixed: segment switch - best expert >= 0.15": (("mixed", "switch_gain"), 0.15, None),
+PROPERTIES = {  # name: (low, high); None = open side
+    "sop_strict: sft >= 0.9": (0.9, None),
+    "reasoning: foundation - sft >= 0.3": (0.3, None),
+    "mixed: best expert <= 0.3": (None, 0.3),
+    "mixed: segment switch - best expert >= 0.15": (0.15, None),
 }
 
 
@@ -149,13 +150,7 @@ def check_properties(sweep: dict[str, dict[str, dict[str, float]]]) -> list[dict
         "mixed: best expert <= 0.3": best_expert,
         "mixed: segment switch - best expert >= 0.15": acc["mixed"].get("switch", 0.0) - best_expert,
     }
-    out = []
-    for name, (_, lo, hi) in PROPERTIES.items():
-        v = values[name]
-        margin = min(v - lo if lo is not None else math.inf, hi - v if hi is not None else math.inf)
-        out.append({"property": name, "value": round(v, 4), "range": [lo, hi], "margin": round(margin, 4),
-                    "passed": margin >= -1e-9})
-    return out
+    return [property_row(name, values[name], lo, hi) for name, (lo, hi) in PROPERTIES.items()]
 
 
 def write_config(out: Path, spec: RealbedSpec) -> Path:

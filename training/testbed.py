@@ -250,12 +250,14 @@ def check_properties(result: dict[str, dict], preset: str = "partial") -> list[d
         for key, (lo, hi) in PARTIAL_RANGES.items():
             who, fam = key.split()
             props.append((f"{fam}: {who} in [{lo}, {hi}] (partial)", acc[fam][who], (lo, hi)))
-    out = []
-    for name, v, (lo, hi) in props:
-        margin = min(v - lo, hi - v)
-        out.append({"property": name, "value": round(v, 4), "range": [lo if lo > -9 else None, hi if hi < 9 else None],
-                    "margin": round(margin, 4), "passed": margin >= -1e-9})
-    return out
+    return [property_row(name, v, lo if lo > -9 else None, hi if hi < 9 else None) for name, v, (lo, hi) in props]
+
+
+def property_row(name: str, value: float, lo: float | None, hi: float | None) -> dict[str, Any]:
+    """One checked property: its value, range (None = open side) and margin (>= 0 means it holds); shared by the beds."""
+    margin = min(value - lo if lo is not None else math.inf, hi - value if hi is not None else math.inf)
+    return {"property": name, "value": round(value, 4), "range": [lo, hi], "margin": round(margin, 4),
+            "passed": margin >= -1e-9}
 
 
 # --------------------------------------------------------------------------------------------------------------
