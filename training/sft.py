@@ -1,9 +1,10 @@
 """``sopmoe sft``: make an SFT expert from a foundation checkpoint (issue 12): full fine-tune, or LoRA merged back.
 
 The scenario's SFT: the foundation fine-tuned on SOP data only, with plain output-token cross-entropy, long enough that
-it writes the strict format and forgets part of what it knew. The result is an ordinary model folder (float32
-safetensors: an SFT update is smaller than bfloat16's resolution, so rounding would erase part of it), with the
-foundation's tokenizer and an ``sft.json`` card (data, steps, losses, time, the foundation's fingerprint).
+it writes the strict format and forgets part of what it knew. The result is an ordinary model folder (saved in
+the foundation's own dtype by default, as a real SFT is; training runs in float32. An update smaller than the saved
+dtype's resolution rounds back to the foundation, so the card records how much of the update survived the rounding and
+a warning says when much did not), with the foundation's tokenizer and an ``sft.json`` card (data, steps, losses, time, the foundation's fingerprint).
 """
 
 from __future__ import annotations
@@ -35,6 +36,39 @@ class SFTSpec:
     lora_r: int = 16
     lora_alpha: int = 32
     seed: int = 0
+    save_dtype: str = "auto"  # auto (the foundation's stored dtype) | float32 | bfloat16 | float16
+
+
+def saved_dtype(foundation: Path, name: str) -> torch.dtype:
+    """The dtype the SFT folder is written in: ``auto`` = the foundation's ``config.json`` dtype (float32 if none)."""
+    if name == "auto":
+        import json
+
+        cfg = json.loads((Path(foundation) / "config.json").read_text(encoding="utf-8"))
+        name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"save_dtype {name!r}: choose auto, float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+@torch.no_grad()
+def update_kept(foundation: Path, model: torch.nn.Module, dtype: torch.dtype) -> float:
+    """1 - |round(W) - W_f - ΔW| / |ΔW| over all weights: the share of the fine-tuning update ΔW = W - W_f that
+    survives writing W in ``dtype`` (1.0 for float32)."""
+    from safetensors.torch import load_file
+
+    base: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(foundation).glob("*.safetensors")):
+        base.update(load_file(f))
+    err = norm = 0.0
+    for name, w in model.state_dict().items():
+        b = base.get(name)
+        if b is None or b.shape != w.shape:
+            continue
+        delta = w.float() - b.float()
+        err += float((w.to(dtype).float() - b.float() - delta).square().sum())
+        norm += float(delta.square().sum())
+    return 1.0 - (err / norm) ** 0.5 if norm > 0 else 1.0
 
 
 def train_sft(foundation: str | Path, data_file: str | Path, out: str | Path, spec: SFTSpec = SFTSpec(),
@@ -67,6 +101,13 @@ def train_sft(foundation: str | Path, data_file: str | Path, out: str | Path, sp
                 progress=progress, desc="sft")
     if spec.lora:
         model = model.merge_and_unload()
+    save_dtype = saved_dtype(foundation, spec.save_dtype)
+    kept = update_kept(foundation, model, save_dtype)
+    if kept < 0.9:
+        log.warning("sft: saving in %s keeps %.0f%% of the update (the rest rounds back to the foundation); train "
+                    "longer or with a larger learning rate, or pass --save_dtype float32", str(save_dtype)[6:], 100 * kept)
+    model = model.to(save_dtype)
+    stats = {**stats, "save_dtype": str(save_dtype)[6:], "update_kept": round(kept, 4)}
     card = {
         "format": SftCard.FORMAT, "kind": "sft", "foundation": str(foundation.resolve()), "foundation_fingerprint":
         fingerprint(foundation), "data": str(Path(data_file).resolve()), "kinds": kinds, "rows": len(examples),

@@ -282,15 +282,15 @@ def stage(name: str, times: dict[str, dict[str, float]]):
 
 
 def write_bed_config(out: Path, command: str, *, prompt_format: str, max_length: int, max_new_tokens: int,
-                     train_kinds: tuple[str, ...] = TRAIN_KINDS) -> Path:
-    """``out/config.yaml``: a complete sopmoe config for a bed built by ``sopmoe <command>`` in ``out`` (float32
-    experts in ``foundation/`` and ``sft/``, data in ``data/``), paths relative to ``out``, validated by loading it
+                     train_kinds: tuple[str, ...] = TRAIN_KINDS, dtype: str = "float32") -> Path:
+    """``out/config.yaml``: a complete sopmoe config for a bed built by ``sopmoe <command>`` in ``out`` (experts in
+    ``dtype`` in ``foundation/`` and ``sft/``, data in ``data/``), paths relative to ``out``, validated by loading it
     back."""
     from sopmoe_models.config import SopmoeConfig, load_config
     from sopmoe_models.outputs import write_atomic
 
     cfg = SopmoeConfig.model_validate({
-        "models": {"foundation": {"path": "foundation", "dtype": "float32"}, "sft": {"path": "sft", "dtype": "float32"}},
+        "models": {"foundation": {"path": "foundation", "dtype": dtype}, "sft": {"path": "sft", "dtype": dtype}},
         "data": {"train_file": "data/train/train.jsonl", "train_kinds": list(train_kinds),
                  "eval_file": "data/dev/dev.jsonl", "dev_dir": "data/dev", "task_data_dir": "data/test",
                  "prompt_format": prompt_format, "max_length": max_length},

@@ -1,7 +1,7 @@
 """``sopmoe sft``: make an SFT expert from a foundation (issue 12): full fine-tune or LoRA merged into a folder.
 
 Plain output-token cross-entropy on a JSONL of ``input``/``output`` rows (``--kinds`` keeps rows of those
-``category`` values), AdamW with warm-up and a cosine schedule, then an ordinary model folder (float32 safetensors,
+``category`` values), AdamW with warm-up and a cosine schedule, then an ordinary model folder (safetensors in the foundation's dtype unless ``--save_dtype`` says otherwise,
 the foundation's tokenizer, ``sft.json``). An existing folder is replaced only with ``--overwrite``, and only one
 ``sopmoe sft`` wrote.
 """
@@ -38,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora_r", type=int, default=d.lora_r)
     p.add_argument("--lora_alpha", type=int, default=d.lora_alpha)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--save_dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.save_dtype,
+                   help="dtype of the saved weights (default auto: the foundation's; training is float32)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
 
 
@@ -75,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or free_cores())
     spec = SFTSpec(steps=args.steps, learning_rate=args.learning_rate, weight_decay=args.weight_decay,
                    batch_size=args.batch_size, max_length=args.max_length, prompt_format=args.prompt_format,
-                   lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, seed=args.seed)
+                   lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, seed=args.seed,
+                   save_dtype=args.save_dtype)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True)) as progress:
         card = train_sft(args.foundation, args.data, args.out, spec, kinds=args.kinds, progress=progress)
