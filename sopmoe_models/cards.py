@@ -9,6 +9,7 @@ card                    written by                    class
 ``merge.json``          ``sopmoe merge``              :class:`MergeCard`
 ``dispatch.json``       ``sopmoe train-dispatch``     :class:`DispatchCard`
 ``sft.json``            ``sopmoe realbed`` (SFT)      :class:`SftCard`
+``testbed.json``        ``sopmoe testbed``, realbed   :class:`BedCard` (test bed and real bed)
 ======================  ============================  =====================================================
 
 Versioned: a card written now records ``"format": N`` (the class's :attr:`Card.FORMAT`) as its first key; a card
@@ -222,4 +223,37 @@ class SftCard(Card):
         return _seconds((self.model_extra or {}).get("wall_s"))
 
 
-CARDS: dict[str, type[Card]] = {c.FILE: c for c in (RouterCard, DistillCard, MergeCard, DispatchCard, SftCard)}
+class BedCard(Card):
+    """``testbed.json``: a bed's seed, preset (``real`` for the real bed), size, spec, versions, sizes, training
+    record, wall and CPU seconds per stage, the sweep on dev and the property check. Written by both bed builders
+    (:func:`training.testbed.record_bed`), read by the bed commands, the demo and ``sopmoe evaluate``'s specs."""
+
+    FILE: ClassVar[str] = "testbed.json"
+    KIND: ClassVar[str] = "bed"
+
+    seed: int | None = None
+    preset: str | None = None
+    size: str | None = None
+    threads: int | None = None
+    times: dict[str, dict[str, Any]] = {}
+    sweep: dict[str, dict[str, Any]] = {}
+    properties: list[dict[str, Any]] = []
+    passed: bool | None = None
+
+    def is_real(self) -> bool:
+        """Whether this is the real bed (issue 12: a published foundation, not one trained here)."""
+        return self.preset == "real"
+
+    def stage_wall_s(self, stage: str) -> float | None:
+        """The wall-clock seconds of one build stage (``pretrain``, ``sft``, ...; ``total``), or None."""
+        return _seconds((self.times.get(stage) or {}).get("wall_s"))
+
+    def wall_time_s(self) -> float | None:
+        return self.stage_wall_s("total")
+
+    def failed_properties(self) -> list[dict[str, Any]]:
+        return [p for p in self.properties if not p.get("passed")]
+
+
+CARDS: dict[str, type[Card]] = {c.FILE: c for c in (RouterCard, DistillCard, MergeCard, DispatchCard, SftCard,
+                                                     BedCard)}
