@@ -97,9 +97,12 @@ class Card(BaseModel):
         return write_json(path, self.to_dict())
 
     # -- what readers ask ------------------------------------------------------------------------------------
+    #: the top-level key that holds the wall-clock seconds of the step that made the model, where the card has one
+    WALL_KEY: ClassVar[str | None] = None
+
     def wall_time_s(self) -> float | None:
         """The wall-clock seconds of the step that made the model (None when the card records none)."""
-        return None
+        return _seconds((self.model_extra or {}).get(self.WALL_KEY)) if self.WALL_KEY else None
 
     def training_data(self) -> dict[str, Any] | None:
         """The data settings the model was trained on (``train_file``, ``train_kinds``, ...), or None."""
@@ -153,15 +156,13 @@ class DistillCard(Card):
 
     FILE: ClassVar[str] = "distill.json"
     KIND: ClassVar[str] = "distill"
+    WALL_KEY: ClassVar[str | None] = "wall_time_s"
 
     teacher: dict[str, Any] = {}
     student_init: str | None = None
     finetuning: str | None = None
     best: dict[str, Any] = {}
     config: dict[str, Any] = {}
-
-    def wall_time_s(self) -> float | None:
-        return _seconds((self.model_extra or {}).get("wall_time_s"))
 
     def teacher_type(self) -> str | None:
         return self.teacher.get("type")
@@ -176,14 +177,12 @@ class MergeCard(Card):
 
     FILE: ClassVar[str] = "merge.json"
     KIND: ClassVar[str] = "merge"
+    WALL_KEY: ClassVar[str | None] = "wall_time_s"
 
     method: str
     parameters: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
     tensor_maths: str | None = None
-
-    def wall_time_s(self) -> float | None:
-        return _seconds((self.model_extra or {}).get("wall_time_s"))
 
     @classmethod
     def is_merge_record(cls, path: str | Path) -> bool:
@@ -200,14 +199,12 @@ class DispatchCard(Card):
 
     FILE: ClassVar[str] = "dispatch.json"
     KIND: ClassVar[str] = "dispatch"
+    WALL_KEY: ClassVar[str | None] = "train_seconds"
 
     type: str
     experts: dict[str, Any] = {}
     training: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
-
-    def wall_time_s(self) -> float | None:
-        return _seconds((self.model_extra or {}).get("train_seconds"))
 
     def training_data(self) -> dict[str, Any] | None:
         return self.training or None
@@ -218,9 +215,7 @@ class SftCard(Card):
 
     FILE: ClassVar[str] = "sft.json"
     KIND: ClassVar[str] = "sft"
-
-    def wall_time_s(self) -> float | None:
-        return _seconds((self.model_extra or {}).get("wall_s"))
+    WALL_KEY: ClassVar[str | None] = "wall_s"
 
 
 class BedCard(Card):
