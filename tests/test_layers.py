@@ -52,6 +52,27 @@ def test_no_upward_import(package):
     assert upward_imports(package) == []
 
 
+OURS = ("harness", "training", "tasks", "sopmoe_models")
+
+
+def private_imports(package: str) -> list[str]:
+    """``from <our module> import _name``: a private helper used from another module (it belongs public, in the
+    lowest floor that both need, as harness.beds.print_bed_summary for the two bed commands)."""
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in OURS:
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{a.name}"
+                        for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return bad
+
+
+@pytest.mark.parametrize("package", OURS)
+def test_no_private_name_crosses_a_module(package):
+    assert private_imports(package) == []
+
+
 def test_the_walker_sees_lazy_and_dynamic_imports(tmp_path):
     src = tmp_path / "m.py"
     src.write_text(

@@ -187,9 +187,10 @@ class Router(FusedLM):
         return weights
 
 
-def _parse_card(card: Path) -> RouterCard:
-    """router.json as a :class:`~sopmoe_models.cards.RouterCard`, checked field by field; any problem is one line
-    naming the file and the field."""
+def parse_card(card: Path) -> RouterCard:
+    """The ``router.json`` file ``card`` as a :class:`~sopmoe_models.cards.RouterCard`, checked field by field (its
+    weights need not exist, unlike :func:`read_card`'s checkpoint); any problem is one line naming the file and the
+    field."""
     try:
         data = json.loads(card.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -230,7 +231,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     path = Path(path).expanduser()
     if path.is_dir():
         card = path / CARD
-        name = (_parse_card(card).get("weights") or BEST) if card.is_file() else BEST
+        name = (parse_card(card).get("weights") or BEST) if card.is_file() else BEST
         weights = path / name
     else:
         weights, card = path, path.parent / CARD
@@ -244,7 +245,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 def read_card(path: str | Path) -> RouterCard:
     """The checked ``router.json`` of a checkpoint (file or folder)."""
     _, card = resolve_checkpoint(path)
-    return _parse_card(card)
+    return parse_card(card)
 
 
 def check_fingerprints(card: dict[str, Any], pair: ExpertPair, source: str, *,
