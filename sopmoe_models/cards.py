@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from sopmoe_models.errors import UserError
-from sopmoe_models.outputs import write_json
+from sopmoe_models.outputs import read_json, write_json
 
 
 class CardError(UserError):
@@ -70,13 +70,7 @@ class Card(BaseModel):
     def read(cls, path: str | Path):
         """The card at ``path`` (the JSON file itself)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise CardError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise CardError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(data, path)
+        return cls.from_dict(read_json(path, error=CardError), path)
 
     @classmethod
     def in_folder(cls, folder: str | Path):

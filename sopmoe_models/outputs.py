@@ -123,6 +123,17 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
+def read_json(path: str | Path, damaged: str = "", error: type[UserError] = UserError) -> Any:
+    """What :func:`write_json` wrote: the JSON at ``path``, UTF-8. Undecodable bytes or broken JSON raise ``error``
+    in one line naming the file and where it breaks, followed by ``damaged`` (what to do about it)."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}){damaged}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno}){damaged}") from None
+
+
 # --- whole folders -----------------------------------------------------------------------------------------------
 def _sibling(final: Path, kind: str) -> Path:
     return final.with_name(f".{final.name}.{kind}-{uuid.uuid4().hex[:10]}")

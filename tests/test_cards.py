@@ -62,6 +62,9 @@ def test_a_broken_card_is_one_line_naming_the_file(tmp_path):
     (tmp_path / "merge.json").write_text("{broken", encoding="utf-8")
     with pytest.raises(CardError, match=r"merge.json: not valid JSON"):
         MergeCard.read(tmp_path / "merge.json")
+    (tmp_path / "sft.json").write_bytes(b'{"kind": "\xff"}')
+    with pytest.raises(CardError, match=r"sft.json: not UTF-8 text \(byte 10\)$"):
+        SftCard.read(tmp_path / "sft.json")
     with pytest.raises(CardError, match=r"not a sopmoe merge card: 'method'"):
         MergeCard.from_dict({"inputs": {}}, "x/merge.json")
     with pytest.raises(CardError, match="top level is not an object"):
