@@ -7,7 +7,8 @@
   (:func:`written_by`); any other folder is refused, whatever the flag.
 - :func:`overlaps`: a destination that is, or contains, one of the command's inputs is refused.
 - :func:`write_atomic` / :func:`write_json` / :func:`atomic_path`: a file is written under a uniquely named hidden
-  sibling and renamed into place, so a reader never sees half a file and a kill leaves the previous one.
+  sibling and renamed into place, so a reader never sees half a file and a kill leaves the previous one;
+  :func:`read_json` reads such a file back (a damaged one is one line naming it).
 - :func:`new_temp_dir` + :func:`replace_dir`: a folder is written whole under a uniquely named hidden sibling and
   renamed into place; the folder it replaces is first renamed aside under a unique name and deleted only once the new
   one is in place. No fixed name (``X.tmp``, ``X.old``) is used, so nothing the user owns is ever deleted by accident,
