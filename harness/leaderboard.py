@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.runs import Metric, Run, collect, mean_spread, model_order, read_runs
+from harness.runs import Metric, Run, collect, mean_spread, metric_directions, model_order, read_runs
 from harness.stats import paired_bootstrap, wilson
 from sopmoe_models.data import FAMILIES
 from sopmoe_models.outputs import write_atomic
@@ -290,13 +290,10 @@ def build(run_dirs: list[str | Path], command: str | None = None) -> Leaderboard
     runs = read_runs(run_dirs)
     names = model_order(runs)
     cells = collect(runs)
-    hib: dict[str, bool] = {}
+    hib = metric_directions(runs)
     n_by: dict[str, dict[str, str]] = {}
     for run in runs:
         for mr in run.models.values():
-            for task, metrics in mr.metrics.items():
-                for metric in metrics:
-                    hib.setdefault(metric, mr.higher_is_better(task, metric))
             n = n_by.setdefault(mr.name, {})
             for fam in FAMILIES:
                 k = mr.n_samples(fam) or mr.n_samples(fam + "_gen")
@@ -437,6 +434,17 @@ def update_readme(path: Path, lb: Leaderboard, section: str = "results") -> None
     write_atomic(path, (head + readme_block(lb, section) + tail).encode("utf-8"))
 
 
+def _png_bytes(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (stable: no software stamp), the figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def to_pareto_png(lb: Leaderboard) -> bytes:
     """Mean accuracy (SOP, reasoning, mixed) against inference cost: the Pareto view. Stable bytes."""
     import matplotlib
@@ -465,11 +473,7 @@ def to_pareto_png(lb: Leaderboard) -> bytes:
     ax.set_ylim(0, 1.05)
     runs = f"{len(lb.sources)} runs: mean ± std" if len(lb.sources) > 1 else "1 run"
     ax.set_title(f"sopmoe: accuracy against cost ({runs})")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return _png_bytes(fig)
 
 
 def to_png(lb: Leaderboard) -> bytes:
@@ -496,11 +500,7 @@ def to_png(lb: Leaderboard) -> bytes:
     ax.set_title(f"sopmoe: accuracy per family ({runs})")
     ax.legend(fontsize=8, ncols=min(len(names), 6) or 1, loc="upper center", bbox_to_anchor=(0.5, -0.1),
               frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return _png_bytes(fig)
 
 
 def write_leaderboard(run_dirs: list[str | Path], out: str | Path, png: str | Path | None = None,

@@ -23,7 +23,6 @@ evaluate --trust_remote_code``), which lets it through to lm-eval's own models (
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from sopmoe_models.cards import BedCard
 from sopmoe_models.errors import UserError
 from sopmoe_models.factory import router_checkpoint, student_path
 
@@ -254,9 +254,9 @@ def training_data(p: Planned) -> str:
     """What data made this model (the leaderboard's "Trained on"), from the records beside its artefact."""
     a, kind = p.model_args, p.spec.kind
     if kind in ("foundation", "sft") and a.get("pretrained"):
-        bed = Path(a["pretrained"]).parent / "testbed.json"
-        if bed.is_file():
-            if json.loads(bed.read_text(encoding="utf-8")).get("preset") == "real":  # the real bed (issue 12)
+        bed = BedCard.in_folder(Path(a["pretrained"]).parent)
+        if bed is not None:
+            if bed.is_real():  # the real bed (issue 12)
                 return ("SmolLM2-135M-Instruct as published (not trained here)" if kind == "foundation"
                         else "SOP-only rows (sopmoe sft, from the foundation)")
             return ("pretraining corpus (reasoning, loose SOP, general)" if kind == "foundation"
@@ -294,11 +294,11 @@ def training_cost(p: Planned, load_s: float) -> dict[str, Any]:
     """
     a, kind = p.model_args, p.spec.kind
     if kind in ("foundation", "sft") and a.get("pretrained"):
-        card = Path(a["pretrained"]).parent / "testbed.json"
-        if card.is_file():
+        folder = Path(a["pretrained"]).parent
+        bed = BedCard.in_folder(folder)
+        if bed is not None:
             stage = "pretrain" if kind == "foundation" else "sft"
-            wall = json.loads(card.read_text(encoding="utf-8")).get("times", {}).get(stage, {}).get("wall_s")
-            return {"wall_s": wall, "source": f"{card} times.{stage}"}
+            return {"wall_s": bed.stage_wall_s(stage), "source": f"{folder / BedCard.FILE} times.{stage}"}
         return {"wall_s": None, "source": "given checkpoint (no testbed.json beside it)"}
     if p.lm_eval_model == "sopmoe_ensemble":
         return {"wall_s": 0.0, "source": "training-free"}

@@ -41,7 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.runs import HIGHER_IS_BETTER, collect, model_order, read_json, read_runs, write_json
+from harness.runs import (
+    HIGHER_IS_BETTER,
+    collect,
+    metric_directions,
+    model_order,
+    read_json,
+    read_runs,
+    write_json,
+)
 from sopmoe_models.errors import UserError, is_number
 
 BASELINE_FORMAT = "sopmoe-baseline/2"
@@ -153,12 +161,7 @@ def current_metrics(run_dirs: list[str | Path]) -> tuple[dict[str, dict[str, dic
                     if tolerance_kind(key) == "nats" and value <= 0:
                         raise UserError(f"{where} = {value}: a perplexity must be > 0")
     cells = collect(runs)
-    hib: dict[str, bool] = {}
-    for run in runs:
-        for mr in run.models.values():
-            for task, metrics in mr.metrics.items():
-                for metric in metrics:
-                    hib.setdefault(metric, mr.higher_is_better(task, metric))
+    hib = metric_directions(runs)
     out = {name: {task: {metric: sum(m.value for m in ms) / len(ms) for metric, ms in sorted(cells[name][task].items())}
                   for task in sorted(cells[name])} for name in model_order(runs)}
     return out, hib, runs

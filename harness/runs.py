@@ -174,6 +174,18 @@ def collect(runs: list[Run]) -> dict[str, dict[str, dict[str, list[Metric]]]]:
     return out
 
 
+def metric_directions(runs: list[Run]) -> dict[str, bool]:
+    """``{metric: higher is better}`` across runs: the first model reporting a metric decides (its task's YAML, else
+    :data:`HIGHER_IS_BETTER`, through :meth:`ModelRun.higher_is_better`)."""
+    hib: dict[str, bool] = {}
+    for run in runs:
+        for mr in run.models.values():
+            for task, metrics in mr.metrics.items():
+                for metric in metrics:
+                    hib.setdefault(metric, mr.higher_is_better(task, metric))
+    return hib
+
+
 def mean_spread(values: list[Metric]) -> Metric:
     """One run: its value and lm-eval's stderr. Several: the mean and the sample standard deviation (ddof=1)."""
     if len(values) == 1:

@@ -9,6 +9,7 @@ card                    written by                    class
 ``merge.json``          ``sopmoe merge``              :class:`MergeCard`
 ``dispatch.json``       ``sopmoe train-dispatch``     :class:`DispatchCard`
 ``sft.json``            ``sopmoe realbed`` (SFT)      :class:`SftCard`
+``testbed.json``        ``sopmoe testbed``, realbed   :class:`BedCard` (test bed and real bed)
 ======================  ============================  =====================================================
 
 Versioned: a card written now records ``"format": N`` (the class's :attr:`Card.FORMAT`) as its first key; a card
@@ -28,7 +29,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from sopmoe_models.errors import UserError
-from sopmoe_models.outputs import write_json
+from sopmoe_models.outputs import read_json, write_json
 
 
 class CardError(UserError):
@@ -69,13 +70,7 @@ class Card(BaseModel):
     def read(cls, path: str | Path):
         """The card at ``path`` (the JSON file itself)."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise CardError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise CardError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(data, path)
+        return cls.from_dict(read_json(path, error=CardError), path)
 
     @classmethod
     def in_folder(cls, folder: str | Path):
@@ -96,9 +91,12 @@ class Card(BaseModel):
         return write_json(path, self.to_dict())
 
     # -- what readers ask ------------------------------------------------------------------------------------
+    #: the top-level key that holds the wall-clock seconds of the step that made the model, where the card has one
+    WALL_KEY: ClassVar[str | None] = None
+
     def wall_time_s(self) -> float | None:
         """The wall-clock seconds of the step that made the model (None when the card records none)."""
-        return None
+        return _seconds((self.model_extra or {}).get(self.WALL_KEY)) if self.WALL_KEY else None
 
     def training_data(self) -> dict[str, Any] | None:
         """The data settings the model was trained on (``train_file``, ``train_kinds``, ...), or None."""
@@ -152,15 +150,13 @@ class DistillCard(Card):
 
     FILE: ClassVar[str] = "distill.json"
     KIND: ClassVar[str] = "distill"
+    WALL_KEY: ClassVar[str | None] = "wall_time_s"
 
     teacher: dict[str, Any] = {}
     student_init: str | None = None
     finetuning: str | None = None
     best: dict[str, Any] = {}
     config: dict[str, Any] = {}
-
-    def wall_time_s(self) -> float | None:
-        return _seconds((self.model_extra or {}).get("wall_time_s"))
 
     def teacher_type(self) -> str | None:
         return self.teacher.get("type")
@@ -175,14 +171,12 @@ class MergeCard(Card):
 
     FILE: ClassVar[str] = "merge.json"
     KIND: ClassVar[str] = "merge"
+    WALL_KEY: ClassVar[str | None] = "wall_time_s"
 
     method: str
     parameters: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
     tensor_maths: str | None = None
-
-    def wall_time_s(self) -> float | None:
-        return _seconds((self.model_extra or {}).get("wall_time_s"))
 
     @classmethod
     def is_merge_record(cls, path: str | Path) -> bool:
@@ -199,14 +193,12 @@ class DispatchCard(Card):
 
     FILE: ClassVar[str] = "dispatch.json"
     KIND: ClassVar[str] = "dispatch"
+    WALL_KEY: ClassVar[str | None] = "train_seconds"
 
     type: str
     experts: dict[str, Any] = {}
     training: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
-
-    def wall_time_s(self) -> float | None:
-        return _seconds((self.model_extra or {}).get("train_seconds"))
 
     def training_data(self) -> dict[str, Any] | None:
         return self.training or None
@@ -217,9 +209,40 @@ class SftCard(Card):
 
     FILE: ClassVar[str] = "sft.json"
     KIND: ClassVar[str] = "sft"
+    WALL_KEY: ClassVar[str | None] = "wall_s"
+
+
+class BedCard(Card):
+    """``testbed.json``: a bed's seed, preset (``real`` for the real bed), size, spec, versions, sizes, training
+    record, wall and CPU seconds per stage, the sweep on dev and the property check. Written by both bed builders
+    (:func:`training.testbed.record_bed`), read by the bed commands, the demo and ``sopmoe evaluate``'s specs."""
+
+    FILE: ClassVar[str] = "testbed.json"
+    KIND: ClassVar[str] = "bed"
+
+    seed: int | None = None
+    preset: str | None = None
+    size: str | None = None
+    threads: int | None = None
+    times: dict[str, dict[str, Any]] = {}
+    sweep: dict[str, dict[str, Any]] = {}
+    properties: list[dict[str, Any]] = []
+    passed: bool | None = None
+
+    def is_real(self) -> bool:
+        """Whether this is the real bed (issue 12: a published foundation, not one trained here)."""
+        return self.preset == "real"
+
+    def stage_wall_s(self, stage: str) -> float | None:
+        """The wall-clock seconds of one build stage (``pretrain``, ``sft``, ...; ``total``), or None."""
+        return _seconds((self.times.get(stage) or {}).get("wall_s"))
 
     def wall_time_s(self) -> float | None:
-        return _seconds((self.model_extra or {}).get("wall_s"))
+        return self.stage_wall_s("total")
+
+    def failed_properties(self) -> list[dict[str, Any]]:
+        return [p for p in self.properties if not p.get("passed")]
 
 
-CARDS: dict[str, type[Card]] = {c.FILE: c for c in (RouterCard, DistillCard, MergeCard, DispatchCard, SftCard)}
+CARDS: dict[str, type[Card]] = {c.FILE: c for c in (RouterCard, DistillCard, MergeCard, DispatchCard, SftCard,
+                                                     BedCard)}

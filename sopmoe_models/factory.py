@@ -17,6 +17,7 @@ Kinds:
   by ``sopmoe merge``, default ``merge.output_dir``)
 - student: :func:`student_path` / :func:`load_student` (a distilled ``best_student`` folder)
 - drafter: :func:`build_drafter` (speculative decoding, ``generation.draft``)
+- dispatch baseline: :func:`build_dispatch` (a classifier written by ``sopmoe train-dispatch`` and its experts)
 - by name: :func:`build_fused_model` (``foundation`` | ``sft`` | ``ensemble`` | ``btm``; add one with :func:`register`)
 
 Defaults, each decided in exactly one function:
@@ -28,8 +29,12 @@ Defaults, each decided in exactly one function:
   router (uniform prior; it needs no checkpoint). Before this module, ``sopmoe evaluate`` and ``sopmoe check`` read
   ``distill.btm_router`` while ``sopmoe generate --model btm`` and lm-eval's ``sopmoe_btm`` did not, and only
   ``generate`` fell back to the posterior router; all four now follow this rule (tests/test_factory.py).
-- **a router's experts** (:func:`router_experts_config`): the config's expert paths; a role the config leaves unset
-  (or the caller does not pin) takes the path recorded in the checkpoint's ``router.json``.
+- **a router's or classifier's experts** (:func:`recorded_experts_config`): the config's expert paths; a role the
+  config leaves unset (or the caller does not pin) takes the path recorded in the checkpoint's ``router.json``
+  (:func:`router_experts_config`) or the classifier's ``dispatch.json`` (:func:`dispatch_experts_config`).
+- **expert placement** (:func:`load_pair`): each role's ``models.*.dtype``/``device`` (default ``auto``). The lm-eval
+  adapters (dispatch included) map ``dtype=``/``device=`` onto both roles and ``sft_dtype=``/``sft_device=`` onto
+  the sft in :func:`sopmoe_models.adapters.base.resolve_model_args`, then load through :func:`load_pair`.
 - **student folder** (:func:`student_path`): the path given, else ``<distill.output_dir>/best_student``.
 - **merged folder** (:func:`merged_path`): the path given, else ``merge.output_dir``.
 - **drafter** (:func:`build_drafter`): ``generation.draft``; ``auto`` = the student folder above when it exists.
@@ -43,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch stays unimported until a model is built (the CLI imports every command at start)
     from sopmoe_models.config import SopmoeConfig
+    from sopmoe_models.dispatch import Dispatcher
     from sopmoe_models.ensemble import EnsembleLM
     from sopmoe_models.experts import ExpertPair
     from sopmoe_models.fused import FusedLM
@@ -101,24 +107,37 @@ def with_device(cfg: SopmoeConfig, device: str | None) -> SopmoeConfig:
     return cfg.model_copy(update={"models": m.model_copy(update=update)}) if update else cfg
 
 
-def router_experts_config(cfg: SopmoeConfig, checkpoint: str | Path | None,
-                          pinned: Iterable[str] | None = None) -> SopmoeConfig:
-    """``cfg`` with the expert paths recorded in the checkpoint's ``router.json`` for each role not in ``pinned``
-    (default: the roles whose path the config sets) where the card records one. No checkpoint, or none on disk:
-    ``cfg`` unchanged."""
-    if checkpoint is None or not Path(checkpoint).expanduser().exists():
-        return cfg
-    from sopmoe_models.routers import read_card
-
+def recorded_experts_config(cfg: SopmoeConfig, experts: dict[str, Any], pinned: Iterable[str] | None = None
+                            ) -> SopmoeConfig:
+    """``cfg`` with the expert path a card records (``experts``: its ``{"foundation": {"path": ...}, "sft": ...}``)
+    for each role not in ``pinned`` (default: the roles whose path the config sets) where the card records one."""
     m = cfg.models
     pinned = set(pinned) if pinned is not None else {r for r in ROLES if getattr(m, r).path}
-    experts = read_card(checkpoint).get("experts", {})
     update = {}
     for role in ROLES:
         recorded = (experts.get(role) or {}).get("path")
         if role not in pinned and recorded:
             update[role] = getattr(m, role).model_copy(update={"path": recorded})
     return cfg.model_copy(update={"models": m.model_copy(update=update)}) if update else cfg
+
+
+def router_experts_config(cfg: SopmoeConfig, checkpoint: str | Path | None,
+                          pinned: Iterable[str] | None = None) -> SopmoeConfig:
+    """``cfg`` with the expert paths recorded in the checkpoint's ``router.json`` (:func:`recorded_experts_config`).
+    No checkpoint, or none on disk: ``cfg`` unchanged."""
+    if checkpoint is None or not Path(checkpoint).expanduser().exists():
+        return cfg
+    from sopmoe_models.routers import read_card
+
+    return recorded_experts_config(cfg, read_card(checkpoint).get("experts", {}), pinned)
+
+
+def dispatch_experts_config(cfg: SopmoeConfig, classifier: str | Path,
+                            pinned: Iterable[str] | None = None) -> SopmoeConfig:
+    """``cfg`` with the expert paths recorded in the classifier's ``dispatch.json`` (:func:`recorded_experts_config`)."""
+    from sopmoe_models.dispatch import read_card
+
+    return recorded_experts_config(cfg, read_card(classifier).experts, pinned)
 
 
 # --- builders -------------------------------------------------------------------------------------------------
@@ -208,6 +227,21 @@ def build_drafter(cfg: SopmoeConfig, pair: ExpertPair, draft: str | None = None)
         return None
     return load_drafter(path, pair, num_draft_tokens=g.num_draft_tokens, schedule=g.draft_schedule,
                         confidence=g.draft_confidence)
+
+
+def build_dispatch(cfg: SopmoeConfig, classifier: str | Path, pair: ExpertPair | None = None, *,
+                   pinned: Iterable[str] | None = None) -> tuple[Dispatcher, ExpertPair]:
+    """(the dispatch classifier at ``classifier``, the experts it sends to): ``pair``, else the config's experts, a
+    role not ``pinned`` taking the path ``dispatch.json`` records (:func:`dispatch_experts_config`). The classifier
+    refuses experts other than the ones it was trained with."""
+    from sopmoe_models.dispatch import load_dispatcher
+
+    if pair is None:
+        cfg = dispatch_experts_config(cfg, classifier, pinned)
+        if not cfg.models.foundation.path or not cfg.models.sft.path:
+            raise ValueError(f"{classifier}: no expert paths recorded; pass foundation=DIR,sft=DIR")
+        pair = load_pair(cfg)
+    return load_dispatcher(classifier, pair), pair
 
 
 def build_teacher(cfg: SopmoeConfig, device: str | None = None, *, allow_missing_fingerprint: bool = False) -> FusedLM:

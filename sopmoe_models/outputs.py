@@ -7,7 +7,8 @@
   (:func:`written_by`); any other folder is refused, whatever the flag.
 - :func:`overlaps`: a destination that is, or contains, one of the command's inputs is refused.
 - :func:`write_atomic` / :func:`write_json` / :func:`atomic_path`: a file is written under a uniquely named hidden
-  sibling and renamed into place, so a reader never sees half a file and a kill leaves the previous one.
+  sibling and renamed into place, so a reader never sees half a file and a kill leaves the previous one;
+  :func:`read_json` reads such a file back (a damaged one is one line naming it).
 - :func:`new_temp_dir` + :func:`replace_dir`: a folder is written whole under a uniquely named hidden sibling and
   renamed into place; the folder it replaces is first renamed aside under a unique name and deleted only once the new
   one is in place. No fixed name (``X.tmp``, ``X.old``) is used, so nothing the user owns is ever deleted by accident,
@@ -121,6 +122,17 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 def write_json(path: str | Path, obj: Any) -> Path:
     """``obj`` as indented UTF-8 JSON (keys in the order given, one trailing newline), written atomically."""
     return write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | Path, damaged: str = "", error: type[UserError] = UserError) -> Any:
+    """What :func:`write_json` wrote: the JSON at ``path``, UTF-8. Undecodable bytes or broken JSON raise ``error``
+    in one line naming the file and where it breaks, followed by ``damaged`` (what to do about it)."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}){damaged}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno}){damaged}") from None
 
 
 # --- whole folders -----------------------------------------------------------------------------------------------

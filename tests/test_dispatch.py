@@ -127,3 +127,31 @@ def test_routing_statistics_per_task(classifier):
     stats = lm.routing_statistics()
     assert set(stats["tasks"]) == {"reasoning_gen", "sop_strict_gen"}
     assert all(t["foundation"] + t["sft"] == pytest.approx(1) and t["requests"] == 1 for t in stats["tasks"].values())
+
+
+def test_adapter_places_its_experts_through_the_factory(classifier, tiny_pair, tmp_path, caplog):
+    """The dispatch adapter decides no placement default itself: its model_args map onto the config as every sopmoe
+    adapter's do (dtype= both experts, sft_dtype= the sft; a device this machine lacks falls back to the config's,
+    with a warning) and the factory loads the pair, a role not given taking dispatch.json's path."""
+    import logging
+
+    from sopmoe_models.adapters.dispatch import DispatchLMEval
+    from sopmoe_models.factory import build_dispatch, dispatch_experts_config
+
+    out, _ = classifier
+    bare = load_config(None, {}, use_default=False)
+    cfg = dispatch_experts_config(bare, out)
+    assert (cfg.models.foundation.path, cfg.models.sft.path) == (tiny_pair.foundation_path, tiny_pair.sft_path)
+    pinned = dispatch_experts_config(bare.model_copy(update={"models": cfg.models.model_copy(update={
+        "sft": cfg.models.sft.model_copy(update={"path": "/elsewhere"})})}), out)
+    assert pinned.models.sft.path == "/elsewhere"  # a path the config sets is kept
+    dispatcher, pair = build_dispatch(cfg, out, tiny_pair)
+    assert pair is tiny_pair and isinstance(dispatcher, Dispatcher)
+    lost = "cuda:7" if not torch.cuda.is_available() else "cuda:999"
+    with caplog.at_level(logging.WARNING):
+        lm = DispatchLMEval(classifier=str(out), device=lost, dtype="float32", sft_dtype="bfloat16", batch_size=2)
+    assert f"device={lost} is not available" in caplog.text
+    assert lm.pair.foundation.dtype == torch.float32 and lm.pair.sft.dtype == torch.bfloat16
+    assert lm.pair.foundation_path == tiny_pair.foundation_path and lm.pair.sft_path == tiny_pair.sft_path
+    with pytest.raises(ValueError, match="unknown model argument 'router'"):
+        DispatchLMEval(classifier=str(out), router="x")

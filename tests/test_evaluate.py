@@ -119,3 +119,31 @@ def test_evaluate_skips_missing_models_and_writes_the_others(tiny_config, tiny_p
     assert main(["leaderboard", str(out), "--out", str(tmp_path / "LB.md"), "--quiet"]) == 0
     md = (tmp_path / "LB.md").read_text(encoding="utf-8")
     assert "| ensemble |" in md and "`btm` not evaluated" in md and "`broken` not evaluated" in md
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_expert_cost_and_data_come_from_the_beds_card(tiny_config, tmp_path, versioned):
+    """foundation/sft of a bed: the training wall-clock and "Trained on" are read from ``testbed.json`` through its
+    card (:class:`~sopmoe_models.cards.BedCard`); a card written before beds were versioned reads the same."""
+    from harness.model_specs import training_cost, training_data
+    from sopmoe_models.cards import BedCard
+
+    cfg = load_config(tiny_config)
+    record = {"seed": 0, "preset": "partial", "size": "full",
+              "times": {"pretrain": {"wall_s": 12.5, "cpu_s": 3.0}, "sft": {"wall_s": 4.25, "cpu_s": 1.0}},
+              "sweep": {}, "properties": [], "passed": True}
+    for preset, story in (("partial", "pretraining corpus"), ("real", "SmolLM2-135M-Instruct as published")):
+        bed = tmp_path / preset
+        bed.mkdir()
+        data = {**record, "preset": preset}
+        if versioned:
+            BedCard.new(**data).write(bed / "testbed.json")
+        else:
+            (bed / "testbed.json").write_text(json.dumps(data), encoding="utf-8")
+        f = plan(parse_model_spec(f"f=foundation:pretrained={bed / 'foundation'}"), cfg)
+        s = plan(parse_model_spec(f"s=sft:pretrained={bed / 'sft'}"), cfg)
+        assert training_cost(f, 0.0) == {"wall_s": 12.5, "source": f"{bed / 'testbed.json'} times.pretrain"}
+        assert training_cost(s, 0.0)["wall_s"] == 4.25
+        assert training_data(f).startswith(story) and training_data(s).startswith("SOP-only")
+    lone = plan(parse_model_spec(f"g=foundation:pretrained={tmp_path / 'elsewhere' / 'm'}"), cfg)
+    assert training_cost(lone, 0.0)["wall_s"] is None and training_data(lone) == "given checkpoint"

@@ -52,6 +52,27 @@ def test_no_upward_import(package):
     assert upward_imports(package) == []
 
 
+OURS = ("harness", "training", "tasks", "sopmoe_models")
+
+
+def private_imports(package: str) -> list[str]:
+    """``from <our module> import _name``: a private helper used from another module (it belongs public, in the
+    lowest floor that both need, as harness.beds.print_bed_summary for the two bed commands)."""
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in OURS:
+                bad += [f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{a.name}"
+                        for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return bad
+
+
+@pytest.mark.parametrize("package", OURS)
+def test_no_private_name_crosses_a_module(package):
+    assert private_imports(package) == []
+
+
 def test_the_walker_sees_lazy_and_dynamic_imports(tmp_path):
     src = tmp_path / "m.py"
     src.write_text(
@@ -78,6 +99,31 @@ def test_config_is_the_ground_floor():
     assert project_imports("config") == {"sopmoe_models.errors", "sopmoe_models.outputs"}
     assert project_imports("outputs") == {"sopmoe_models.errors"}
     assert project_imports("errors") == set()
+
+
+# the ground floor (docs/architecture.md) and the typed cards: every floor imports them, lm-eval's hook imports
+# sopmoe_models in every process, and the CLI reads cards of runs without building a model
+GROUND = ("config", "errors", "outputs", "data", "prompt", "cards")
+HEAVY = ("torch", "transformers", "lm_eval", "safetensors", "peft")
+
+
+def test_the_ground_floor_is_import_light_and_stands_on_itself():
+    """At module level the ground floor imports no torch/transformers/lm-eval (a function may, lazily) and nothing
+    of the project above the ground floor."""
+    for name in GROUND:
+        tree = ast.parse((ROOT / "sopmoe_models" / f"{name}.py").read_text(encoding="utf-8"))
+        top = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
+        top += [node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module]
+        assert [m for m in top if m.split(".")[0] in HEAVY] == [], name
+        ours = {m for m in top if m.split(".")[0] in ("harness", "training", "tasks", "sopmoe_models")}
+        assert ours <= {f"sopmoe_models.{g}" for g in GROUND}, (name, ours)
+    import subprocess
+    import sys
+
+    code = ("import sys\n" + "".join(f"import sopmoe_models.{g}\n" for g in GROUND)
+            + f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "[]"  # nothing heavy comes in through a third-party import either
 
 
 def test_harness_config_re_exports_the_ground_floor():

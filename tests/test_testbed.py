@@ -138,3 +138,40 @@ def test_ci_testbed_has_the_properties(tmp_path):
     for model in ("foundation", "sft"):
         AutoModelForCausalLM.from_pretrained(tmp_path / model)
         AutoTokenizer.from_pretrained(tmp_path / model)
+
+
+@pytest.mark.parametrize("command, module, error", [("testbed", "training.testbed", "PropertyError"),
+                                                    ("realbed", "training.realbed", "RealPropertyError")])
+def test_both_bed_commands_print_the_cards_summary_and_exit_1_on_a_failed_property(
+        command, module, error, tmp_path, monkeypatch, capsys):
+    """The bed commands share one claim/build/summary path (harness.beds): the card the builder wrote is read back
+    after a failed property check, summarised, and the exit code is 1; rebuilding needs --overwrite."""
+    import importlib
+
+    from harness.cli import main
+    from training.testbed import record_bed
+
+    mod = importlib.import_module(module)
+    record = {"seed": 3, "preset": "partial", "size": "ci", "threads": 1,
+              "times": {"total": {"wall_s": 2.0, "cpu_s": 1.0}},
+              "sweep": {"mixed": {"foundation": {"acc": 0.25}, "mix_0.5": {"acc": 0.5}}},
+              "properties": [{"property": "mixed: best expert <= 0.30", "value": 0.25, "margin": 0.05, "passed": True},
+                             {"property": "made up", "value": 0.0, "margin": -0.2, "passed": False}],
+              "passed": False}
+
+    def fake_build(out, *args, progress=None, **kwargs):
+        return record_bed(Path(out), record, getattr(mod, error))
+
+    monkeypatch.setattr(mod, f"build_{command}", fake_build)
+    out = tmp_path / "bed"
+    argv = [command, "--out", str(out), "--seed", "3"] + (["--log-file", str(tmp_path / "tb.log")]
+                                                         if command == "testbed" else [])
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "property check FAILED" in captured.err and "made up failed: value 0.0, short by 0.200" in captured.err
+    assert "w_f=0.5" in captured.out and "0.50" in captured.out and "NO" in captured.out
+    assert "built in 2 s wall, 1 s CPU, 1 threads" in captured.out
+    assert json.loads((out / "testbed.json").read_text())["format"] == 1
+    assert main(argv) == 2 and "already exists" in capsys.readouterr().err
+    assert main(argv + ["--overwrite"]) == 1

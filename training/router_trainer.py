@@ -33,7 +33,7 @@ from sopmoe_models.errors import UserError
 from sopmoe_models.experts import load_experts_from_config
 from sopmoe_models.outputs import file_sha256, leftovers, overlaps, remove_leftovers
 from sopmoe_models.routers import build_router, check_fingerprints, router_kwargs
-from sopmoe_models.routers.base import BEST, CARD, _parse_card
+from sopmoe_models.routers.base import BEST, CARD, parse_card
 from sopmoe_models.routers.losses import gate_means, router_loss, shifted_targets
 from sopmoe_models.routers.posterior import estimate_prior
 from training.router_state import LAST, load_last, save_last
@@ -65,7 +65,7 @@ def guard_output_dir(out_dir: Path, router_type: str, *, resume: bool, overwrite
     if not trained:
         return
     try:
-        card = _parse_card(card_path) if card_path.is_file() else {}
+        card = parse_card(card_path) if card_path.is_file() else {}
     except UserError:
         if not overwrite:
             raise
@@ -229,7 +229,7 @@ def train_router(
             raise UserError(f"--resume: settings differ from the interrupted run in {out_dir} (was, now): {changed}; "
                             "resume with the same settings or start a new output_dir")
         _same_data(saved.get("data"), data_id, out_dir)
-        check_fingerprints(_parse_card(out_dir / LAST / CARD), pair, str(out_dir / LAST))
+        check_fingerprints(parse_card(out_dir / LAST / CARD), pair, str(out_dir / LAST))
         saved.pop("files", None)
         router.load_state_dict(router_t)
         restore_optimizer(opt, opt_t, saved.pop("param_groups"))

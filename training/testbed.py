@@ -382,16 +382,18 @@ def build_testbed(out: str | Path, seed: int = 0, spec: TestbedSpec | str = "par
 
 
 def record_bed(out: Path, record: dict[str, Any], error: type[Exception] = PropertyError) -> dict[str, Any]:
-    """Write a built bed's ``testbed.json`` (atomically); raise ``error`` naming each failed property and its
-    margin, after the record is written (it says what failed)."""
-    from sopmoe_models.outputs import write_json
+    """Write a built bed's ``testbed.json`` through its card (:class:`~sopmoe_models.cards.BedCard`, atomically)
+    and return what it wrote; raise ``error`` naming each failed property and its margin, after the record is
+    written (it says what failed)."""
+    from sopmoe_models.cards import BedCard
 
-    write_json(out / "testbed.json", record)
-    failed = [p for p in record["properties"] if not p["passed"]]
+    card = BedCard.new(**record)
+    card.write(out / BedCard.FILE)
+    failed = card.failed_properties()
     if failed:
         raise error("; ".join(f"{p['property']} failed: value {p['value']}, short by {-p['margin']:.3f}"
                               for p in failed))
-    return record
+    return card.to_dict()
 
 
 def spec_for(size: str = "full", preset: str = "partial", **overrides: Any) -> TestbedSpec:

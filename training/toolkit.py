@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 
 from sopmoe_models.data import output_mask
 from sopmoe_models.errors import UserError
-from sopmoe_models.outputs import atomic_path, write_atomic, write_json
+from sopmoe_models.outputs import atomic_path, read_json, write_atomic, write_json
 
 __all__ = ["TrainingDiverged", "atomic_path", "lr_factor", "optimizer_tensors", "output_mask", "read_state",
            "restore_optimizer", "write_atomic", "write_json"]
@@ -66,11 +65,7 @@ def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tenso
 def read_state(path: Path, keys: tuple[str, ...], kind: str) -> dict[str, Any]:
     """A trainer state JSON (``kind`` names it in errors) that has every one of ``keys``; a damaged or foreign one is
     one line naming the file."""
-    try:
-        state = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e}); the checkpoint is damaged: start again with --overwrite"
-                        ) from None
+    state = read_json(path, "; the checkpoint is damaged: start again with --overwrite")
     if not isinstance(state, dict) or any(k not in state for k in keys):
         raise UserError(f"{path}: not a {kind} (needs {', '.join(keys)}); start again with --overwrite")
     return state

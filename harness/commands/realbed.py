@@ -27,35 +27,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    from harness.cli import escape, setup_logging
-    from sopmoe_models.errors import UserError
-    from sopmoe_models.outputs import has_content, refuse_existing, write_marker, written_by
+    from harness.beds import build_bed, claim_bed_folder, print_bed_summary
+    from harness.cli import setup_logging
     from training.realbed import RealPropertyError, build_realbed
 
-    if has_content(args.out):
-        if not args.overwrite:
-            refuse_existing(args.out, "a real bed (or other files)")
-        if not (written_by(args.out, "realbed") or (args.out / "testbed.json").is_file()):
-            raise UserError(f"--out {args.out} is not a bed sopmoe built (no testbed.json); --overwrite only "
-                            "rebuilds one: choose another folder")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_marker(args.out, "realbed", seed=args.seed)
+    claim_bed_folder(args.out, overwrite=args.overwrite, marker="realbed", seed=args.seed, what="a real bed",
+                     noun="a bed")
     setup_logging(args.log_level, "logs/realbed.log")
-    console = Console(stderr=True)
-    try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            record = build_realbed(args.out, args.seed, args.size, threads=args.threads, progress=progress)
-        ok = True
-    except RealPropertyError as e:
-        console.print(f"[bold red]sopmoe realbed: property check FAILED[/]: {escape(e)}")
-        record, ok = json.loads((args.out / "testbed.json").read_text(encoding="utf-8")), False
-    from harness.commands.testbed import _print_summary
-
-    _print_summary(Console(), record, args)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    card, ok = build_bed("realbed", args.out, lambda progress: build_realbed(
+        args.out, args.seed, args.size, threads=args.threads, progress=progress), RealPropertyError, columns)
+    print_bed_summary(Console(), card, args.out)
     return 0 if ok else 1

@@ -33,69 +33,28 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
-    from harness.cli import escape
-    from sopmoe_models.errors import UserError
-    from sopmoe_models.outputs import has_content, refuse_existing, write_marker, written_by
+    from harness.beds import build_bed, claim_bed_folder, print_bed_summary
     from training.testbed import PropertyError, build_testbed
 
-    if has_content(args.out):
-        if not args.overwrite:
-            refuse_existing(args.out, "a test bed (or other files)")
-        if not (written_by(args.out, "testbed") or (args.out / "testbed.json").is_file()):
-            raise UserError(f"--out {args.out} is not a test bed sopmoe built (no testbed.json); --overwrite only "
-                            "rebuilds one: choose another folder")
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_marker(args.out, "testbed", seed=args.seed)
+    claim_bed_folder(args.out, overwrite=args.overwrite, marker="testbed", seed=args.seed, what="a test bed",
+                     noun="a test bed")
     Path(args.log_file).parent.mkdir(parents=True, exist_ok=True)
     fh = logging.FileHandler(args.log_file, encoding="utf-8")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(fh)
-    console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     try:
-        with Progress(*columns, console=console) as progress:
-            record = build_testbed(args.out, args.seed, args.preset, threads=args.threads, size_name=args.size,
-                                       progress=progress)
-        ok = True
-    except PropertyError as e:
-        console.print(f"[bold red]sopmoe testbed: property check FAILED[/]: {escape(e)}")
-        import json
-
-        record, ok = json.loads((args.out / "testbed.json").read_text(encoding="utf-8")), False
+        card, ok = build_bed("testbed", args.out, lambda progress: build_testbed(
+            args.out, args.seed, args.preset, threads=args.threads, size_name=args.size, progress=progress),
+            PropertyError, columns)
     finally:
         logging.getLogger().removeHandler(fh)
         fh.close()
-    _print_summary(Console(), record, args)
+    print_bed_summary(Console(), card, args.out)
     return 0 if ok else 1
-
-
-def _print_summary(console, record: dict, args: argparse.Namespace) -> None:
-    from rich.table import Table
-
-    from harness.cli import escape
-
-    sweep = record["sweep"]
-    labels = list(next(iter(sweep.values())))
-    table = Table(title=escape(f"test bed {args.out}") + f" (seed {record['seed']}, {record.get('preset')}, "
-                        f"{record['size']}): accuracy on dev")
-    table.add_column("family")
-    for label in labels:
-        table.add_column(label.replace("mix_", "w_f="), justify="right")
-    for fam, points in sweep.items():
-        table.add_row(fam, *(f"{points[k]['acc']:.2f}" for k in labels))
-    console.print(table)
-    props = Table(title="properties")
-    for col in ("property", "value", "margin", "ok"):
-        props.add_column(col)
-    for p in record["properties"]:
-        props.add_row(p["property"], f"{p['value']:.3f}", f"{p['margin']:+.3f}", "[green]yes[/]" if p["passed"] else "[red]NO[/]")
-    console.print(props)
-    t = record["times"]["total"]
-    console.print(f"built in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU, {record['threads']} threads")

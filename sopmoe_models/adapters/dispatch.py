@@ -16,17 +16,17 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
-from sopmoe_models.adapters.base import device_available, quiet_preloaded_warnings
-from sopmoe_models.dispatch import load_dispatcher, prompt_features, read_card
-from sopmoe_models.experts import fingerprint, load_experts
+from sopmoe_models.adapters.base import TASK_ARGS, quiet_preloaded_warnings, resolve_model_args
+from sopmoe_models.dispatch import prompt_features
+from sopmoe_models.experts import fingerprint
+from sopmoe_models.factory import build_dispatch
 
 log = logging.getLogger(__name__)
-TASK_ARGS = ("data_dir", "prompt_format", "tokenizer")
 
 
 class DispatchLMEval(HFLM):
     def __init__(self, classifier: str | None = None, foundation: str | None = None, sft: str | None = None,
-                 device: str | None = None, dtype: str = "auto", sft_device: str | None = None,
+                 device: str | None = None, dtype: str | None = None, sft_device: str | None = None,
                  sft_dtype: str | None = None, batch_size: int | str = 1, max_batch_size: int = 64,
                  trust_remote_code: bool = False, **kwargs: Any) -> None:
         if not classifier:
@@ -37,18 +37,13 @@ class DispatchLMEval(HFLM):
         if unknown:
             raise ValueError(f"sopmoe_dispatch: unknown model argument {unknown[0]!r}; accepted: classifier, "
                              "foundation, sft, device, dtype, sft_device, sft_dtype, batch_size, max_batch_size")
-        card = read_card(classifier)
-        experts = card.get("experts", {})
-        foundation = foundation or experts.get("foundation", {}).get("path")
-        sft = sft or experts.get("sft", {}).get("path")
-        if not foundation or not sft:
-            raise ValueError(f"{classifier}: no expert paths recorded; pass foundation=DIR,sft=DIR")
-        device = device if device and device_available(str(device)) else "auto"  # lm-eval's CLI default is cuda:0
-        if sft_device and not device_available(str(sft_device)):
-            sft_device = None
-        pair = load_experts(foundation, sft, dtype=dtype, device=device, sft_dtype=sft_dtype or dtype,
-                            sft_device=sft_device or device)
-        self.dispatcher = load_dispatcher(classifier, pair)
+        given = {"foundation": foundation, "sft": sft, "device": device, "dtype": dtype, "sft_device": sft_device,
+                 "sft_dtype": sft_dtype}
+        given = {k: v for k, v in given.items() if v}  # an empty value is not given (the card's or config's applies)
+        # the same model_args -> config mapping and device fallback as every sopmoe adapter, then the factory's
+        # classifier and experts (a role not given takes dispatch.json's path)
+        cfg, _ = resolve_model_args("sopmoe_dispatch", None, given, {})
+        self.dispatcher, pair = build_dispatch(cfg, classifier, pinned={r for r in ("foundation", "sft") if r in given})
         self.classifier_path = str(classifier)
         self.pair = pair
         self.sent = [0, 0]  # requests sent to (foundation, sft)

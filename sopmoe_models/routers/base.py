@@ -16,7 +16,6 @@ the one the card was written with, and weights holding NaN or infinity: each is 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from sopmoe_models.cards import RouterCard
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair, legacy_fingerprint_matches, load_experts
 from sopmoe_models.fused import FusedLM, float_out, time_chunks
-from sopmoe_models.outputs import file_sha256
+from sopmoe_models.outputs import file_sha256, read_json
 
 log = logging.getLogger(__name__)
 
@@ -187,16 +186,11 @@ class Router(FusedLM):
         return weights
 
 
-def _parse_card(card: Path) -> RouterCard:
-    """router.json as a :class:`~sopmoe_models.cards.RouterCard`, checked field by field; any problem is one line
-    naming the file and the field."""
-    try:
-        data = json.loads(card.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{card}: not UTF-8 text (byte {e.start}); the router checkpoint is damaged") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{card}: not valid JSON ({e.msg} at line {e.lineno}); the router checkpoint is damaged "
-                        "(retrain it with `sopmoe train-router`)") from None
+def parse_card(card: Path) -> RouterCard:
+    """The ``router.json`` file ``card`` as a :class:`~sopmoe_models.cards.RouterCard`, checked field by field (its
+    weights need not exist, unlike :func:`read_card`'s checkpoint); any problem is one line naming the file and the
+    field."""
+    data = read_json(card, "; the router checkpoint is damaged (retrain it with `sopmoe train-router`)")
     bad = None
     if not isinstance(data, dict):
         bad = "the top level is not an object"
@@ -230,7 +224,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     path = Path(path).expanduser()
     if path.is_dir():
         card = path / CARD
-        name = (_parse_card(card).get("weights") or BEST) if card.is_file() else BEST
+        name = (parse_card(card).get("weights") or BEST) if card.is_file() else BEST
         weights = path / name
     else:
         weights, card = path, path.parent / CARD
@@ -244,7 +238,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
 def read_card(path: str | Path) -> RouterCard:
     """The checked ``router.json`` of a checkpoint (file or folder)."""
     _, card = resolve_checkpoint(path)
-    return _parse_card(card)
+    return parse_card(card)
 
 
 def check_fingerprints(card: dict[str, Any], pair: ExpertPair, source: str, *,
