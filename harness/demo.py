@@ -19,12 +19,12 @@ non-empty folder the demo did not write is refused.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sopmoe_models.cards import BedCard
 from sopmoe_models.outputs import write_json
 
 log = logging.getLogger(__name__)
@@ -55,17 +55,17 @@ PLANS = {
                       "layer_level": ["--num_epochs", "2", "--learning_rate", "0.003"]},
         distill_flags=["--num_epochs", "8", "--teacher_cache_topk", "32"],
         replay_flags=[*REPLAY, "--num_epochs", "8"]),
-    # The real bed (135M parameters; issue 12's budget: the whole run <= 45 min on 2 cores, where one expert forward
-    # costs ~0.1 s per example): one epoch each; the routers on 128 training rows; LoRA students (the student and
-    # replay_sft alike) on 160 rows of the training mix; the merge search on 24 dev examples, TIES/DARE on a
-    # 3 x 2 grid (density 0.2/0.5/0.8 x scale 0.5/1.0) instead of 5 x 4.
+    # The real bed (135M parameters in bfloat16; issue 12's budget: the whole run <= 45 min on 2 cores, where one
+    # expert forward costs ~0.04 s per example): the routers one epoch on 128 training rows; LoRA students (the student
+    # and replay_sft alike) two epochs on 160 rows of the training mix, best epoch on dev; the merge search on 24 dev
+    # examples, TIES/DARE on a 3 x 2 grid (density 0.2/0.5/0.8 x scale 0.5/1.0) instead of 5 x 4.
     "real": BedPlan(
         router_flags={"posterior": [],
                       "token_level": ["--num_epochs", "1", "--max_train_examples", "128", "--learning_rate", "0.003"],
                       "layer_level": ["--num_epochs", "1", "--max_train_examples", "128", "--learning_rate", "0.003"]},
-        distill_flags=["--num_epochs", "1", "--max_train_examples", "160", "--teacher_cache_topk", "32", "--lora",
+        distill_flags=["--num_epochs", "2", "--max_train_examples", "160", "--teacher_cache_topk", "32", "--lora",
                        "--learning_rate", "0.001"],
-        replay_flags=[*REPLAY, "--num_epochs", "1", "--max_train_examples", "160", "--lora", "--learning_rate", "0.001"],
+        replay_flags=[*REPLAY, "--num_epochs", "2", "--max_train_examples", "160", "--lora", "--learning_rate", "0.001"],
         merge_flags={m: ["--dev_examples", "24", *(["--grid", "density=0.2,0.5,0.8", "--grid", "scale=0.5,1.0"]
                                                   if m in ("ties", "dare") else [])] for m in MERGES}),
 }
@@ -124,7 +124,7 @@ class Demo:
         record = tb / "testbed.json"
         if self.reuse_testbed and record.is_file() and _same_bed(record, seed, "real" if self.bed == "real" else self.preset):
             log.info("reusing the test bed in %s (--reuse-testbed)", tb)
-            if not json.loads(record.read_text(encoding="utf-8")).get("passed"):
+            if not BedCard.read(record).passed:
                 self.property_failures.append(seed)
         elif self.bed == "real":
             rc = self.run_stage(f"real bed (seed {seed}, {self.size})",
@@ -246,14 +246,14 @@ class Demo:
 
 
 def _same_bed(record: Path, seed: int, preset: str) -> bool:
-    data = json.loads(record.read_text(encoding="utf-8"))
-    return data.get("seed") == seed and data.get("preset") == preset
+    card = BedCard.read(record)
+    return card.seed == seed and card.preset == preset
 
 
 def best_ensemble_weight(testbed_json: Path, families=ENSEMBLE_CHOICE_FAMILIES) -> float:
     """The probability-mixture foundation weight with the best mean dev accuracy over ``families`` in the test bed's
     dev sweep (``testbed.json``): chosen like every other model, on dev data and without composition examples."""
-    sweep = json.loads(Path(testbed_json).read_text(encoding="utf-8"))["sweep"]
+    sweep = BedCard.read(testbed_json).sweep
     labels = [k for k in sweep[families[0]] if k.startswith("mix_")]
     best = max(labels, key=lambda k: sum(sweep[f][k]["acc"] for f in families))
     return float(best[len("mix_"):])

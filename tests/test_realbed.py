@@ -86,6 +86,27 @@ def test_sft_command_fine_tunes_and_refuses_to_replace_unasked(tmp_path, tiny_pa
     assert json.loads((out / "sft.json").read_text())["spec"]["lora"] is True
 
 
+def test_sft_saves_in_the_chosen_dtype_and_records_how_much_of_the_update_survived(tmp_path, tiny_pair_dirs,
+                                                                                 tiny_data_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from training.sft import SFTSpec, saved_dtype, train_sft
+
+    foundation = tiny_pair_dirs[0]
+    assert saved_dtype(foundation, "auto") == torch.float32  # the tiny foundation's config says float32
+    data = tiny_data_dir / "train" / "train.jsonl"
+    spec = SFTSpec(steps=2, batch_size=2, prompt_format="raw", learning_rate=1e-3)
+    full = train_sft(foundation, data, tmp_path / "f32", spec, kinds=["sop_strict"])["training"]
+    assert full["save_dtype"] == "float32" and full["update_kept"] == 1.0
+    half = train_sft(foundation, data, tmp_path / "bf16", SFTSpec(**{**spec.__dict__, "save_dtype": "bfloat16"}),
+                     kinds=["sop_strict"])["training"]
+    assert half["save_dtype"] == "bfloat16" and 0.0 <= half["update_kept"] < 1.0
+    assert {t.dtype for t in load_file(str(tmp_path / "bf16" / "model.safetensors")).values()} == {torch.bfloat16}
+    with pytest.raises(ValueError, match="save_dtype"):
+        saved_dtype(foundation, "int8")
+
+
 @pytest.mark.slow
 def test_real_bed_pipeline_smoke(tmp_path):
     """Issue 12: SmolLM2-135M-Instruct (fetched through PyPI once, cached) and its own SOP fine-tune through every

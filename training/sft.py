@@ -104,8 +104,8 @@ def train_sft(foundation: str | Path, data_file: str | Path, out: str | Path, sp
     save_dtype = saved_dtype(foundation, spec.save_dtype)
     kept = update_kept(foundation, model, save_dtype)
     if kept < 0.9:
-        log.warning("sft: saving in %s keeps %.0f%% of the update (the rest rounds back to the foundation); train "
-                    "longer or with a larger learning rate, or pass --save_dtype float32", str(save_dtype)[6:], 100 * kept)
+        log.warning("sft: saving in %s keeps %.0f%% of the update (the rest rounds back to the foundation); measure "
+                    "the saved model, or pass --save_dtype float32 to keep all of it", str(save_dtype)[6:], 100 * kept)
     model = model.to(save_dtype)
     stats = {**stats, "save_dtype": str(save_dtype)[6:], "update_kept": round(kept, 4)}
     card = {
