@@ -1,0 +1,198 @@
+"""Lookup drafting: draft tokens copied from text, at no forward at all (DESIGN §10).
+
+Two sources, both n-gram tables over token ids:
+
+- the row's own text (prompt lookup: Saxena 2023, "Prompt Lookup Decoding"; transformers'
+  ``generate(prompt_lookup_num_tokens=...)``): the prompt's real tokens plus everything generated so far. An answer
+  that repeats the prompt (an order id, a name, a number in a calculation) is drafted from there.
+- an optional corpus the user names (retrieval drafting, REST: He et al. 2023, "REST: Retrieval-Based Speculative
+  Decoding"), e.g. the bed's training answers ``data/train/train.jsonl``: templated answers ("步骤1:核实订单...")
+  are drafted from the most frequent continuation of the same context there.
+
+One draft token at a time, for i = 1..k: the context is the row's text plus the drafts so far; the longest suffix of it
+(``max_ngram`` tokens down to 1) that occurs earlier in the row's own text proposes the token that followed its most
+recent occurrence; the longest suffix found in the corpus proposes its most frequent follower (ties: the one seen
+first). The row's own proposal wins when its match is at least as long as the corpus's, or at least ``own_min`` tokens
+long (a copied id beats a template's id); drafting stops at the first token with no match (so a row may draft
+nothing: then its round is a plain one-token fused step). Repeated suffixes of one row are drafted consistently: a
+copied span continues by the same rule, since its next suffix matches again one position later.
+
+k: ``num_draft_tokens`` fixed per round (default 8). The drafts cost nothing to make; what a longer draft costs is the
+wider verification forward (k + 1 tokens per expert). On a memory-bound model (the 135M real bed on CPU) that is
+nearly the cost of one token, and on the tiny test bed a forward of 9 tokens costs a small fraction more than one of
+1, so a fixed k with early stop at the first unmatched token is used rather than an adaptive schedule: the early
+stop already makes a row's draft as long as the text supports.
+
+The proposals are deterministic functions of the row's prefix (and the corpus), i.e. a point-mass draft
+distribution q, so the same verification applies: greedy keeps the fused argmax; rejection sampling accepts d with
+probability min(1, p(d)) and otherwise samples from p with d removed (Leviathan et al. 2023, Theorem 1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_CORPUS_TOKENS = 4_000_000  # an n-gram table of max_ngram entries per token is held in memory
+
+
+def corpus_texts(path: str | Path) -> list[str]:
+    """Texts of a corpus file: JSONL rows' ``output`` (else ``text``) field, or the lines of a plain text file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"draft corpus {path} is not a file")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    texts = []
+    jsonl = path.suffix in (".jsonl", ".json")
+    for line in lines:
+        if not line.strip():
+            continue
+        if jsonl:
+            row = json.loads(line)
+            text = row.get("output", row.get("text")) if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                raise ValueError(f"draft corpus {path}: a JSONL row without an 'output' or 'text' string")
+            texts.append(text)
+        else:
+            texts.append(line)
+    return texts
+
+
+class NgramTable:
+    """The most frequent next token after each context of 1..``max_ngram`` tokens, over a set of token sequences."""
+
+    def __init__(self, sequences: list[list[int]], max_ngram: int):
+        self.max_ngram = max_ngram
+        counts: Counter = Counter()
+        for seq in sequences:
+            for i in range(1, len(seq)):
+                for n in range(1, min(max_ngram, i) + 1):
+                    counts[tuple(seq[i - n : i + 1])] += 1
+        best: dict[tuple, tuple[int, int]] = {}
+        for gram, c in counts.items():  # Counter keeps first-seen order: ties go to the follower seen first
+            key = gram[:-1]
+            if key not in best or c > best[key][1]:
+                best[key] = (gram[-1], c)
+        self.next: dict[tuple, int] = {k: v[0] for k, v in best.items()}
+        self.tokens = sum(len(s) for s in sequences)
+
+    def __len__(self) -> int:
+        return len(self.next)
+
+
+class RowIndex:
+    """One row's own text and, for each n-gram of 1..``max_ngram`` tokens in it, where it last ended (its follower's
+    index). Grows as the row's tokens are accepted."""
+
+    __slots__ = ("tokens", "last", "max_ngram")
+
+    def __init__(self, tokens: list[int], max_ngram: int):
+        self.tokens: list[int] = []
+        self.last: dict[tuple, int] = {}
+        self.max_ngram = max_ngram
+        self.extend(tokens)
+
+    def extend(self, new: list[int]) -> None:
+        toks, last, m = self.tokens, self.last, self.max_ngram
+        for t in new:
+            i = len(toks)  # the index `t` takes: it follows every n-gram ending at i
+            for n in range(1, min(m, i) + 1):
+                last[tuple(toks[i - n : i])] = i
+            toks.append(t)
+
+
+@dataclass
+class LookupDrafter:
+    """Drafts by lookup in the row's own text and an optional corpus n-gram table (see the module docstring).
+
+    Shares :class:`~sopmoe_models.speculative.Drafter`'s interface where the decoding loop reads it (``width``,
+    ``num_draft_tokens``, ``schedule``, ``confidence``, ``stats``, ``describe``); :meth:`propose` replaces the
+    model forwards."""
+
+    width: int
+    num_draft_tokens: int = 8
+    max_ngram: int = 6
+    own_min: int = 3
+    corpus_min: int = 1
+    corpus: NgramTable | None = None
+    corpus_path: str | None = None
+    path: str = "lookup"
+    schedule: str = "constant"  # fixed k; each row stops drafting at its first unmatched token
+    confidence: float = 0.0
+    stats: Any = None
+
+    def __post_init__(self):
+        from sopmoe_models.speculative import SpeculationStats
+
+        if int(self.num_draft_tokens) < 1:
+            raise ValueError(f"num_draft_tokens must be >= 1, got {self.num_draft_tokens!r}")
+        if int(self.max_ngram) < 1:
+            raise ValueError(f"max_ngram must be >= 1, got {self.max_ngram!r}")
+        self.num_draft_tokens, self.max_ngram = int(self.num_draft_tokens), int(self.max_ngram)
+        if self.stats is None:
+            self.stats = SpeculationStats()
+
+    def describe(self) -> dict[str, Any]:
+        return {"draft": self.path, "draft_corpus": self.corpus_path, "num_draft_tokens": self.num_draft_tokens,
+                "draft_schedule": self.schedule, "max_ngram": self.max_ngram,
+                "corpus_contexts": len(self.corpus) if self.corpus is not None else 0, **self.stats.as_dict()}
+
+    def index(self, tokens: list[int]) -> RowIndex:
+        return RowIndex(tokens, self.max_ngram)
+
+    def propose(self, row: RowIndex, k: int) -> list[int]:
+        """Up to ``k`` draft tokens after ``row``'s text (fewer where no suffix matches)."""
+        own, toks, m = row.last, row.tokens, self.max_ngram
+        table = self.corpus.next if self.corpus is not None else None
+        seq = toks[-m:] if m <= len(toks) else list(toks)
+        drafts: list[int] = []
+        for _ in range(k):
+            tok_o = n_o = 0
+            top = min(m, len(seq))
+            for n in range(top, 0, -1):
+                key = tuple(seq[len(seq) - n :])
+                at = own.get(key)
+                if at is not None:
+                    tok_o, n_o = toks[at], n
+                    break
+            t = tok_o
+            if n_o < self.own_min and table is not None:  # a longer corpus context beats a short own one
+                for n in range(top, max(n_o, self.corpus_min - 1), -1):
+                    nxt = table.get(tuple(seq[len(seq) - n :]))
+                    if nxt is not None:
+                        t, n_o = nxt, n
+                        break
+            if not n_o:
+                break
+            drafts.append(t)
+            seq.append(t)
+            if len(seq) > m:
+                del seq[0]
+        return drafts
+
+
+def load_lookup_drafter(pair_or_tokenizer, width: int, *, corpus: str | Path | None = None, num_draft_tokens: int = 8,
+                        max_ngram: int = 6, own_min: int = 3, corpus_min: int = 1) -> LookupDrafter:
+    """A :class:`LookupDrafter` for a fused model of output width ``width``; ``corpus``: a JSONL (``output``/``text``
+    fields) or text file whose token n-grams back the row's own (tokenized with the experts' tokenizer, each text
+    followed by EOS, so a templated answer's end is drafted too)."""
+    tok = getattr(pair_or_tokenizer, "tokenizer", pair_or_tokenizer)
+    table = None
+    if corpus is not None:
+        texts = corpus_texts(corpus)
+        eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+        seqs = [ids + eos for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+        total = sum(len(s) for s in seqs)
+        if total > MAX_CORPUS_TOKENS:
+            raise ValueError(f"draft corpus {corpus} has {total} tokens, more than the {MAX_CORPUS_TOKENS} an in-memory "
+                             "n-gram table is built for; pass a smaller file")
+        table = NgramTable(seqs, max_ngram)
+        log.debug("lookup drafter: %d corpus tokens, %d contexts of up to %d tokens", total, len(table), max_ngram)
+    return LookupDrafter(width, num_draft_tokens, max_ngram=max_ngram, own_min=own_min, corpus_min=corpus_min,
+                         corpus=table, corpus_path=None if corpus is None else str(corpus))
