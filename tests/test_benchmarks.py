@@ -49,6 +49,14 @@ def test_bench_generate():
     assert "ensemble" in out and "random" in out
 
 
+def test_bench_generate_lookup():
+    """The lookup drafter over a shipped task file, and HF's own prompt lookup as the single-model reference row."""
+    out = run_bench("bench_generate.py", "--shapes", "testbed", "--drafters", "lookup", "--repeats", "1",
+                    "--new_tokens", "3", "--batches", "1,2", "--skip_scoring", "--threads", "1",
+                    "--draft_corpus", str(ROOT / "tasks" / "data" / "sop_strict.jsonl"), "--lookup_tokens", "4")
+    assert "lookup" in out and "hf lookup" in out and "reference" in out and "NO" not in out
+
+
 @pytest.mark.slow
 def test_bench_memory(qwen3_tokenizer_dir):
     out = run_bench("bench_memory.py", "--batch", "1", "--length", "8", "--cont", "2", "--threads", "1",
