@@ -457,7 +457,7 @@ def test_lookup_greedy_output_is_the_fused_models_own(tiny_pair, lookup_corpus, 
         assert s.drafted > 0
 
 
-def test_lookup_drafts_what_the_corpus_and_the_prompt_hold(tiny_pair, tmp_path):
+def test_lookup_drafts_what_the_corpus_and_the_prompt_hold(tiny_pair, tmp_path, monkeypatch):
     """A corpus holding the fused model's own answer to one prompt: that row's drafts are accepted (several tokens a
     forward), the others' draft less or nothing (filler columns); output identical, rows of unequal draft lengths."""
     import json
@@ -473,8 +473,14 @@ def test_lookup_drafts_what_the_corpus_and_the_prompt_hold(tiny_pair, tmp_path):
     one = model.generate(ids[:1], mask[:1], max_new_tokens=30, eos_token_id=[], draft=drafter)
     assert torch.equal(one.sequences, plain.sequences[:1, : one.sequences.shape[1]])
     assert one.speculation.tokens_per_round > 3 and one.speculation.acceptance_rate > 0.8
+    import sopmoe_models.speculative as spec_mod
+
+    seen = []
+    verify = spec_mod.verify_greedy
+    monkeypatch.setattr(spec_mod, "verify_greedy", lambda dr, lp, lengths=None: (seen.append(lengths), verify(dr, lp, lengths))[1])
     both = model.generate(ids, mask, max_new_tokens=30, eos_token_id=[], draft=drafter)
     assert torch.equal(both.sequences, plain.sequences)
+    assert any(x is not None and len(set(x.tolist())) > 1 for x in seen)  # rows drafted unequal lengths in a round
     assert drafter.describe()["draft"] == "lookup" and drafter.describe()["draft_corpus"] == str(corpus)
 
 
