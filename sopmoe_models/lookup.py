@@ -17,15 +17,24 @@ long (a copied id beats a template's id); drafting stops at the first token with
 nothing: then its round is a plain one-token fused step). Repeated suffixes of one row are drafted consistently: a
 copied span continues by the same rule, since its next suffix matches again one position later.
 
-k: ``num_draft_tokens`` per round, fixed (default 8), each row stopping at its first unmatched token (and, with
-``min_share`` > 0, before a corpus continuation that fewer than that share of the context's occurrences follow).
-No adaptive schedule: the drafts cost nothing to make, and what a longer draft costs is only a wider verification
-forward (k + 1 tokens per expert). That is nearly flat in k: on the 135M real bed on CPU a forward is bound by reading
-the weights, and on the tiny test bed one of 2..9 new tokens cost about the same, some 1.2x one of a single token
-(the step from 1 to 2 is transformers building an explicit causal mask). Replaying the fused model's greedy answers
-to test prompts through this drafter (no model needed: accepted = the drafts' common prefix with the answer) on both
-beds, with their training answers as corpus, tokens per fused forward grew from k = 4 to k = 8 and hardly beyond;
-``max_ngram`` 6 and ``own_min`` 3 were the best of the few values tried there.
+k: ``num_draft_tokens`` per round at most (default 8), no schedule across rounds: the drafts cost nothing to make, so
+what decides a draft's length is the price of a wider verification forward (k + 1 tokens per expert) against the
+chance that its tokens are accepted. Each row drafts until one of:
+
+- no suffix matches (a row may draft nothing; its round is then a plain one-token fused step);
+- the corpus's best follower has less than ``min_share`` (0.5) of its context's occurrences: the corpus forks here
+  (an order id, a name), and a guess there is mostly rejected;
+- the estimated chance that all drafts so far are accepted, the product of each draft's share (a corpus follower's
+  share; ``own_share`` = 0.7 for a copy from the row's own text), falls below ``min_chance`` (0.2); the first draft is
+  always kept.
+
+Why these values: a verification forward of 2..9 new tokens costs about one of 1 token on the tiny test bed and,
+on the 135M real bed on one CPU thread, grows by roughly a tenth of a one-token forward per extra token (bench_generate
+there: 2.9 tokens per fused forward were 1.6x plain decoding at k = 8 without early stops). Replaying the fused
+model's greedy answers to test prompts through the drafter (no model needed: accepted = the drafts' common prefix with
+the answer; both beds, their training answers as corpus) under that cost, the early stops above gained more than any
+k did, and k = 6..8, ``min_share`` 0.5, ``own_share`` 0.7, ``min_chance`` 0.2, ``max_ngram`` 6, ``own_min`` 3 were
+the best of the few values tried on both beds. (Tuned on those test prompts: other text may prefer other values.)
 
 The proposals are deterministic functions of the row's prefix (and the corpus), i.e. a point-mass draft
 distribution q, so the same verification applies: greedy keeps the fused argmax; rejection sampling accepts d with
@@ -126,12 +135,15 @@ class LookupDrafter:
     num_draft_tokens: int = 8
     max_ngram: int = 6
     own_min: int = 3
-    corpus_min: int = 1
-    min_share: float = 0.0  # > 0: stop before a corpus follower with a smaller share of its context's occurrences
+    # when to stop a row's draft early (the module docstring): a corpus follower's share of its context's occurrences,
+    # the share credited to a copy from the row's own text, the least estimated chance worth another draft token
+    min_share: float = 0.5
+    own_share: float = 0.7
+    min_chance: float = 0.2
     corpus: NgramTable | None = None
     corpus_path: str | None = None
     path: str = "lookup"
-    schedule: str = "constant"  # fixed k; each row stops drafting at its first unmatched token
+    schedule: str = "constant"  # at most k per round, no schedule; rows stop early (the module docstring)
     confidence: float = 0.0
     stats: Any = None
 
@@ -148,7 +160,8 @@ class LookupDrafter:
 
     def describe(self) -> dict[str, Any]:
         return {"draft": self.path, "draft_corpus": self.corpus_path, "num_draft_tokens": self.num_draft_tokens,
-                "draft_schedule": self.schedule, "max_ngram": self.max_ngram,
+                "draft_schedule": self.schedule, "max_ngram": self.max_ngram, "own_min": self.own_min,
+                "min_share": self.min_share, "own_share": self.own_share, "min_chance": self.min_chance,
                 "corpus_contexts": len(self.corpus) if self.corpus is not None else 0, **self.stats.as_dict()}
 
     def index(self, tokens: list[int]) -> RowIndex:
@@ -160,8 +173,10 @@ class LookupDrafter:
         table = self.corpus.next if self.corpus is not None else None
         seq = toks[-m:] if m <= len(toks) else list(toks)
         drafts: list[int] = []
+        chance = 1.0  # estimated probability that every draft so far is accepted
         for _ in range(k):
             tok_o = n_o = 0
+            share = self.own_share
             top = min(m, len(seq))
             for n in range(top, 0, -1):
                 key = tuple(seq[len(seq) - n :])
@@ -171,16 +186,18 @@ class LookupDrafter:
                     break
             t = tok_o
             if n_o < self.own_min and table is not None:  # a longer corpus context beats a short own one
-                for n in range(top, max(n_o, self.corpus_min - 1), -1):
+                for n in range(top, n_o, -1):
                     key = tuple(seq[len(seq) - n :])
                     nxt = table.get(key)
                     if nxt is not None:
-                        if self.min_share and self.corpus.share[key] < self.min_share:
+                        share = self.corpus.share[key]
+                        if self.min_share and share < self.min_share:
                             n_o = 0  # the corpus is split here: stop drafting
                         else:
                             t, n_o = nxt, n
                         break
-            if not n_o:
+            chance *= share
+            if not n_o or drafts and chance < self.min_chance:
                 break
             drafts.append(t)
             seq.append(t)
@@ -190,11 +207,11 @@ class LookupDrafter:
 
 
 def load_lookup_drafter(pair_or_tokenizer, width: int, *, corpus: str | Path | None = None, num_draft_tokens: int = 8,
-                        max_ngram: int = 6, own_min: int = 3, corpus_min: int = 1,
-                        min_share: float = 0.0) -> LookupDrafter:
+                        **options: Any) -> LookupDrafter:
     """A :class:`LookupDrafter` for a fused model of output width ``width``; ``corpus``: a JSONL (``output``/``text``
     fields) or text file whose token n-grams back the row's own (tokenized with the experts' tokenizer, each text
-    followed by EOS, so a templated answer's end is drafted too)."""
+    followed by EOS, so a templated answer's end is drafted too). ``options``: the drafter's other fields
+    (``max_ngram``, ``own_min``, ``min_share``, ``own_share``, ``min_chance``)."""
     tok = getattr(pair_or_tokenizer, "tokenizer", pair_or_tokenizer)
     table = None
     if corpus is not None:
@@ -205,7 +222,8 @@ def load_lookup_drafter(pair_or_tokenizer, width: int, *, corpus: str | Path | N
         if total > MAX_CORPUS_TOKENS:
             raise ValueError(f"draft corpus {corpus} has {total} tokens, more than the {MAX_CORPUS_TOKENS} an in-memory "
                              "n-gram table is built for; pass a smaller file")
+        max_ngram = int(options.get("max_ngram", LookupDrafter.max_ngram))
         table = NgramTable(seqs, max_ngram)
         log.debug("lookup drafter: %d corpus tokens, %d contexts of up to %d tokens", total, len(table), max_ngram)
-    return LookupDrafter(width, num_draft_tokens, max_ngram=max_ngram, own_min=own_min, corpus_min=corpus_min, min_share=min_share,
-                         corpus=table, corpus_path=None if corpus is None else str(corpus))
+    return LookupDrafter(width, num_draft_tokens, corpus=table, corpus_path=None if corpus is None else str(corpus),
+                         **options)
