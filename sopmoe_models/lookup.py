@@ -30,7 +30,8 @@ chance that its tokens are accepted. Each row drafts until one of:
 
 Why these values: a verification forward of 2..9 new tokens costs about one of 1 token on the tiny test bed and,
 on the 135M real bed on one CPU thread, grows by roughly a tenth of a one-token forward per extra token (bench_generate
-there: 2.9 tokens per fused forward were 1.6x plain decoding at k = 8 without early stops). Replaying the fused
+there: 2.9 tokens per fused forward were 1.6x plain decoding at k = 8 without early stops,
+``results/speculative/bench_generate_real_no_early_stop.txt``). Replaying the fused
 model's greedy answers to test prompts through the drafter (no model needed: accepted = the drafts' common prefix with
 the answer; both beds, their training answers as corpus) under that cost, the early stops above gained more than any
 k did, and k = 6..8, ``min_share`` 0.5, ``own_share`` 0.7, ``min_chance`` 0.2, ``max_ngram`` 6, ``own_min`` 3 were
