@@ -28,14 +28,16 @@ chance that its tokens are accepted. Each row drafts until one of:
   share; ``own_share`` = 0.7 for a copy from the row's own text), falls below ``min_chance`` (0.2); the first draft is
   always kept.
 
-Why these values: a verification forward of 2..9 new tokens costs about one of 1 token on the tiny test bed and,
-on the 135M real bed on one CPU thread, grows by roughly a tenth of a one-token forward per extra token (bench_generate
-there: 2.9 tokens per fused forward were 1.6x plain decoding at k = 8 without early stops,
-``results/speculative/bench_generate_real_no_early_stop.txt``). Replaying the fused
-model's greedy answers to test prompts through the drafter (no model needed: accepted = the drafts' common prefix with
-the answer; both beds, their training answers as corpus) under that cost, the early stops above gained more than any
-k did, and k = 6..8, ``min_share`` 0.5, ``own_share`` 0.7, ``min_chance`` 0.2, ``max_ngram`` 6, ``own_min`` 3 were
-the best of the few values tried on both beds. (Tuned on those test prompts: other text may prefer other values.)
+Why these values: on CPU a verification forward of 2 or more new tokens costs a step more than one of 1 token (the
+matrix-vector products become matrix-matrix ones) and then grows slowly with the width: ``python
+benchmarks/replay_lookup.py --bed DIR --time_forwards`` prints the ratios (the test bed's are in
+``results/speculative/replay_lookup_testbed.txt``; on the 135M real bed the step is much larger, ~1.5x, and the same
+bench_generate run without early stops, ``results/speculative/bench_generate_real_no_early_stop.txt``, gained 1.6x
+over plain decoding from 2.9 tokens per fused forward). The same script replays the fused model's greedy answers to
+test prompts through the drafter (no model needed: accepted = the drafts' common prefix with the answer) for a grid of
+settings under that cost. k = 8, ``min_share`` 0.5, ``own_share`` 0.7, ``min_chance`` 0.2, ``max_ngram`` 6 and
+``own_min`` 3 were among the best of the few values tried on both beds (with their training answers as corpus), all
+within a few percent of each other; other text may prefer other values, hence the fields.
 
 The proposals are deterministic functions of the row's prefix (and the corpus), i.e. a point-mass draft
 distribution q, so the same verification applies: greedy keeps the fused argmax; rejection sampling accepts d with

@@ -69,8 +69,8 @@ def test_replay_lookup(tiny_pair_dirs, tmp_path):
     shutil.copy(ROOT / "tasks" / "data" / "sop_strict.jsonl", tb / "data" / "test" / "sop_strict.jsonl")
     shutil.copy(ROOT / "tasks" / "data" / "reasoning.jsonl", tb / "data" / "train" / "train.jsonl")
     out = run_bench("replay_lookup.py", "--bed", str(tmp_path / "bed"), "--prompts", "2", "--new_tokens", "6",
-                    "--ks", "2,4", "--min_shares", "0.5", "--min_chances", "0.2")
-    assert "2 answers" in out and "tok/fwd" in out and out.count("x\n") == 2
+                    "--ks", "2,4", "--min_shares", "0.5", "--min_chances", "0.2", "--time_forwards", "--repeats", "1")
+    assert "2 answers" in out and "tok/fwd" in out and out.count("x\n") == 2 and "T=9" in out
 
 
 @pytest.mark.slow
