@@ -31,7 +31,7 @@ chance that its tokens are accepted. Each row drafts until one of:
 Why these values: on CPU a verification forward of 2 or more new tokens costs a step more than one of 1 token (the
 matrix-vector products become matrix-matrix ones) and then grows slowly with the width: ``python
 benchmarks/replay_lookup.py --bed DIR --time_forwards`` prints the ratios (the test bed's are in
-``results/speculative/replay_lookup_testbed.txt``; on the 135M real bed the step is much larger, ~1.5x, and the same
+``results/speculative/replay_lookup_testbed.txt``; on the 135M real bed the step is much larger, and the
 bench_generate run without early stops, ``results/speculative/bench_generate_real_no_early_stop.txt``, gained 1.6x
 over plain decoding from 2.9 tokens per fused forward). The same script replays the fused model's greedy answers to
 test prompts through the drafter (no model needed: accepted = the drafts' common prefix with the answer) for a grid of
