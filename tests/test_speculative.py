@@ -416,6 +416,9 @@ def test_config_keeps_draft_auto_and_resolves_a_relative_drafter(tmp_path):
     cfg.write_text("generation:\n  draft: students/s1\n  num_draft_tokens: 6\n  draft_schedule: constant\n")
     g = load_config(cfg).generation
     assert g.draft == str(tmp_path / "students" / "s1") and g.num_draft_tokens == 6 and g.draft_schedule == "constant"
+    cfg.write_text("generation:\n  draft: lookup\n  draft_corpus: data/train.jsonl\n")
+    g = load_config(cfg).generation
+    assert g.draft == "lookup" and g.draft_corpus == str(tmp_path / "data" / "train.jsonl")
 
 
 # --- lookup drafting (sopmoe_models/lookup.py): drafts copied from the prompt and a corpus, no drafter model -----------
