@@ -39,6 +39,10 @@ way. When a row accepts all k drafts, the drafter has not read d_k yet; the next
 ``num_assistant_tokens_schedule``: k + 2 after a round where the row accepted all k, else k - 1, at least 1; in a
 batch, k + 2 only while the rows that accepted all k would gain more from another draft than it costs the batch). ``confidence`` (transformers' ``assistant_confidence_threshold``)
 ends a round's drafting early once the drafter's own probability of every row's draft is below it.
+Lookup drafting (:class:`~sopmoe_models.lookup.LookupDrafter`, ``draft=lookup``) uses the same loop without a drafter
+model: each row's drafts are copied from its own text and an optional corpus, so rows draft different lengths (0..k);
+the round's k is the longest, shorter rows are padded with filler columns that ``lengths`` keeps from being accepted
+(:func:`verify_greedy`, :func:`verify_sampled`), and the drafts are a point-mass q for rejection sampling.
 Why not transformers' own assisted generation (``generate(assistant_model=...)``): it drives a ``PreTrainedModel``
 whose cache is one transformers ``Cache``, and refuses batches ("assisted generate is only supported for
 batch_size = 1", transformers 5.24); a fused model is two models plus router state, decoded in left-padded batches.
@@ -429,7 +433,8 @@ def speculative_generate(
             has_pending = n == k  # every draft accepted: d_k is accepted but unread by the drafter
             pending = drafts_t[:, -1]
             any_pending = bool(has_pending.any())
-        # (k = 0 only when every row has one token of room left: this round ended the decode above)
+        # (a model drafter has k = 0 only when every row has one token of room left: this round ended the decode
+        # above; a lookup drafter also when no row found a match: that round was a plain one-token fused step)
         last = tokens.gather(1, n[:, None]).squeeze(1)
         if drafter.schedule == "heuristic" and k > 0 and not lookup:
             # Grow k while one more draft is worth its cost: the rows that accepted all k drafts (`full`) would each
