@@ -290,7 +290,8 @@ def main() -> None:
     tok = task_tokenizer()
     title = (f"sopmoe fused generation vs plain HF (torch threads {args.threads}, {args.clock} time, best of "
              f"{args.repeats}, {'up to EOS' if args.eos else f'{args.new_tokens} tokens'}, draft k={args.num_draft_tokens} "
-             f"{args.draft_schedule}, confidence {args.draft_confidence:g})")
+             f"{args.draft_schedule}, confidence {args.draft_confidence:g}"
+             + (f"; lookup k={args.lookup_tokens}" if "lookup" in args.drafters.split(",") else "") + ")")
     table = Table(title=title)
     cols = ("shape", "measure", "fused", "drafter", "hf", "tok/s", "÷ hf", "÷ plain", "accept", "tok/fwd", "same",
             "target")
