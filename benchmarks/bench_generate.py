@@ -12,7 +12,11 @@ distilled student ``DIR/distill/best_student``; prompts from ``DIR/testbed/data/
   (speculative decoding, :mod:`sopmoe_models.speculative`), with the drafter's acceptance rate, the tokens a row
   gains per fused forward, and whether the speculative output is identical to the plain one (``same``).
   Drafters: ``student`` (the bed's distilled student), ``foundation`` (the foundation expert itself: a 1x drafter
-  that agrees with the fused model wherever the foundation does), ``random`` (an untrained model: the worst case).
+  that agrees with the fused model wherever the foundation does), ``random`` (an untrained model: the worst case),
+  ``lookup`` (no model: drafts copied from the prompt and ``--draft_corpus``, by default the bed's training answers,
+  :mod:`sopmoe_models.lookup`, ``--lookup_tokens`` per round). With ``lookup``, batch 1 also times HF's own prompt
+  lookup decoding of the single model (``generate(prompt_lookup_num_tokens=...)``, row ``hf`` / ``hf lookup``,
+  ``same`` = identical to HF's plain greedy output): a reference, since the targets stay against plain HF generate.
   Targets: plain ensemble >= 0.45x HF (0.5x is the two-forward limit); speculative >= 0.8x HF at batch 1.
 - scoring: lm-eval on the four sopmoe loglikelihood tasks (shipped data, ``--score_limit`` examples each): seconds
   inside ``loglikelihood`` for ``hf`` (``HFLM`` on the foundation folder) vs ``sopmoe_ensemble`` (0.5/0.5 prob).
@@ -23,7 +27,8 @@ and, by default, the process's CPU seconds: on a shared machine other jobs stret
 longer-running ensemble, so best-of wall times bias the ratio against it (``--clock wall`` to see). Usage::
 
     python benchmarks/bench_generate.py [--shapes testbed,large] [--bed DIR] [--threads 1] [--repeats 3]
-        [--clock cpu|wall] [--drafters foundation,random] [--num_draft_tokens 8] [--draft_schedule heuristic] [--eos]
+        [--clock cpu|wall] [--drafters foundation,random,lookup] [--num_draft_tokens 8] [--draft_schedule heuristic]
+        [--draft_corpus FILE] [--lookup_tokens 8] [--eos]
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import torch
 from sopmoe_models.data import collate, load_jsonl
 from sopmoe_models.ensemble import EnsembleLM
 from sopmoe_models.experts import load_experts
+from sopmoe_models.lookup import load_lookup_drafter
 from sopmoe_models.prompt import format_prompt
 from sopmoe_models.routers.stats import generated_lengths
 from sopmoe_models.speculative import Drafter, SpeculationStats, load_drafter
@@ -51,12 +57,14 @@ CLOCK = time.process_time  # --clock; set in main()
 LL_TASKS = ["sop_strict", "reasoning", "mixed", "eval"]
 
 
-def bench_generation(pair, fused: dict, drafters: dict[str, Drafter], prompts: list[str], batch: int,
-                     new_tokens: int, repeats: int, eos: bool) -> list[dict]:
+def bench_generation(pair, fused: dict, drafters: dict, prompts: list[str], batch: int,
+                     new_tokens: int, repeats: int, eos: bool, hf_lookup: int = 0) -> list[dict]:
     """One row per (fused model, drafter or None): tok/s of HF, plain and speculative decoding, all timed together.
 
     Every timed function answers all ``prompts`` (8), in left-padded batches of ``batch``: batch 1 is eight
-    one-prompt decodes, so a short or atypical first prompt does not decide the number."""
+    one-prompt decodes, so a short or atypical first prompt does not decide the number. ``hf_lookup`` > 0 (batch 1
+    only: transformers' assisted generation refuses batches) also times HF's own prompt lookup decoding of the single
+    model, ``generate(prompt_lookup_num_tokens=hf_lookup)``, as a reference row (fused "hf", drafter "hf lookup")."""
     tok = pair.tokenizer
     batches = []
     for i in range(0, len(prompts), batch):
@@ -79,6 +87,22 @@ def bench_generation(pair, fused: dict, drafters: dict[str, Drafter], prompts: l
                 n += sum(generated_lengths(out[:, ids.shape[1]:], eos_ids, pad))
         produced["hf"] = n
 
+    def hf_pld():
+        n, outs = 0, []
+        with torch.inference_mode():
+            for ids, mask in batches:
+                out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, prompt_lookup_num_tokens=hf_lookup)
+                n += sum(generated_lengths(out[:, ids.shape[1]:], eos_ids, pad))
+                outs.append(out)
+        produced["hf lookup"] = n
+        results["hf lookup"] = outs
+
+    def hf_plain_outputs():
+        with torch.inference_mode():
+            return [model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=tok.pad_token_id) for ids, mask in batches]
+
     def run(name, m, drafter=None):
         def go():
             outs = [m.generate(ids, mask, max_new_tokens=new_tokens, eos_token_id=eos_ids, draft=drafter)
@@ -89,6 +113,8 @@ def bench_generation(pair, fused: dict, drafters: dict[str, Drafter], prompts: l
         return go
 
     fns = {"hf": hf}
+    if hf_lookup and batch == 1:
+        fns["hf lookup"] = hf_pld
     for fname, m in fused.items():
         fns[fname] = run(fname, m)
         for dname, drafter in drafters.items():
@@ -96,6 +122,10 @@ def bench_generation(pair, fused: dict, drafters: dict[str, Drafter], prompts: l
     secs = best_seconds(fns, repeats, CLOCK)
     rate = {name: produced[name] / t for name, t in secs.items()}
     rows = []
+    if "hf lookup" in fns:
+        same = all(torch.equal(a, b) for a, b in zip(results["hf lookup"], hf_plain_outputs()))
+        rows.append({"fused": "hf", "drafter": "hf lookup", "hf": rate["hf"], "tok/s": rate["hf lookup"],
+                     "plain": rate["hf"], "acceptance": None, "per_round": None, "same": same})
     for fname in fused:
         plain = results[fname]
         rows.append({"fused": fname, "drafter": "-", "hf": rate["hf"], "tok/s": rate[fname]})
@@ -174,6 +204,10 @@ def beds(args, tmp: Path, tok):
     shipped = [format_prompt(ex.input) for ex in examples[::97]][:8]
     wanted = [d for d in args.drafters.split(",") if d]
     kw = {"num_draft_tokens": args.num_draft_tokens, "schedule": args.draft_schedule, "confidence": args.draft_confidence}
+
+    def lookup(pair, corpus):
+        return load_lookup_drafter(pair, pair.width, corpus=corpus, num_draft_tokens=args.lookup_tokens)
+
     for shape in [s for s in args.shapes.split(",") if s]:
         spec = SHAPES[shape]
         dirs = random_pair(tmp / shape, spec, tok)
@@ -183,6 +217,8 @@ def beds(args, tmp: Path, tok):
             drafters["foundation"] = load_drafter(dirs[0], pair, **kw)
         if "random" in wanted:
             drafters["random"] = Drafter(random_drafter(pair), pair.width, **kw)
+        if "lookup" in wanted:
+            drafters["lookup"] = lookup(pair, args.draft_corpus)
         fused = {"ensemble": EnsembleLM(pair, 0.5, 0.5, "prob")}
         yield f"{shape} (h{spec.hidden_size}, L{spec.num_layers}, V{pair.vocab_size})", pair, fused, drafters, shipped, dirs[0]
     if args.bed:
@@ -200,6 +236,9 @@ def beds(args, tmp: Path, tok):
             drafters["foundation"] = load_drafter(tb / "foundation", pair, **kw)
         if "random" in wanted:
             drafters["random"] = Drafter(random_drafter(pair), pair.width, **kw)
+        if "lookup" in wanted:
+            train = tb / "data" / "train" / "train.jsonl"
+            drafters["lookup"] = lookup(pair, args.draft_corpus or (train if train.is_file() else None))
         split = next(d for d in (tb / "data" / "test", tb / "data" / "eval") if d.is_dir())  # eval: older beds
         data = sorted(split.glob("*.jsonl"))
         exs = [ex for f in data if f.stem in LL_TASKS for ex in load_jsonl(f)]
@@ -219,6 +258,10 @@ def main() -> None:
     ap.add_argument("--num_draft_tokens", type=int, default=8)
     ap.add_argument("--draft_schedule", choices=["constant", "heuristic"], default="heuristic")
     ap.add_argument("--draft_confidence", type=float, default=0.0, help="end drafting below this draft probability")
+    ap.add_argument("--draft_corpus", default=None,
+                    help="lookup drafter's corpus (default: --bed's testbed/data/train/train.jsonl; shapes: none)")
+    ap.add_argument("--lookup_tokens", type=int, default=8,
+                    help="lookup drafter's k, and HF's prompt_lookup_num_tokens in the 'hf lookup' reference row")
     ap.add_argument("--eos", action="store_true", help="stop rows at EOS (default: exactly --new_tokens tokens)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
@@ -247,7 +290,8 @@ def main() -> None:
     tok = task_tokenizer()
     title = (f"sopmoe fused generation vs plain HF (torch threads {args.threads}, {args.clock} time, best of "
              f"{args.repeats}, {'up to EOS' if args.eos else f'{args.new_tokens} tokens'}, draft k={args.num_draft_tokens} "
-             f"{args.draft_schedule}, confidence {args.draft_confidence:g})")
+             f"{args.draft_schedule}, confidence {args.draft_confidence:g}"
+             + (f"; lookup k={args.lookup_tokens}" if "lookup" in args.drafters.split(",") else "") + ")")
     table = Table(title=title)
     cols = ("shape", "measure", "fused", "drafter", "hf", "tok/s", "÷ hf", "÷ plain", "accept", "tok/fwd", "same",
             "target")
@@ -256,17 +300,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for label, pair, fused, drafters, prompts, foundation_dir in beds(args, Path(tmp), tok):
             for batch in (int(b) for b in args.batches.split(",")):
-                rows = bench_generation(pair, fused, drafters, prompts, batch, args.new_tokens, args.repeats, args.eos)
+                rows = bench_generation(pair, fused, drafters, prompts, batch, args.new_tokens, args.repeats, args.eos,
+                                        args.lookup_tokens if "lookup" in drafters else 0)
                 for r in rows:
                     ratio = r["tok/s"] / r["hf"]
                     spec = r["drafter"] != "-"
-                    if spec:
+                    if r["fused"] == "hf":
+                        target = "reference"
+                    elif spec:
                         target = ("≥ 0.8x " + ("ok" if ratio >= 0.8 else "MISS")) if batch == 1 else ""
                     else:
                         target = "≥ 0.45x " + ("ok" if ratio >= 0.45 else "MISS")
                     table.add_row(
                         label, f"generate tok/s, batch {batch}", r["fused"], r["drafter"], f"{r['hf']:.0f}",
-                        f"{r['tok/s']:.0f}", f"{ratio:.2f}x", f"{r['tok/s'] / r['plain']:.2f}x" if spec else "",
+                        f"{r['tok/s']:.0f}", f"{ratio:.2f}x",
+                        f"{r['tok/s'] / r['plain']:.2f}x" if spec and r["fused"] != "hf" else "",
                         f"{r['acceptance']:.2f}" if spec and r["acceptance"] is not None else "",
                         f"{r['per_round']:.2f}" if spec and r["per_round"] is not None else "",
                         ("yes" if r["same"] else "NO") if spec else "", target)

@@ -85,7 +85,10 @@ class GenerationConfig(_Section):
     stop: list[str] = Field(default_factory=list, description="stop strings (EOS always stops)")
     batch_size: int = Field(8, gt=0, description="prompts per left-padded batch in `sopmoe generate --eval_file`")
     draft: str | None = Field(None, description="speculative decoding: a drafter model folder sharing the experts' "
-                              "tokenizer, or auto = <distill.output_dir>/best_student; None = off")
+                              "tokenizer, auto = <distill.output_dir>/best_student, or lookup = drafts copied from "
+                              "the prompt and draft_corpus (no drafter model); None = off")
+    draft_corpus: str | None = Field(None, description="draft: lookup: a JSONL (output/text fields) or text file whose "
+                                     "n-grams are drafted from besides the prompt's, e.g. data/train/train.jsonl")
     num_draft_tokens: int = Field(8, gt=0, description="draft tokens per round (the first k of the heuristic schedule)")
     draft_schedule: Literal["constant", "heuristic"] = Field(
         "heuristic", description="constant k, or heuristic: k + 2 after a fully accepted round, else k - 1")
@@ -197,9 +200,10 @@ PATH_KEYS = (
     "data.dev_dir",
     "data.task_data_dir",
     "distill.btm_router",
-    "generation.draft",  # except the word auto
+    "generation.draft",  # except the words auto and lookup
+    "generation.draft_corpus",
 )
-NOT_PATHS = ("auto", "none", "")
+NOT_PATHS = ("auto", "lookup", "none", "")
 
 
 def _get(d: dict, dotted: str) -> Any:

@@ -37,7 +37,8 @@ Defaults, each decided in exactly one function:
   the sft in :func:`sopmoe_models.adapters.base.resolve_model_args`, then load through :func:`load_pair`.
 - **student folder** (:func:`student_path`): the path given, else ``<distill.output_dir>/best_student``.
 - **merged folder** (:func:`merged_path`): the path given, else ``merge.output_dir``.
-- **drafter** (:func:`build_drafter`): ``generation.draft``; ``auto`` = the student folder above when it exists.
+- **drafter** (:func:`build_drafter`): ``generation.draft``; ``auto`` = the student folder above when it exists;
+  ``lookup`` = drafts copied from the prompt and ``generation.draft_corpus`` (no model).
 """
 
 from __future__ import annotations
@@ -217,14 +218,19 @@ def load_student(cfg: SopmoeConfig, path: str | Path | None = None):
 
 
 def build_drafter(cfg: SopmoeConfig, pair: ExpertPair, draft: str | None = None):
-    """The drafter of ``generation.draft`` (or ``draft``): a model folder, or ``auto`` = the distilled student
-    (:func:`student_path`) when one exists; None when speculation is off (or auto finds no student)."""
+    """The drafter of ``generation.draft`` (or ``draft``): a model folder, ``auto`` = the distilled student
+    (:func:`student_path`) when one exists, or ``lookup`` (:class:`~sopmoe_models.lookup.LookupDrafter` over the
+    prompt and ``generation.draft_corpus``); None when speculation is off (or auto finds no student)."""
     from sopmoe_models.speculative import load_drafter, resolve_draft
 
     g = cfg.generation
     path = resolve_draft(draft if draft is not None else g.draft, cfg.distill.output_dir)
     if path is None:
         return None
+    if path == "lookup":
+        from sopmoe_models.lookup import load_lookup_drafter
+
+        return load_lookup_drafter(pair, pair.width, corpus=g.draft_corpus, num_draft_tokens=g.num_draft_tokens)
     return load_drafter(path, pair, num_draft_tokens=g.num_draft_tokens, schedule=g.draft_schedule,
                         confidence=g.draft_confidence)
 

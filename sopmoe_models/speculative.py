@@ -39,6 +39,10 @@ way. When a row accepts all k drafts, the drafter has not read d_k yet; the next
 ``num_assistant_tokens_schedule``: k + 2 after a round where the row accepted all k, else k - 1, at least 1; in a
 batch, k + 2 only while the rows that accepted all k would gain more from another draft than it costs the batch). ``confidence`` (transformers' ``assistant_confidence_threshold``)
 ends a round's drafting early once the drafter's own probability of every row's draft is below it.
+Lookup drafting (:class:`~sopmoe_models.lookup.LookupDrafter`, ``draft=lookup``) uses the same loop without a drafter
+model: each row's drafts are copied from its own text and an optional corpus, so rows draft different lengths (0..k);
+the round's k is the longest, shorter rows are padded with filler columns that ``lengths`` keeps from being accepted
+(:func:`verify_greedy`, :func:`verify_sampled`), and the drafts are a point-mass q for rejection sampling.
 Why not transformers' own assisted generation (``generate(assistant_model=...)``): it drives a ``PreTrainedModel``
 whose cache is one transformers ``Cache``, and refuses batches ("assisted generate is only supported for
 batch_size = 1", transformers 5.24); a fused model is two models plus router state, decoded in left-padded batches.
@@ -186,9 +190,12 @@ class Drafter:
 
 def resolve_draft(draft: str | None, distill_output_dir: str | Path | None = None) -> str | None:
     """A drafter folder from ``draft``: a model folder, or ``auto`` = ``<distill_output_dir>/best_student`` (the
-    distilled student) when it exists, else None (with a warning). ``None``/``""``/``none``: no speculation."""
+    distilled student) when it exists, else None (with a warning); ``lookup``: the word itself (lookup drafting,
+    :mod:`sopmoe_models.lookup`). ``None``/``""``/``none``: no speculation."""
     if draft is None or str(draft).strip().lower() in ("", "none", "off"):
         return None
+    if str(draft).strip().lower() == "lookup":
+        return "lookup"
     if str(draft).strip().lower() == "auto":
         student = Path(distill_output_dir or "models/checkpoints/distill") / "best_student"
         if (student / "config.json").is_file():
@@ -240,30 +247,40 @@ def _sample(probs: torch.Tensor, d: Decoding) -> torch.Tensor:
     return torch.multinomial(probs.cpu(), 1, generator=d.generator).squeeze(1).to(probs.device)
 
 
-def verify_greedy(drafts: torch.Tensor, logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_greedy(drafts: torch.Tensor, logprobs: torch.Tensor,
+                  lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy verification: ``drafts`` (B, k), fused ``logprobs`` (B, k + 1, W) at [last, d_1..d_k].
 
     Returns (n (B,) accepted drafts per row, tokens (B, k + 1)): the first n + 1 of ``tokens`` are what the row emits
     (its accepted drafts, which equal the fused argmax, then the fused argmax after them). The argmax is over all W
-    rows, padded ones included, as in :meth:`FusedLM.generate`'s one-token loop (the parity rule)."""
+    rows, padded ones included, as in :meth:`FusedLM.generate`'s one-token loop (the parity rule). ``lengths`` (B,):
+    row b drafted only its first ``lengths[b]`` tokens (a lookup drafter's rows draft different lengths; the columns
+    after them are filler), so at most that many are accepted."""
     target = logprobs.argmax(-1)  # (B, k + 1)
     n = (drafts == target[:, :-1]).long().cumprod(1).sum(1)
+    if lengths is not None:
+        n = torch.minimum(n, lengths)
     return n, target
 
 
-def verify_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, d: Decoding) -> tuple[torch.Tensor, torch.Tensor]:
+def verify_sampled(drafts: torch.Tensor, q: torch.Tensor, p: torch.Tensor, d: Decoding,
+                   lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Speculative rejection sampling (Leviathan et al. 2023, Algorithm 1; Chen et al. 2023, Algorithm 2).
 
     ``drafts`` (B, k) drawn from the drafter's (warped) distributions ``q`` (B, k, W); ``p`` (B, k + 1, W) the fused
     model's (warped) distributions at [last, d_1..d_k]. Draft i is accepted with probability min(1, p_i(d_i)/q_i(d_i));
     at the first rejection the row draws from the residual norm(max(p_i - q_i, 0)), after k acceptances from p_{k+1}.
-    Returns (n (B,), tokens (B, k + 1)) as :func:`verify_greedy`.
+    Returns (n (B,), tokens (B, k + 1)) as :func:`verify_greedy`. ``lengths`` (B,): as :func:`verify_greedy`; row b's
+    q must be 0 past its ``lengths[b]`` drafts, so after them the row samples from p itself. A deterministic drafter
+    (lookup) passes one-hot q: accept d with probability min(1, p(d)), else sample p with d removed.
     """
     b, k = drafts.shape
     idx = drafts[..., None]
     p_d, q_d = p[:, :k].gather(-1, idx).squeeze(-1), q.gather(-1, idx).squeeze(-1)  # (B, k)
     u = torch.rand(b, k, generator=d.generator).to(p.device)
     n = (u * q_d < p_d).long().cumprod(1).sum(1)  # u < p/q without dividing (q_d > 0: d was drawn from q)
+    if lengths is not None:
+        n = torch.minimum(n, lengths)
     rows = torch.arange(b, device=p.device)
     p_n = p[rows, n]  # (B, W)
     q_n = torch.cat([q, torch.zeros_like(p[:, :1])], 1)[rows, n]  # q_{k+1} = 0: the residual is p_{k+1} itself
@@ -317,8 +334,13 @@ def speculative_generate(
     first = _sample(_warp(d, scores), d) if d.sample else scores.argmax(-1)
     for b, t in enumerate(first.tolist()):
         emit(b, [t], None if out.gates is None else out.gates[b, -1:])
-    dmask = attention_mask
-    _, dcache = drafter.step(input_ids, dmask, None, bool(dmask.all()))
+    lookup = getattr(drafter, "propose", None) is not None  # a LookupDrafter: no model, no cache to roll back
+    dmask, dcache = attention_mask, None
+    if lookup:
+        # each row's own text (real prompt tokens, then what it emitted), indexed for prompt lookup
+        index = [drafter.index(input_ids[b][attention_mask[b].bool()].tolist() + rows[b]) for b in range(B)]
+    else:
+        _, dcache = drafter.step(input_ids, dmask, None, bool(dmask.all()))
     last = first  # (B,) the newest token neither model has read
     pending = torch.zeros_like(first)  # (B,) d_k of rows that accepted every draft: the drafter has not read it
     has_pending = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -330,8 +352,20 @@ def speculative_generate(
         room = max(max_new_tokens - len(rows[b]) for b in active)  # tokens the longest-lived row may still take
         k = min(k_sched, room - 1)  # a row emits at most n + 1 tokens: more drafts than room - 1 are wasted
         # --- draft k tokens, one drafter forward each (the first also reads a pending d_k) ---
-        drafts, qs = [], []
-        if k > 0:
+        drafts, qs, lengths = [], [], None
+        if lookup and k > 0:
+            props = [drafter.propose(index[b], k) if not done[b] else [] for b in range(B)]
+            k = max(len(r) for r in props)  # 0 when no row found a match: a plain one-token fused step
+            if k:
+                lens = [len(r) for r in props]
+                drafts_t = torch.tensor([r + [d.pad] * (k - len(r)) for r in props], dtype=torch.long, device=dev)
+                if min(lens) < k:  # rows that drafted fewer: the filler columns are no drafts
+                    lengths = torch.tensor(lens, device=dev)
+                if d.sample:  # a point mass on each draft; 0 on the filler columns
+                    q = torch.zeros(B, k, model.width, device=dev).scatter_(2, drafts_t[..., None], 1.0)
+                    qs = [q if lengths is None else q * (torch.arange(k, device=dev) < lengths[:, None])[..., None]]
+                drafts = list(drafts_t.unbind(1))
+        elif k > 0:
             if any_pending:
                 feed = torch.stack([pending, last], 1)
                 block = torch.stack([has_pending, torch.ones_like(has_pending)], 1).to(dmask.dtype)
@@ -358,25 +392,29 @@ def speculative_generate(
                     if bool((conf < drafter.confidence).all()):
                         break
             k = len(drafts)
-        drafts_t = torch.stack(drafts, 1) if drafts else last[:, None][:, :0]
+        if not lookup or not drafts:
+            drafts_t = torch.stack(drafts, 1) if drafts else last[:, None][:, :0]
         # --- verify: one forward of [last, d_1..d_k] per expert ---
         f_start = fmask.shape[1]
         fmask = torch.cat([fmask, torch.ones(B, k + 1, dtype=fmask.dtype, device=dev)], 1)
         out = model(torch.cat([last[:, None], drafts_t], 1), fmask, state=fstate, use_cache=True)
         if d.sample:
             p = _warp(d, out.logprobs)
-            n, tokens = verify_sampled(drafts_t, torch.stack(qs, 1) if qs else p[:, :0], p, d)
+            q = (qs[0] if lookup else torch.stack(qs, 1)) if qs else p[:, :0]
+            n, tokens = verify_sampled(drafts_t, q, p, d, lengths)
         else:
-            n, tokens = verify_greedy(drafts_t, out.logprobs)
+            n, tokens = verify_greedy(drafts_t, out.logprobs, lengths)
         n_list, tok_list = n.tolist(), tokens.tolist()
         stats.rounds += 1
         for b in active:
-            stats.drafted += k
+            stats.drafted += k if lengths is None else lens[b]
             stats.accepted += n_list[b]
             stats.row_rounds += 1
             before = len(rows[b])
             emit(b, tok_list[b][: n_list[b] + 1], None if out.gates is None else out.gates[b, : n_list[b] + 1])
             stats.tokens += len(rows[b]) - before
+            if lookup:
+                index[b].extend(rows[b][before:])
         if all(done):
             break
         # --- roll back: the fused model keeps [last, d_1..d_n]; y = tokens[n] is the next `last` ---
@@ -385,7 +423,7 @@ def speculative_generate(
         fstate = model.commit_state(out.state, keep, k + 1)
         fmask = fmask[:, : f_start + kmax].clone()
         fmask[:, f_start:] = (torch.arange(kmax, device=dev) < keep[:, None]).to(fmask.dtype)
-        if k > 0:
+        if k > 0 and not lookup:
             # The drafter read [pending?] + [last, d_1..d_{k-1}] (k columns); a row keeps min(n + 1, k) of those k.
             dkeep = keep.clamp(max=k)
             dmax = int(dkeep.max())
@@ -395,9 +433,10 @@ def speculative_generate(
             has_pending = n == k  # every draft accepted: d_k is accepted but unread by the drafter
             pending = drafts_t[:, -1]
             any_pending = bool(has_pending.any())
-        # (k = 0 only when every row has one token of room left: this round ended the decode above)
+        # (a model drafter has k = 0 only when every row has one token of room left: this round ended the decode
+        # above; a lookup drafter also when no row found a match: that round was a plain one-token fused step)
         last = tokens.gather(1, n[:, None]).squeeze(1)
-        if drafter.schedule == "heuristic" and k > 0:
+        if drafter.schedule == "heuristic" and k > 0 and not lookup:
             # Grow k while one more draft is worth its cost: the rows that accepted all k drafts (`full`) would each
             # gain about `alpha` tokens from a (k+1)-th, for one more drafter forward, against the round's `gain`
             # tokens for k drafter forwards plus the fused model's two. At batch 1 this is transformers' rule exactly

@@ -49,6 +49,30 @@ def test_bench_generate():
     assert "ensemble" in out and "random" in out
 
 
+def test_bench_generate_lookup():
+    """The lookup drafter over a shipped task file, and HF's own prompt lookup as the single-model reference row."""
+    out = run_bench("bench_generate.py", "--shapes", "testbed", "--drafters", "lookup", "--repeats", "1",
+                    "--new_tokens", "3", "--batches", "1,2", "--skip_scoring", "--threads", "1",
+                    "--draft_corpus", str(ROOT / "tasks" / "data" / "sop_strict.jsonl"), "--lookup_tokens", "4")
+    assert "lookup" in out and "hf lookup" in out and "reference" in out and "NO" not in out
+
+
+def test_replay_lookup(tiny_pair_dirs, tmp_path):
+    """The lookup drafter's replay on a bed laid out as `sopmoe demo` writes it (the tiny pair, shipped task data)."""
+    import shutil
+
+    tb = tmp_path / "bed" / "testbed"
+    for name, src in zip(("foundation", "sft"), tiny_pair_dirs):
+        shutil.copytree(src, tb / name)
+    (tb / "data" / "test").mkdir(parents=True)
+    (tb / "data" / "train").mkdir(parents=True)
+    shutil.copy(ROOT / "tasks" / "data" / "sop_strict.jsonl", tb / "data" / "test" / "sop_strict.jsonl")
+    shutil.copy(ROOT / "tasks" / "data" / "reasoning.jsonl", tb / "data" / "train" / "train.jsonl")
+    out = run_bench("replay_lookup.py", "--bed", str(tmp_path / "bed"), "--prompts", "2", "--new_tokens", "6",
+                    "--ks", "2,4", "--min_shares", "0.5", "--min_chances", "0.2", "--time_forwards", "--repeats", "1")
+    assert "2 answers" in out and "tok/fwd" in out and out.count("x\n") == 2 and "T=9" in out
+
+
 @pytest.mark.slow
 def test_bench_memory(qwen3_tokenizer_dir):
     out = run_bench("bench_memory.py", "--batch", "1", "--length", "8", "--cont", "2", "--threads", "1",

@@ -416,3 +416,165 @@ def test_config_keeps_draft_auto_and_resolves_a_relative_drafter(tmp_path):
     cfg.write_text("generation:\n  draft: students/s1\n  num_draft_tokens: 6\n  draft_schedule: constant\n")
     g = load_config(cfg).generation
     assert g.draft == str(tmp_path / "students" / "s1") and g.num_draft_tokens == 6 and g.draft_schedule == "constant"
+    cfg.write_text("generation:\n  draft: lookup\n  draft_corpus: data/train.jsonl\n")
+    g = load_config(cfg).generation
+    assert g.draft == "lookup" and g.draft_corpus == str(tmp_path / "data" / "train.jsonl")
+
+
+# --- lookup drafting (sopmoe_models/lookup.py): drafts copied from the prompt and a corpus, no drafter model -----------
+
+
+@pytest.fixture(scope="module")
+def lookup_corpus(tmp_path_factory, tiny_pair):
+    """A JSONL corpus of the foundation's greedy answers to the prompts: the fused models agree with it part of the
+    time, so lookup drafts are accepted in part and rejected in part (and rows draft different lengths)."""
+    import json
+
+    ids, mask = _enc(tiny_pair, PROMPTS)
+    texts = EnsembleLM(tiny_pair, 1.0, 0.0).generate(ids, mask, max_new_tokens=30, eos_token_id=[]).texts
+    path = tmp_path_factory.mktemp("lookup") / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"input": p, "output": t}, ensure_ascii=False) + "\n"
+                            for p, t in zip(PROMPTS, texts)), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("rows", [[1], [0, 1, 2]], ids=["batch1", "padded3"])
+@pytest.mark.parametrize("corpus", [False, True], ids=["prompt_only", "corpus"])
+@pytest.mark.parametrize("fused", FUSED)
+def test_lookup_greedy_output_is_the_fused_models_own(tiny_pair, lookup_corpus, fused, corpus, rows):
+    from sopmoe_models.lookup import load_lookup_drafter
+
+    model = _fused(fused, tiny_pair)
+    drafter = load_lookup_drafter(tiny_pair, tiny_pair.width, corpus=lookup_corpus if corpus else None,
+                                  num_draft_tokens=4)
+    ids, mask = _enc(tiny_pair, [PROMPTS[i] for i in rows])
+    plain = model.generate(ids, mask, max_new_tokens=24, eos_token_id=[])
+    spec = model.generate(ids, mask, max_new_tokens=24, eos_token_id=[], draft=drafter)
+    assert torch.equal(spec.sequences, plain.sequences)
+    assert spec.texts == plain.texts
+    if plain.gates is not None:
+        assert (spec.gates - plain.gates).abs().max() < 1e-4
+    s = spec.speculation
+    assert s.tokens == 23 * len(rows) and 0 <= s.accepted <= s.drafted
+    if corpus:
+        assert s.drafted > 0
+
+
+def test_lookup_drafts_what_the_corpus_and_the_prompt_hold(tiny_pair, tmp_path, monkeypatch):
+    """A corpus holding the fused model's own answer to one prompt: that row's drafts are accepted (several tokens a
+    forward), the others' draft less or nothing (filler columns); output identical, rows of unequal draft lengths."""
+    import json
+
+    from sopmoe_models.lookup import load_lookup_drafter
+
+    model = _fused("ensemble", tiny_pair)
+    ids, mask = _enc(tiny_pair, PROMPTS)
+    plain = model.generate(ids, mask, max_new_tokens=30, eos_token_id=[])
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"output": plain.texts[0]}, ensure_ascii=False) + "\n", encoding="utf-8")
+    drafter = load_lookup_drafter(tiny_pair, tiny_pair.width, corpus=corpus, num_draft_tokens=6)
+    one = model.generate(ids[:1], mask[:1], max_new_tokens=30, eos_token_id=[], draft=drafter)
+    assert torch.equal(one.sequences, plain.sequences[:1, : one.sequences.shape[1]])
+    assert one.speculation.tokens_per_round > 3 and one.speculation.acceptance_rate > 0.8
+    import sopmoe_models.speculative as spec_mod
+
+    seen = []
+    verify = spec_mod.verify_greedy
+    monkeypatch.setattr(spec_mod, "verify_greedy", lambda dr, lp, lengths=None: (seen.append(lengths), verify(dr, lp, lengths))[1])
+    both = model.generate(ids, mask, max_new_tokens=30, eos_token_id=[], draft=drafter)
+    assert torch.equal(both.sequences, plain.sequences)
+    assert any(x is not None and len(set(x.tolist())) > 1 for x in seen)  # rows drafted unequal lengths in a round
+    assert drafter.describe()["draft"] == "lookup" and drafter.describe()["draft_corpus"] == str(corpus)
+
+
+def test_lookup_eos_stop_and_max_new_tokens(tiny_pair, lookup_corpus):
+    from sopmoe_models.lookup import load_lookup_drafter
+
+    model = _fused("ensemble", tiny_pair)
+    ids, mask = _enc(tiny_pair, PROMPTS)
+    free = model.generate(ids, mask, max_new_tokens=30, eos_token_id=[])
+    rows = free.sequences.tolist()
+    eos, stop = rows[0][9], tiny_pair.tokenizer.decode(rows[1][5:7])
+    drafter = load_lookup_drafter(tiny_pair, tiny_pair.width, corpus=lookup_corpus, num_draft_tokens=5)
+    for kw in ({"eos_token_id": [eos]}, {"eos_token_id": [eos], "stop": [stop]}, {"eos_token_id": [], "stop": [stop]}):
+        plain = model.generate(ids, mask, max_new_tokens=30, **kw)
+        spec = model.generate(ids, mask, max_new_tokens=30, draft=drafter, **kw)
+        assert torch.equal(spec.sequences, plain.sequences), kw
+        assert spec.texts == plain.texts, kw
+    for n in (1, 2, 5, 7):
+        res = model.generate(ids, mask, max_new_tokens=n, eos_token_id=[], draft=drafter)
+        assert torch.equal(res.sequences, free.sequences[:, :n])
+
+
+def test_lookup_sampling_keeps_the_fused_distribution(small_pair, tmp_path):
+    """A deterministic drafter is a point-mass q: accepted with probability p(d), else p without d is sampled."""
+    from sopmoe_models.lookup import load_lookup_drafter
+
+    pair, _ = small_pair
+    model = EnsembleLM(pair, 0.5, 0.5, "prob")
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcab\nbcd\ncabe\n", encoding="utf-8")
+    drafter = load_lookup_drafter(pair, pair.width, corpus=corpus, num_draft_tokens=3)
+    tok = pair.tokenizer
+    prompt = torch.tensor([tok("abca", add_special_tokens=False)["input_ids"]])
+    n, N = 4, 4000
+    d = model.decoding(0.9, 1.0, 0, (), [])
+    exact = _exact(model, prompt, n, d)
+    spec = model.generate(prompt.expand(N, -1), max_new_tokens=n, temperature=0.9, seed=0, eos_token_id=[], draft=drafter)
+    s = spec.speculation
+    assert s.drafted > N and 0.05 < s.acceptance_rate < 0.95
+    V = model.width
+    joint = torch.zeros((V,) * n, dtype=torch.long)
+    joint.index_put_(tuple(spec.sequences.T), torch.ones(N, dtype=torch.long), accumulate=True)
+    views = {f"t{i + 1}": tuple(j for j in range(n) if j != i) for i in range(n)}
+    views |= {f"t{i + 1}t{i + 2}": tuple(j for j in range(n) if j not in (i, i + 1)) for i in range(n - 1)}
+    for name, axes in views.items():
+        p = _chi2_p(joint.sum(axes), exact.sum(axes))
+        assert p > 1e-4, f"{name}: lookup-speculative samples do not follow the fused distribution (p={p:.2e})"
+
+
+def test_lookup_loading_and_corpus_formats(tiny_pair, tmp_path):
+    from sopmoe_models.lookup import LookupDrafter, corpus_texts, load_lookup_drafter
+
+    (tmp_path / "a.jsonl").write_text('{"output": "答:好"}\n\n{"text": "步骤1"}\n', encoding="utf-8")
+    assert corpus_texts(tmp_path / "a.jsonl") == ["答:好", "步骤1"]
+    (tmp_path / "b.txt").write_text("第一行\n\n第二行\n", encoding="utf-8")
+    assert corpus_texts(tmp_path / "b.txt") == ["第一行", "第二行"]
+    (tmp_path / "c.jsonl").write_text('{"input": "x"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="'output' or 'text'"):
+        corpus_texts(tmp_path / "c.jsonl")
+    with pytest.raises(FileNotFoundError, match="draft corpus"):
+        load_lookup_drafter(tiny_pair, tiny_pair.width, corpus=tmp_path / "nowhere.jsonl")
+    with pytest.raises(ValueError, match="num_draft_tokens must be >= 1"):
+        LookupDrafter(tiny_pair.width, num_draft_tokens=0)
+    assert resolve_draft("lookup") == "lookup" and resolve_draft("LOOKUP ") == "lookup"
+    d = load_lookup_drafter(tiny_pair, tiny_pair.width, corpus=tmp_path / "a.jsonl", max_ngram=3)
+    tok = tiny_pair.tokenizer
+    row = d.index(tok("请答:", add_special_tokens=False)["input_ids"])
+    assert tok.decode(d.propose(row, 5)) == "好" + tok.eos_token  # the corpus answer after "答:", then its EOS
+    row = d.index(tok("订单B7 订单", add_special_tokens=False)["input_ids"])
+    assert tok.decode(d.propose(row, 2)) == "B7"  # prompt lookup: the row's own text after "订单"
+
+
+def test_lookup_wiring_cli_and_adapter(tiny_pair_dirs, lookup_corpus, tmp_path, monkeypatch, capsys):
+    """``sopmoe generate --draft lookup --draft_corpus FILE`` and the adapters' ``draft=lookup``: same answers."""
+    from harness.cli import main
+    from sopmoe_models.adapters.ensemble import EnsembleLMEval
+    from sopmoe_models.lookup import LookupDrafter
+
+    monkeypatch.chdir(tmp_path)
+    f, s = map(str, tiny_pair_dirs)
+    base = ["generate", "--foundation", f, "--sft", s, "--model", "ensemble", "--max_new_tokens", "12",
+            "--prompt", "请按照SOP流程处理客户投诉:订单B7"]
+    assert main(base) == 0
+    plain = capsys.readouterr().out
+    assert main([*base, "--draft", "lookup", "--draft_corpus", str(lookup_corpus)]) == 0
+    out = capsys.readouterr()
+    assert out.out == plain and "drafter lookup, k=8 constant" in out.err and "acceptance" in out.err
+    spec = EnsembleLMEval(foundation=f, sft=s, device="cpu", batch_size=2, draft="lookup",
+                          draft_corpus=str(lookup_corpus), num_draft_tokens=3)
+    assert isinstance(spec.drafter, LookupDrafter) and spec.drafter.num_draft_tokens == 3
+    plain_lm = EnsembleLMEval(foundation=f, sft=s, device="cpu", batch_size=2)
+    assert spec.generate_until(_gen_requests()) == plain_lm.generate_until(_gen_requests())
+    info = spec.get_model_info()["sopmoe"]["speculation"]
+    assert info["draft"] == "lookup" and info["draft_corpus"] == str(lookup_corpus) and info["drafted"] > 0

@@ -72,7 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--model btm: run a router whose router.json records no expert fingerprint (unverified)")
     p.add_argument("--draft", dest="generation.draft", default=None,
                    help="speculative decoding with this drafter (a model folder sharing the experts' tokenizer), or "
-                        "auto = <distill.output_dir>/best_student; same greedy output, fewer fused forwards")
+                        "auto = <distill.output_dir>/best_student, or lookup (drafts copied from the prompt and "
+                        "--draft_corpus, no model); same greedy output, fewer fused forwards")
+    p.add_argument("--draft_corpus", dest="generation.draft_corpus", default=None,
+                   help="--draft lookup: a JSONL (output/text fields) or text file to draft from besides the prompt, "
+                        "e.g. the bed's data/train/train.jsonl")
     p.add_argument("--num_draft_tokens", dest="generation.num_draft_tokens", type=int, default=None,
                    help="draft tokens per round (default 8; the start value of the heuristic schedule)")
     p.add_argument("--draft_schedule", dest="generation.draft_schedule", choices=["constant", "heuristic"],

@@ -14,9 +14,11 @@ Model arguments come from ``config=PATH`` (a sopmoe YAML), overridden by explici
 plus each subclass's own (:attr:`FusedHFLM.MODEL_ARGS`, e.g. ``foundation_weight`` -> ``ensemble.foundation_weight``),
 plus speculative decoding of generation requests (:mod:`sopmoe_models.speculative`; the same greedy output)::
 
-    draft=DIR|auto, num_draft_tokens=8, draft_schedule=constant|heuristic, draft_confidence=0.0
+    draft=DIR|auto|lookup, num_draft_tokens=8, draft_schedule=constant|heuristic, draft_confidence=0.0,
+    draft_corpus=FILE
 
-(``auto``: the distilled student ``<distill.output_dir>/best_student`` of the config, when it exists). The drafter's
+(``auto``: the distilled student ``<distill.output_dir>/best_student`` of the config, when it exists; ``lookup``: no
+drafter model, drafts copied from the request's own text and ``draft_corpus``, :mod:`sopmoe_models.lookup`). The drafter's
 acceptance rate is recorded in lm-eval's results under ``config.sopmoe.speculation``.
 A subclass implements one hook, :meth:`FusedHFLM.build_fused`, that builds its fused model from the resolved config.
 In-process callers (``sopmoe sweep``) may pass a ready ``fused=`` model to reuse loaded experts.
@@ -49,6 +51,7 @@ COMMON_ARGS: dict[str, tuple[str, ...]] = {
     "num_draft_tokens": ("generation.num_draft_tokens",),
     "draft_schedule": ("generation.draft_schedule",),
     "draft_confidence": ("generation.draft_confidence",),
+    "draft_corpus": ("generation.draft_corpus",),
 }
 # HFLM's own options that still mean something for a pre-loaded model.
 HFLM_ARGS = ("max_length", "truncation", "logits_cache", "add_bos_token", "prefix_token_id", "softmax_dtype")

@@ -8,8 +8,8 @@
 (:mod:`sopmoe_models.ensemble`). Weights (1, 0) give exactly ``--model hf`` on the foundation, (0, 1) on the sft, on
 every checkpoint: each expert is normalised over all its output rows, padded ones included (the parity rule,
 :mod:`sopmoe_models.experts`). ``draft=DIR|auto`` (with ``num_draft_tokens=``, ``draft_schedule=``) generates
-speculatively with that drafter, e.g. the distilled student: the same greedy output, fewer ensemble forwards
-(``FusedHFLM``).
+speculatively with that drafter, e.g. the distilled student, and ``draft=lookup`` (with ``draft_corpus=FILE``) with
+drafts copied from the prompt and the corpus: the same greedy output, fewer ensemble forwards (``FusedHFLM``).
 """
 
 from __future__ import annotations
