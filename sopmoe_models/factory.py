@@ -224,7 +224,7 @@ def build_drafter(cfg: SopmoeConfig, pair: ExpertPair, draft: str | None = None)
     from sopmoe_models.speculative import load_drafter, resolve_draft
 
     g = cfg.generation
-    path = resolve_draft(draft if draft is not None else g.draft, cfg.distill.output_dir)
+    path = resolve_draft(draft if draft is not None else g.draft, student_path(cfg))
     if path is None:
         return None
     if path == "lookup":

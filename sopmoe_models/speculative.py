@@ -188,17 +188,17 @@ class Drafter:
         return z[:, : self.width].to(mask.device), output_cache(out)
 
 
-def resolve_draft(draft: str | None, distill_output_dir: str | Path | None = None) -> str | None:
-    """A drafter folder from ``draft``: a model folder, or ``auto`` = ``<distill_output_dir>/best_student`` (the
-    distilled student) when it exists, else None (with a warning); ``lookup``: the word itself (lookup drafting,
-    :mod:`sopmoe_models.lookup`). ``None``/``""``/``none``: no speculation."""
+def resolve_draft(draft: str | None, student: str | Path | None = None) -> str | None:
+    """A drafter folder from ``draft``: a model folder, or ``auto`` = ``student`` (the distilled student folder the
+    factory decides, :func:`sopmoe_models.factory.student_path`) when it exists, else None (with a warning);
+    ``lookup``: the word itself (lookup drafting, :mod:`sopmoe_models.lookup`). ``None``/``""``/``none``: no
+    speculation."""
     if draft is None or str(draft).strip().lower() in ("", "none", "off"):
         return None
     if str(draft).strip().lower() == "lookup":
         return "lookup"
     if str(draft).strip().lower() == "auto":
-        student = Path(distill_output_dir or "models/checkpoints/distill") / "best_student"
-        if (student / "config.json").is_file():
+        if student is not None and (Path(student) / "config.json").is_file():
             return str(student)
         log.warning("draft=auto: no distilled student at %s (run `sopmoe distill`); decoding without a drafter", student)
         return None

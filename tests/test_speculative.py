@@ -203,11 +203,12 @@ def test_drafter_loading_checks(tiny_pair, tiny_pair_dirs, tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="not a transformers model folder"):
         resolve_draft(str(tmp_path / "nowhere"))
     assert resolve_draft(None) is None and resolve_draft("none") is None
-    assert resolve_draft("auto", tmp_path / "no_distill") is None and "no distilled student" in caplog.text
+    assert resolve_draft("auto", tmp_path / "no_distill" / "best_student") is None
+    assert resolve_draft("auto") is None and "no distilled student" in caplog.text
     student = tmp_path / "distill" / "best_student"
     student.mkdir(parents=True)
     (student / "config.json").write_text("{}")
-    assert resolve_draft("auto", tmp_path / "distill") == str(student)
+    assert resolve_draft("auto", student) == str(student)
     with pytest.raises(ValueError, match="num_draft_tokens must be >= 1"):
         Drafter(tiny_pair.foundation, tiny_pair.width, num_draft_tokens=0)
 
