@@ -2,7 +2,8 @@
 
 Greedy speculative decoding accepts exactly the drafts' common prefix with the fused model's own greedy answer, so
 once the answers are known, every drafter setting can be scored without running a model: this script decodes
-``--prompts`` test prompts of a trained bed (``sopmoe demo`` / ``sopmoe realbed`` output) once with the plain 0.5/0.5
+``--prompts`` prompts of a trained bed's ``--split`` (default dev: settings are chosen on dev, and bench_generate
+times test prompts) (``sopmoe demo`` / ``sopmoe realbed`` output) once with the plain 0.5/0.5
 ensemble (up to EOS, ``--new_tokens`` at most), then replays them through the lookup drafter for each setting of a
 small grid and prints, per setting, the tokens a row gains per fused forward, the acceptance rate, the drafts per
 round and the estimated speed-up over plain fused decoding under a cost model: a verification forward of 1 + d
@@ -35,12 +36,13 @@ from sopmoe_models.lookup import load_lookup_drafter
 from sopmoe_models.prompt import format_prompt
 
 
-def answers(bed: Path, n: int, new_tokens: int) -> tuple[object, list[tuple[list[int], list[int]]]]:
-    """(pair, [(prompt ids, greedy answer ids up to and with EOS)]) of the plain ensemble on ``n`` test prompts."""
+def answers(bed: Path, n: int, new_tokens: int, split: str = "dev") -> tuple[object, list[tuple[list[int], list[int]]]]:
+    """(pair, [(prompt ids, greedy answer ids up to and with EOS)]) of the plain ensemble on ``n`` prompts of
+    ``split``."""
     tb = bed / "testbed"
     pair = load_experts(tb / "foundation", tb / "sft", dtype="float32", device="cpu")
     model = EnsembleLM(pair, 0.5, 0.5, "prob")
-    split = next(d for d in (tb / "data" / "test", tb / "data" / "eval") if d.is_dir())
+    split = tb / "data" / split
     exs = [ex for f in sorted(split.glob("*.jsonl")) if f.stem in LL_TASKS for ex in load_jsonl(f)]
     style, tok = bed_prompt_format(tb), pair.tokenizer
     prompts = [format_prompt(ex.input, style, tok) for ex in exs[:: max(1, len(exs) // n)]][:n]
@@ -98,6 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bed", required=True, help="a `sopmoe demo` / `sopmoe realbed` output folder")
     ap.add_argument("--prompts", type=int, default=40)
+    ap.add_argument("--split", default="dev", choices=["dev", "test"], help="whose prompts to replay (default dev)")
     ap.add_argument("--new_tokens", type=int, default=128)
     ap.add_argument("--corpus", default=None, help="default: the bed's testbed/data/train/train.jsonl")
     ap.add_argument("--jump", type=float, default=0.45, help="extra cost of a forward of 2 tokens over one of 1, in "
@@ -113,7 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     bed = Path(args.bed)
-    pair, refs = answers(bed, args.prompts, args.new_tokens)
+    pair, refs = answers(bed, args.prompts, args.new_tokens, args.split)
     if args.time_forwards:
         secs = time_forwards(pair.foundation, args.repeats)
         print("cached forward of T new tokens, against T = 1: " +
@@ -123,7 +126,7 @@ def main() -> None:
     floats = lambda s: [float(x) for x in s.split(",") if x]  # noqa: E731
     grid = itertools.product([int(k) for k in args.ks.split(",")], floats(args.min_shares), floats(args.own_shares),
                              floats(args.min_chances))
-    print(f"{len(refs)} answers, {sum(len(g) for _, g in refs)} tokens; corpus {corpus}; a verification forward costs "
+    print(f"{len(refs)} {args.split} answers, {sum(len(g) for _, g in refs)} tokens; corpus {corpus}; a verification forward costs "
           f"1 + {args.jump:g} + {args.width_cost:g} x drafts one-token forwards")
     print(f"{'k':>3} {'min_share':>9} {'own_share':>9} {'min_chance':>10} {'tok/fwd':>8} {'accept':>7} {'drafts':>7} "
           f"{'est. ÷ plain':>12}")
