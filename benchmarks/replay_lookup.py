@@ -44,6 +44,8 @@ def answers(bed: Path, n: int, new_tokens: int, split: str = "dev") -> tuple[obj
     model = EnsembleLM(pair, 0.5, 0.5, "prob")
     split = tb / "data" / split
     exs = [ex for f in sorted(split.glob("*.jsonl")) if f.stem in LL_TASKS for ex in load_jsonl(f)]
+    if not exs:
+        raise SystemExit(f"{split}: no prompts of {', '.join(LL_TASKS)} to replay; pass a bed's folder and --split")
     style, tok = bed_prompt_format(tb), pair.tokenizer
     prompts = [format_prompt(ex.input, style, tok) for ex in exs[:: max(1, len(exs) // n)]][:n]
     out = []

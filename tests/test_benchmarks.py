@@ -64,13 +64,13 @@ def test_replay_lookup(tiny_pair_dirs, tmp_path):
     tb = tmp_path / "bed" / "testbed"
     for name, src in zip(("foundation", "sft"), tiny_pair_dirs):
         shutil.copytree(src, tb / name)
-    (tb / "data" / "test").mkdir(parents=True)
+    (tb / "data" / "dev").mkdir(parents=True)
     (tb / "data" / "train").mkdir(parents=True)
-    shutil.copy(ROOT / "tasks" / "data" / "sop_strict.jsonl", tb / "data" / "test" / "sop_strict.jsonl")
+    shutil.copy(ROOT / "tasks" / "data" / "sop_strict.jsonl", tb / "data" / "dev" / "sop_strict.jsonl")
     shutil.copy(ROOT / "tasks" / "data" / "reasoning.jsonl", tb / "data" / "train" / "train.jsonl")
     out = run_bench("replay_lookup.py", "--bed", str(tmp_path / "bed"), "--prompts", "2", "--new_tokens", "6",
                     "--ks", "2,4", "--min_shares", "0.5", "--min_chances", "0.2", "--time_forwards", "--repeats", "1")
-    assert "2 answers" in out and "tok/fwd" in out and out.count("x\n") == 2 and "T=9" in out
+    assert "2 dev answers" in out and "tok/fwd" in out and out.count("x\n") == 2 and "T=9" in out
 
 
 @pytest.mark.slow
