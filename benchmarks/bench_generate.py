@@ -186,14 +186,28 @@ def random_drafter(pair, seed: int = 7) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(pair.foundation.config).eval().requires_grad_(False)
 
 
-def bed_prompt_format(tb: Path) -> str:
-    """The prompt format the bed's config names (the real bed's is ``chat``; the test bed's ``raw``)."""
+def bed_setting(tb: Path, section: str, key: str, default: str) -> str:
+    """One setting of the bed's ``config.yaml`` (``default`` when the bed has none)."""
     import yaml
 
     cfg = tb / "config.yaml"
     if not cfg.is_file():
-        return "raw"
-    return (yaml.safe_load(cfg.read_text(encoding="utf-8")).get("data") or {}).get("prompt_format", "raw")
+        return default
+    value = yaml.safe_load(cfg.read_text(encoding="utf-8")).get(section) or {}
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value or default
+
+
+def bed_prompt_format(tb: Path) -> str:
+    """The prompt format the bed's config names (the real bed's is ``chat``; the test bed's ``raw``)."""
+    return bed_setting(tb, "data", "prompt_format", "raw")
+
+
+def bed_dtype(tb: Path) -> str:
+    """The experts' dtype the bed's config names (the real bed's is ``bfloat16``; the test bed's ``float32``): the
+    bed is timed as it is run, HF generate and the fused models alike."""
+    return bed_setting(tb, "models", "foundation.dtype", "float32")
 
 
 def beds(args, tmp: Path, tok):
@@ -224,7 +238,7 @@ def beds(args, tmp: Path, tok):
     if args.bed:
         bed = Path(args.bed)
         tb = bed / "testbed"
-        pair = load_experts(tb / "foundation", tb / "sft", dtype="float32", device="cpu")
+        pair = load_experts(tb / "foundation", tb / "sft", dtype=bed_dtype(tb), device="cpu")
         fused = {"ensemble": EnsembleLM(pair, 0.5, 0.5, "prob")}
         for r in [r for r in args.routers.split(",") if r]:
             fused[r] = load_router(bed / "btm" / r / "best_router.safetensors", pair)
