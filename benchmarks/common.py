@@ -16,10 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
 
 from sopmoe_models.data import load_jsonl  # noqa: E402
-from training.testbed import TestbedSpec, build_tokenizer, new_model  # noqa: E402
+from training.testbed import (  # noqa: E402
+    TestbedSpec,
+    build_tokenizer,
+    new_model,
+    perturb_like_a_fine_tune_,
+    save_pair,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tasks" / "data"
@@ -46,16 +51,8 @@ def random_pair(root: Path, shape: str | TestbedSpec, tok=None, noise: float | N
     tok = tok or task_tokenizer()
     foundation, sft = new_model(spec, tok, seed=0), new_model(spec, tok, seed=1)
     if noise is not None:
-        sft.load_state_dict(foundation.state_dict())
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in sft.parameters():
-                p.add_(noise * torch.randn(p.shape, generator=g) * p.std().clamp(min=1e-3))
-    dirs = (root / "foundation", root / "sft")
-    for model, d in zip((foundation, sft), dirs):
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-    return dirs
+        perturb_like_a_fine_tune_(sft, foundation, noise, seed=1)
+    return save_pair(root, foundation, sft, tok)
 
 
 def task_data_file(root: Path) -> Path:

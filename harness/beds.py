@@ -8,11 +8,24 @@ experts, and every router trained beside them stops loading.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from sopmoe_models.cards import BedCard
+
+
+def add_bed_arguments(p: argparse.ArgumentParser, *, bed: str, seeds: str, sizes: dict[str, str]) -> None:
+    """The flags both bed commands take: ``--out``, ``--overwrite``, ``--seed``, ``--size`` (``sizes``: name ->
+    help, the first is the default) and ``--threads``; ``bed`` names the bed ("test bed"), ``seeds`` what the seed
+    drives."""
+    p.add_argument("--out", type=Path, required=True, help="output folder (an existing one needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help=f"rebuild a {bed} sopmoe built in --out")
+    p.add_argument("--seed", type=int, default=0, help=f"seed of {seeds}")
+    p.add_argument("--size", choices=list(sizes), default=next(iter(sizes)),
+                   help=" or ".join(f"{k} ({v})" for k, v in sizes.items()))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
 
 
 def claim_bed_folder(out: Path, *, overwrite: bool, marker: str, seed: int, what: str, noun: str) -> None:

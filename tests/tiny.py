@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from training.testbed import perturb_like_a_fine_tune_, save_pair
+
 SPECIALS = ["<|pad|>", "<|endoftext|>", "<unk>"]
 
 TINY_EXAMPLES = {
@@ -89,16 +91,8 @@ def make_pair(root: Path, seed: int = 0) -> tuple[Path, Path]:
     tok = make_tokenizer()
     foundation = make_model(tok, seed)
     sft = make_model(tok, seed)
-    sft.load_state_dict(foundation.state_dict())
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in sft.parameters():
-            p.add_(0.5 * torch.randn(p.shape, generator=g) * p.std().clamp(min=1e-3))
-    dirs = (root / "foundation", root / "sft")
-    for model, d in zip((foundation, sft), dirs):
-        model.save_pretrained(d)
-        tok.save_pretrained(d)
-    return dirs
+    perturb_like_a_fine_tune_(sft, foundation, 0.5, seed=seed + 1)
+    return save_pair(root, foundation, sft, tok)
 
 
 def make_data(root: Path) -> Path:

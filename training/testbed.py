@@ -151,6 +151,25 @@ def new_model(spec: TestbedSpec, tokenizer, seed: int):
 
 # --------------------------------------------------------------------------------------------------------------
 # Training
+def perturb_like_a_fine_tune_(sft: torch.nn.Module, foundation: torch.nn.Module, noise: float, seed: int) -> None:
+    """Make ``sft`` = ``foundation`` + ``noise`` x each tensor's std of Gaussian noise (generator seeded ``seed``): two
+    random experts that agree in shape and roughly in output, as a fine-tune does (benchmarks and test fixtures)."""
+    sft.load_state_dict(foundation.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in sft.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=g) * p.std().clamp(min=1e-3))
+
+
+def save_pair(root: Path, foundation: torch.nn.Module, sft: torch.nn.Module, tokenizer) -> tuple[Path, Path]:
+    """Save ``foundation`` and ``sft`` with ``tokenizer`` as ``root/foundation`` and ``root/sft``; their folders."""
+    dirs = (Path(root) / "foundation", Path(root) / "sft")
+    for model, d in zip((foundation, sft), dirs):
+        model.save_pretrained(d)
+        tokenizer.save_pretrained(d)
+    return dirs
+
+
 def fit(
     model,
     encoded: list[dict[str, list[int]]],

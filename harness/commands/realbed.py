@@ -9,7 +9,6 @@ has the test bed's layout, so ``sopmoe demo --bed real`` runs the whole pipeline
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 NAME = "realbed"
 HELP = "build the real bed: SmolLM2-135M-Instruct + its own SOP fine-tune, English data, dev sweep and checks"
@@ -18,12 +17,10 @@ ORDER = 17
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output folder (an existing one needs --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="rebuild a real bed sopmoe built in --out")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data and the SFT's batches")
-    p.add_argument("--size", choices=["full", "ci"], default="full",
-                   help="full (the committed run) or ci (a smoke of the same code path at tiny sizes)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
+    from harness.beds import add_bed_arguments
+
+    add_bed_arguments(p, bed="real bed", seeds="the data and the SFT's batches",
+                      sizes={"full": "the committed run", "ci": "a smoke of the same code path at tiny sizes"})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,14 +17,12 @@ ORDER = 15
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output folder (an existing one needs --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="rebuild an existing test bed in --out")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data, the initialisation and the batches")
+    from harness.beds import add_bed_arguments
+
+    add_bed_arguments(p, bed="test bed", seeds="the data, the initialisation and the batches",
+                      sizes={"full": "<= 8 min", "ci": "today the same: smaller builds lose the `mixed` property"})
     p.add_argument("--preset", choices=["partial", "extreme"], default="partial",
                    help="partial (default: partial forgetting, several phrasings) or extreme (the earlier 0/100 bed)")
-    p.add_argument("--size", choices=["ci", "full"], default="full",
-                   help="full (<= 8 min) or ci (today the same: smaller builds lose the `mixed` property)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the free cores)")
     p.add_argument("--log-file", default="logs/testbed.log", help="log file (default: logs/testbed.log)")
 
 
