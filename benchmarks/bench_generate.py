@@ -186,28 +186,23 @@ def random_drafter(pair, seed: int = 7) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(pair.foundation.config).eval().requires_grad_(False)
 
 
-def bed_setting(tb: Path, section: str, key: str, default: str) -> str:
-    """One setting of the bed's ``config.yaml`` (``default`` when the bed has none)."""
-    import yaml
+def bed_config(tb: Path):
+    """The bed's own ``config.yaml`` through sopmoe's config loader (the defaults when the bed has none): its prompt
+    format (the real bed's is ``chat``; the test bed's ``raw``) and its experts' dtype (the real bed's is
+    ``bfloat16``), so the bed is timed as it is run, HF generate and the fused models alike."""
+    from sopmoe_models.config import load_config
 
     cfg = tb / "config.yaml"
-    if not cfg.is_file():
-        return default
-    value = yaml.safe_load(cfg.read_text(encoding="utf-8")).get(section) or {}
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value or default
+    return load_config(cfg if cfg.is_file() else None, use_default=False)
 
 
 def bed_prompt_format(tb: Path) -> str:
-    """The prompt format the bed's config names (the real bed's is ``chat``; the test bed's ``raw``)."""
-    return bed_setting(tb, "data", "prompt_format", "raw")
+    return bed_config(tb).data.prompt_format
 
 
 def bed_dtype(tb: Path) -> str:
-    """The experts' dtype the bed's config names (the real bed's is ``bfloat16``; the test bed's ``float32``): the
-    bed is timed as it is run, HF generate and the fused models alike."""
-    return bed_setting(tb, "models", "foundation.dtype", "float32")
+    """The experts' dtype of the bed's config; float32 for a bed without one (what its experts were trained in)."""
+    return bed_config(tb).models.foundation.dtype if (tb / "config.yaml").is_file() else "float32"
 
 
 def beds(args, tmp: Path, tok):

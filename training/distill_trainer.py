@@ -238,29 +238,29 @@ class _Run:
         self.accelerator.wait_for_everyone()
 
 
-def _accelerator(accelerator_cls, mixed_precision: str, *, cpu: bool):
+def _accelerator(mixed_precision: str, *, cpu: bool):
     """An ``Accelerator`` at ``mixed_precision``. accelerate keeps one state per process and refuses a second
     precision; one process may train several students in turn (``sopmoe demo`` runs its stages in process; so does a
     test session), so a single, non-distributed process drops the old state first. accelerate has no public call for
     this: ``AcceleratorState._reset_state`` is what its own test utilities use."""
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     old = AcceleratorState._shared_state.get("_mixed_precision")
     if old is not None and old != mixed_precision and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         AcceleratorState._reset_state()
-    return accelerator_cls(mixed_precision=mixed_precision, cpu=cpu)
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
 def train(cfg: SopmoeConfig, *, resume: bool = False, overwrite: bool = False, allow_missing_fingerprint: bool = False,
           on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) distillation as configured; returns the ``distill.json`` card of the best student."""
-    from accelerate import Accelerator
 
     d = cfg.distill
     wall0, cpu0 = time.time(), time.process_time()
     # Several processes without CUDA (torchrun / accelerate launch on a CPU machine): DDP over gloo on the CPU.
     cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = _accelerator(Accelerator, "bf16" if d.bf16 else "no", cpu=cpu_ddp)
+    accelerator = _accelerator("bf16" if d.bf16 else "no", cpu=cpu_ddp)
     run = _Run(cfg, accelerator, _run_folder(cfg, accelerator, resume=resume, overwrite=overwrite), wall0, cpu0)
     torch.manual_seed(d.seed)
     _setup(run, allow_missing_fingerprint=allow_missing_fingerprint)
