@@ -32,7 +32,7 @@ CORE = ("sop_strict", "reasoning", "mixed")
 # the dispatch and replay baselines and the merges (issue 11's comparison).
 FUSION_KINDS = ("btm", "distill")
 README_BEGIN, README_END = "<!-- sopmoe:results:begin -->", "<!-- sopmoe:results:end -->"
-README_SECTIONS = ("results", "real-results")  # the test bed's section and the real bed's (issue 12)
+README_SECTIONS = ("results", "real-results", "ceiling")  # the test bed's, the real bed's (issue 12), `sopmoe ceiling`
 
 
 def readme_markers(section: str = "results") -> tuple[str, str]:
@@ -425,13 +425,18 @@ def readme_block(lb: Leaderboard, section: str = "results") -> str:
 
 def update_readme(path: Path, lb: Leaderboard, section: str = "results") -> None:
     """Replace the block between the ``section`` markers of ``path`` (which must have them) by :func:`readme_block`."""
+    replace_readme_section(path, section, readme_block(lb, section))
+
+
+def replace_readme_section(path: Path, section: str, block: str) -> None:
+    """Replace the block between the ``section`` markers of ``path`` (which must have them) by ``block``."""
     begin, end = readme_markers(section)
     text = path.read_text(encoding="utf-8")
     if begin not in text or end not in text:
-        raise ValueError(f"{path}: no results section ({begin} ... {end}) to regenerate")
+        raise ValueError(f"{path}: no {section} section ({begin} ... {end}) to regenerate")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
-    write_atomic(path, (head + readme_block(lb, section) + tail).encode("utf-8"))
+    write_atomic(path, (head + block + tail).encode("utf-8"))
 
 
 def _png_bytes(fig) -> bytes:

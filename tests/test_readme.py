@@ -55,6 +55,31 @@ def test_results_section_and_leaderboard_are_generated_from_the_committed_json()
     assert len(lb.sources) == 3 and all(r[-1] != "–" for r in lb.summary.rows)  # 3 seeds; every row's data stated
 
 
+def test_ceiling_section_is_generated_from_the_committed_json_and_matches_the_leaderboard():
+    """The ceiling of per-token routing (issue 11's "where they lose") comes from results/ceiling.json; its experts'
+    own accuracies are the leaderboard's (the same test splits, scored the same way), and its comparison columns
+    were taken from the committed leaderboard."""
+    import json
+
+    from harness.ceiling import readme_block, to_markdown
+
+    results = ROOT / "results"
+    data = json.loads((results / "ceiling.json").read_text(encoding="utf-8"))
+    assert to_markdown(data) == (results / "CEILING.md").read_text(encoding="utf-8")
+    assert readme_block(data) in (ROOT / "README.md").read_text(encoding="utf-8")
+    lb = json.loads((results / "leaderboard.json").read_text(encoding="utf-8"))
+    assert data["compare"]["acc"] == {f: lb["chart"][f] for f in ("sop_strict", "reasoning", "mixed")}
+    assert len(data["beds"]) == len(lb["sources"]) == 3
+    for fam in ("sop_strict", "reasoning", "mixed"):
+        for expert in ("foundation", "sft"):
+            ours = sum(b["families"][fam][expert] / b["families"][fam]["n"] for b in data["beds"]) / 3
+            assert abs(ours - lb["chart"][fam][expert][0]) < 1e-9, (fam, expert)
+        assert all(b["families"][fam]["mixture"] >= b["families"][fam]["either"] for b in data["beds"])
+        # the bound holds against every per-token mixture the leaderboard measured
+        ceiling = sum(b["families"][fam]["mixture"] / b["families"][fam]["n"] for b in data["beds"]) / 3
+        assert all(lb["chart"][fam][m][0] <= ceiling + 1e-9 for m in ("ensemble", "posterior", "token_level"))
+
+
 def test_real_bed_results_are_generated_from_the_committed_json():
     """Issue 12: the real bed's leaderboard and README section come from results/real/leaderboard.json too, and its
     regression baseline sits beside it."""
