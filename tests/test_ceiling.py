@@ -53,7 +53,7 @@ def _greedy_examples(pair, prompts, weight):
     out = []
     for p in prompts:
         ids = torch.tensor([tok(format_prompt(p), add_special_tokens=False)["input_ids"]])
-        text = model.generate(ids, max_new_tokens=8).texts[0]
+        text = model.generate(ids, max_new_tokens=6).texts[0]
         if text:
             out.append(Example(p, text, id=f"w{weight}-{len(out)}", category="mixed"))
     return out
@@ -62,11 +62,11 @@ def _greedy_examples(pair, prompts, weight):
 def test_ceiling_bounds_every_fixed_mixture_and_matches_each_expert(tiny_pair, tiny_data_dir):
     prompts = [ex.input for f in FAMILIES for ex in load_jsonl(tiny_data_dir / "eval" / f"{f}.jsonl")]
     examples = [ex for f in FAMILIES for ex in load_jsonl(tiny_data_dir / "eval" / f"{f}.jsonl")]
-    for w in (0.0, 0.35, 0.5, 1.0):
+    for w in (0.0, 0.5, 1.0):
         examples += _greedy_examples(tiny_pair, prompts, w)
     got = ceiling_scores(tiny_pair, examples, batch_size=3)
     tok = tiny_pair.tokenizer
-    for w in (0.0, 0.2, 0.35, 0.5, 0.8, 1.0):
+    for w in (0.0, 0.35, 0.5, 1.0):
         greedy = [s.greedy for s in score_examples(EnsembleLM(tiny_pair, w, 1.0 - w, "prob").logprobs, tok, examples)]
         assert all(c.mixture for c, g in zip(got, greedy) if g), f"the ensemble at {w} solves one the ceiling misses"
         if w in (0.0, 1.0):
