@@ -19,16 +19,6 @@ PROMPTS = ["计算 12+7 等于多少\n答:", "您好\n答:", "请按照SOP流程
 FUSED = ["ensemble", "ensemble_logit", "posterior", "token_level", "layer_level"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; with two on a busy 2-core machine a 32-wide linear layer took 6.6 ms
-    instead of 10 us (OpenMP threads waiting for each other). Restored afterwards for the other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _enc(pair, texts):
     enc = pair.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     return enc["input_ids"], enc["attention_mask"]
