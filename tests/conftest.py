@@ -31,6 +31,20 @@ def pytest_runtest_setup(item):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _environment_report_once():
+    """lm-eval's ``simple_evaluate`` adds torch's environment report to every result (``add_env_info``), which runs
+    ``pip list`` and a dozen other commands: ~0.5 s per in-process lm-eval run. The environment does not change
+    within a session, so the report is computed on first use and reused, the same text."""
+    import functools
+
+    from torch.utils import collect_env
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(collect_env, "get_pretty_env_info", functools.cache(collect_env.get_pretty_env_info))
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_pair_dirs(tmp_path_factory):
     """(foundation_dir, sft_dir) of two tiny random Qwen3 models sharing one tokenizer."""
