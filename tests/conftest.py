@@ -19,16 +19,21 @@ import pytest  # noqa: E402
 
 from tests import tiny  # noqa: E402
 
+_DEFAULT_THREADS: list[int] = []  # torch's own thread count, read before any test changes it
+
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    """Every test, its fixtures included, runs torch on one thread, as the tiny models run fastest: with two on a
+    """Every fast test, its fixtures included, runs torch on one thread, as the tiny models run fastest: with two on a
     busy 2-core machine a 32-wide linear layer took 6.6 ms instead of 10 us (OpenMP threads waiting for each other;
-    one generation test took 53 s instead of 4 s). Set before each test's setup, so code that sets its own count
-    (``build_testbed``, ``sopmoe sft``) leaves nothing behind for the next test."""
+    one generation test took 53 s instead of 4 s). Slow tests (real beds, whole pipelines) keep torch's default.
+    Set before each test's setup, so code that sets its own count (``build_testbed``, ``sopmoe sft``) leaves nothing
+    behind for the next test."""
     import torch
 
-    torch.set_num_threads(1)
+    if not _DEFAULT_THREADS:
+        _DEFAULT_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(_DEFAULT_THREADS[0] if item.get_closest_marker("slow") else 1)
 
 
 @pytest.hookimpl(tryfirst=True)
