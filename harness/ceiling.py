@@ -97,8 +97,13 @@ def _cell(values: list[float]) -> str:
 
 
 def _best(acc: dict[str, list[float]], names: list[str]) -> tuple[str, float] | None:
+    """(name, mean acc) of the best of ``names``; a tie names the first and counts the others."""
     scored = [(n, acc[n][0]) for n in names if n in acc]
-    return max(scored, key=lambda x: x[1]) if scored else None
+    if not scored:
+        return None
+    name, value = max(scored, key=lambda x: x[1])
+    tied = sum(abs(v - value) < 1e-12 for _, v in scored) - 1
+    return (f"{name} (+{tied} tied)" if tied else name), value
 
 
 def table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -151,20 +156,25 @@ def to_markdown(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def readme_block(data: dict[str, Any]) -> str:
+README_SOURCES = {"ceiling": "results/ceiling.json", "real-ceiling": "results/real/ceiling.json"}
+
+
+def readme_block(data: dict[str, Any], section: str = "ceiling") -> str:
+    """The README's ceiling section (the test bed's, or the real bed's with ``section="real-ceiling"``)."""
     from harness.leaderboard import readme_markers
 
-    begin, end = readme_markers("ceiling")
+    begin, end = readme_markers(section)
     cols, rows = table(data)
-    return "\n".join([begin, f"{GENERATED}` as `{data['command']}` from the committed results/ceiling.json — do not "
-                      "edit -->", "", source_line(data), "", *markdown_table(cols, rows), "", end])
+    return "\n".join([begin, f"{GENERATED}` as `{data['command']}` from the committed {README_SOURCES[section]} — do "
+                      "not edit -->", "", source_line(data), "", *markdown_table(cols, rows), "", end])
 
 
-def write_outputs(data: dict[str, Any], out: Path, json_path: Path | None = None, readme: Path | None = None) -> None:
+def write_outputs(data: dict[str, Any], out: Path, json_path: Path | None = None, readme: Path | None = None,
+                  readme_section: str = "ceiling") -> None:
     from harness.leaderboard import replace_readme_section
 
     write_atomic(out, to_markdown(data).encode("utf-8"))
     if json_path:
         write_atomic(json_path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
     if readme:
-        replace_readme_section(readme, "ceiling", readme_block(data))
+        replace_readme_section(readme, readme_section, readme_block(data, readme_section))

@@ -78,6 +78,9 @@ def test_ceiling_section_is_generated_from_the_committed_json_and_matches_the_le
         # the bound holds against every per-token mixture the leaderboard measured
         ceiling = sum(b["families"][fam]["mixture"] / b["families"][fam]["n"] for b in data["beds"]) / 3
         assert all(lb["chart"][fam][m][0] <= ceiling + 1e-9 for m in ("ensemble", "posterior", "token_level"))
+    real = json.loads((results / "real" / "ceiling.json").read_text(encoding="utf-8"))
+    assert to_markdown(real) == (results / "real" / "CEILING.md").read_text(encoding="utf-8")
+    assert readme_block(real, "real-ceiling") in (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_real_bed_results_are_generated_from_the_committed_json():

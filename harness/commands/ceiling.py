@@ -20,6 +20,8 @@ EXAMPLES = [
     "sopmoe ceiling runs/demo/seed0/testbed --out results/CEILING.md",
     "sopmoe ceiling runs/demo3/seed0/testbed runs/demo3/seed1/testbed runs/demo3/seed2/testbed "
     "--compare results/leaderboard.json --out results/CEILING.md --json results/ceiling.json --readme README.md",
+    "sopmoe ceiling runs/real/testbed --compare results/real/leaderboard.json --out results/real/CEILING.md "
+    "--json results/real/ceiling.json --readme README.md --readme-section real-ceiling",
 ]
 ORDER = 87
 
@@ -35,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write every bed's counts (results/ceiling.json)")
     p.add_argument("--from-json", type=Path, default=None, help="render a ceiling JSON instead of measuring")
     p.add_argument("--readme", type=Path, default=None, help="regenerate this README's ceiling section")
+    p.add_argument("--readme-section", choices=["ceiling", "real-ceiling"], default="ceiling",
+                   help="which README section --readme regenerates: the test bed's (ceiling) or the real bed's")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--overwrite", action="store_true", help="replace --out/--json even if sopmoe did not write them")
 
@@ -102,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         err = Console(stderr=True)
         data = build(paths, args.split, command=shlex.join(parts), compare=args.compare, batch_size=args.batch_size,
                      on_family=lambda p, f, c: err.print(escape(f"{p} {f}: ceiling {c['mixture']}/{c['n']}")))
-    write_outputs(data, args.out, args.json, args.readme)
+    write_outputs(data, args.out, args.json, args.readme, args.readme_section)
     cols, rows = table(data)
     print(f"ceiling of per-token routing ({data['split']} split, {len(data['beds'])} bed(s)):")
     print("\n".join(markdown_table(cols, rows)))
