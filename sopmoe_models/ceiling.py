@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from sopmoe_models.data import IGNORE_INDEX, Example, collate, encode_example
+from sopmoe_models.data import IGNORE_INDEX, Example
 from sopmoe_models.experts import ExpertPair
 from sopmoe_models.fused import expert_logits
 from sopmoe_models.prompt import PromptFormat
+from sopmoe_models.scoring import scoring_batches
 
 KINDS = ("foundation", "sft", "either", "mixture")
 
@@ -70,17 +71,12 @@ def ceiling_scores(
     positions_per_chunk: int = 64,
 ) -> list[CeilingScore]:
     """One :class:`CeilingScore` per example, in order (teacher forcing, as lm-eval scores ``acc``)."""
-    tok = pair.tokenizer
     width = max(int(m.get_output_embeddings().weight.shape[0]) for m in pair.experts)
-    encoded = [encode_example(tok, ex, style=style, add_eos=False) for ex in examples]  # as lm-eval: no EOS
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = pair.foundation.get_output_embeddings().weight.device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-    out: list[CeilingScore | None] = [None] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([encoded[i] for i in idx], pad_token_id=pad, padding_side="right")
-        ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    out: list[CeilingScore | None] = [None] * len(examples)
+    # no EOS scored, as lm-eval's acc
+    for idx, ids, mask, labels in scoring_batches(pair.tokenizer, examples, style=style, batch_size=batch_size,
+                                                  device=device):
         z = [expert_logits(m, ids, mask, width)[0][:, :-1] for m in pair.experts]  # (B, T-1, W) each
         targets = labels[:, 1:]
         rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)

@@ -52,6 +52,20 @@ def model_logprobs(model: Any) -> LogprobFn:
     return fn
 
 
+def scoring_batches(tokenizer: Any, examples: Sequence[Example], *, style: PromptFormat = "raw", batch_size: int = 32,
+                    add_eos: bool = False, device: str | torch.device = "cpu"):
+    """Yield ``(indices, input_ids, attention_mask, labels)`` per batch: each example's prompt and output encoded
+    separately and concatenated (as lm-eval does), sorted by length so each batch pads little, right padded; labels
+    are ``IGNORE_INDEX`` outside the output. ``indices`` map the batch's rows back to ``examples``."""
+    encoded = [encode_example(tokenizer, ex, style=style, add_eos=add_eos) for ex in examples]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([encoded[i] for i in idx], pad_token_id=pad, padding_side="right")
+        yield (idx, *(batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")))
+
+
 @torch.inference_mode()
 def score_examples(
     logprob_fn: LogprobFn,
@@ -68,15 +82,9 @@ def score_examples(
     The argmax is over every row ``logprob_fn`` returns, padded rows included, as lm-eval's ``acc`` takes it (a
     model whose padded row wins a position has not produced the target there).
     """
-    encoded = [encode_example(tokenizer, ex, style=style, add_eos=add_eos) for ex in examples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    # Sort by length so each batch pads little; results go back to the input order.
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]["input_ids"]))
-    scores: list[Score | None] = [None] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([encoded[i] for i in idx], pad_token_id=pad, padding_side="right")
-        ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+    scores: list[Score | None] = [None] * len(examples)
+    for idx, ids, mask, labels in scoring_batches(tokenizer, examples, style=style, batch_size=batch_size,
+                                                  add_eos=add_eos, device=device):
         logprobs = logprob_fn(ids, mask)  # (B, T, W)
         # Position t predicts token t+1.
         logprobs, targets = logprobs[:, :-1], labels[:, 1:]  # (B, T-1, V), (B, T-1)
