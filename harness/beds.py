@@ -64,15 +64,16 @@ def build_bed(command: str, out: Path, build: Callable[[Any], dict[str, Any]], e
         return BedCard.read(out / BedCard.FILE), False
 
 
-def print_bed_summary(console, card: BedCard, out: Path) -> None:
-    """The bed's dev sweep (accuracy per family and mixture weight), its property check and its build time."""
+def print_bed_summary(console, card: BedCard, out: Path, kind: str = "test bed") -> None:
+    """The bed's dev sweep (accuracy per family and mixture weight), its property check and its build time;
+    ``kind`` names the bed in the title ("test bed", "real bed")."""
     from rich.table import Table
 
     from harness.cli import escape
 
     sweep = card.sweep
     labels = list(next(iter(sweep.values())))
-    table = Table(title=escape(f"test bed {out}") + f" (seed {card.seed}, {card.preset}, {card.size}): "
+    table = Table(title=escape(f"{kind} {out}") + f" (seed {card.seed}, {card.preset}, {card.size}): "
                         "accuracy on dev")
     table.add_column("family")
     for label in labels:

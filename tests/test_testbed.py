@@ -171,6 +171,7 @@ def test_both_bed_commands_print_the_cards_summary_and_exit_1_on_a_failed_proper
     captured = capsys.readouterr()
     assert "property check FAILED" in captured.err and "made up failed: value 0.0, short by 0.200" in captured.err
     assert "w_f=0.5" in captured.out and "0.50" in captured.out and "NO" in captured.out
+    assert ("real bed" if command == "realbed" else "test bed") in captured.out.replace("\n", " ")
     assert "built in 2 s wall, 1 s CPU, 1 threads" in captured.out
     assert json.loads((out / "testbed.json").read_text())["format"] == 1
     assert main(argv) == 2 and "already exists" in capsys.readouterr().err

@@ -37,5 +37,5 @@ def run(args: argparse.Namespace) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     card, ok = build_bed("realbed", args.out, lambda progress: build_realbed(
         args.out, args.seed, args.size, threads=args.threads, progress=progress), RealPropertyError, columns)
-    print_bed_summary(Console(), card, args.out)
+    print_bed_summary(Console(), card, args.out, kind="real bed")
     return 0 if ok else 1
