@@ -81,3 +81,22 @@ def test_bench_memory(qwen3_tokenizer_dir):
                     "--modes", "hf,token_level", env={"SOPMOE_CACHE_DIR": str(Path(qwen3_tokenizer_dir).parent)})
     assert "failed" not in out
     assert "hf" in out and "token_level" in out
+
+
+def test_router_features(tiny_pair_dirs, tiny_data_dir, tmp_path):
+    """Issue 11's router-input experiment: the real trainer per variant, dev accuracy per family, a JSON."""
+    f, s = tiny_pair_dirs
+    bed = tmp_path / "bed"
+    bed.mkdir()
+    (bed / "config.yaml").write_text(
+        f"models:\n  foundation:\n    path: {f}\n  sft:\n    path: {s}\n"
+        f"data:\n  train_file: {tiny_data_dir / 'train' / 'train.jsonl'}\n"
+        f"  eval_file: {tiny_data_dir / 'eval' / 'eval_all.jsonl'}\n  dev_dir: {tiny_data_dir / 'eval'}\n"
+        "btm:\n  router_hidden_size: 4\n  batch_size: 2\n", encoding="utf-8")
+    out = run_bench("router_features.py", "--beds", str(bed), "--variants", "last,all", "--epochs", "1",
+                    "--limit", "2", "--json", str(tmp_path / "rf.json"))
+    assert "| last |" in out and "| all |" in out and "dev mixed" in out
+    import json
+
+    rows = json.loads((tmp_path / "rf.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["last", "all"] and rows[1]["trainable_params"] > rows[0]["trainable_params"]
