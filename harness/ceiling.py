@@ -10,10 +10,11 @@ recover it), one whose best router sits far below the ceiling is lost in the rou
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
+from harness.leaderboard import Table, fmt_plain, md_table, readme_markers, replace_readme_section
+from harness.runs import Metric, mean_spread
 from harness.stats import wilson
 from sopmoe_models.data import FAMILIES, load_jsonl
 from sopmoe_models.outputs import write_atomic
@@ -84,16 +85,17 @@ def leaderboard_models(path: Path) -> dict[str, Any]:
 
 def build(configs: list[str], split: str, *, command: str, compare: Path | None = None, batch_size: int = 16,
           on_family=None) -> dict[str, Any]:
+    compared = leaderboard_models(compare) if compare is not None else None  # read first: a bad file fails fast
     data = {"format": FORMAT, "command": command, "split": split,
             "beds": measure(configs, split, batch_size=batch_size, on_family=on_family)}
-    if compare is not None:
-        data["compare"] = leaderboard_models(compare)
+    if compared is not None:
+        data["compare"] = compared
     return data
 
 
 def _cell(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+    """Mean ± sample standard deviation over beds, as the leaderboard writes a cell (one bed: the value)."""
+    return fmt_plain(mean_spread([Metric(v) for v in values]), 3)
 
 
 def _best(acc: dict[str, list[float]], names: list[str]) -> tuple[str, float] | None:
@@ -106,8 +108,8 @@ def _best(acc: dict[str, list[float]], names: list[str]) -> tuple[str, float] | 
     return (f"{name} (+{tied} tied)" if tied else name), value
 
 
-def table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Columns and rows of the ceiling table (one row per family)."""
+def table(data: dict[str, Any]) -> Table:
+    """The ceiling table (one row per family; the ceiling's column in bold)."""
     if data.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} JSON")
     compare = data.get("compare")
@@ -124,8 +126,8 @@ def table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         n = sum(c["n"] for c in per)
         lo, hi = wilson(sum(c["mixture"] for c in per), n)
         ns = sorted({c["n"] for c in per})
-        row = [fam, "/".join(map(str, ns)), *(_cell(rate[k]) for k in ("foundation", "sft", "either")),
-               f"**{_cell(rate['mixture'])}**", f"[{lo:.3f}, {hi:.3f}]"]
+        row = [fam, "/".join(map(str, ns)), *(_cell(rate[k]) for k in ("foundation", "sft", "either", "mixture")),
+               f"[{lo:.3f}, {hi:.3f}]"]
         if compare:
             acc = compare["acc"].get(fam, {})
             fusions = [m for m, f in compare["fusion"].items() if f]
@@ -135,12 +137,9 @@ def table(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             row += [f"{bf[0]} {bf[1]:.3f}" if bf else "–", f"{bo[0]} {bo[1]:.3f}" if bo else "–",
                     f"{ceiling - bo[1]:+.3f}" if bo else "–"]
         rows.append(row)
-    return cols, rows
-
-
-def markdown_table(cols: list[str], rows: list[list[str]]) -> list[str]:
-    align = ["---"] + ["---:"] * (len(cols) - 1)
-    return ["| " + " | ".join(cols) + " |", "| " + " | ".join(align) + " |", *("| " + " | ".join(r) + " |" for r in rows)]
+    mixture = cols.index("any per-token mixture (ceiling)")
+    return Table("ceiling", cols, rows, bold={(r, mixture) for r in range(len(rows))},
+                 align=["l"] + ["r"] * (len(cols) - 1))
 
 
 def source_line(data: dict[str, Any]) -> str:
@@ -150,9 +149,8 @@ def source_line(data: dict[str, Any]) -> str:
 
 
 def to_markdown(data: dict[str, Any]) -> str:
-    cols, rows = table(data)
     out = [f"{GENERATED}` as `{data['command']}` — do not edit -->", "# Ceiling of per-token routing", "",
-           source_line(data), "", DEFINITION, "", *markdown_table(cols, rows), ""]
+           source_line(data), "", DEFINITION, "", *md_table(table(data)), ""]
     return "\n".join(out)
 
 
@@ -161,18 +159,13 @@ README_SOURCES = {"ceiling": "results/ceiling.json", "real-ceiling": "results/re
 
 def readme_block(data: dict[str, Any], section: str = "ceiling") -> str:
     """The README's ceiling section (the test bed's, or the real bed's with ``section="real-ceiling"``)."""
-    from harness.leaderboard import readme_markers
-
     begin, end = readme_markers(section)
-    cols, rows = table(data)
     return "\n".join([begin, f"{GENERATED}` as `{data['command']}` from the committed {README_SOURCES[section]} — do "
-                      "not edit -->", "", source_line(data), "", *markdown_table(cols, rows), "", end])
+                      "not edit -->", "", source_line(data), "", *md_table(table(data)), "", end])
 
 
 def write_outputs(data: dict[str, Any], out: Path, json_path: Path | None = None, readme: Path | None = None,
                   readme_section: str = "ceiling") -> None:
-    from harness.leaderboard import replace_readme_section
-
     write_atomic(out, to_markdown(data).encode("utf-8"))
     if json_path:
         write_atomic(json_path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))

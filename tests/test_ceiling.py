@@ -137,3 +137,16 @@ def test_ceiling_command_refuses_bad_input_in_one_line(tmp_path, tiny_pair_dirs,
     rc = main(["ceiling", *argv, "--out", str(tmp_path / "c.md")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and words in err[0] and "Traceback" not in err[0]
+
+
+def test_ceiling_command_reads_compare_before_measuring(tmp_path, tiny_pair_dirs, tiny_data_dir, monkeypatch, capsys):
+    """A --compare file that is not a leaderboard JSON is refused before any bed is loaded or scored."""
+    import harness.ceiling
+
+    monkeypatch.chdir(tmp_path)
+    bed = _bed(tmp_path, tiny_pair_dirs, tiny_data_dir)
+    monkeypatch.setattr(harness.ceiling, "measure", lambda *a, **k: pytest.fail("measured before reading --compare"))
+    (tmp_path / "lb.json").write_text("{}")
+    rc = main(["ceiling", str(bed), "--compare", str(tmp_path / "lb.json"), "--out", str(tmp_path / "c.md")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--compare" in err[0] and not (tmp_path / "c.md").exists()

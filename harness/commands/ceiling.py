@@ -79,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from transformers.utils import logging as hf_logging
 
-    from harness.ceiling import build, markdown_table, table, write_outputs
+    from harness.ceiling import build, table, write_outputs
     from harness.cli import escape
+    from harness.leaderboard import md_table
     from sopmoe_models.errors import UserError
 
     if args.batch_size < 1:
@@ -107,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
         data = build(paths, args.split, command=shlex.join(parts), compare=args.compare, batch_size=args.batch_size,
                      on_family=lambda p, f, c: err.print(escape(f"{p} {f}: ceiling {c['mixture']}/{c['n']}")))
     write_outputs(data, args.out, args.json, args.readme, args.readme_section)
-    cols, rows = table(data)
     print(f"ceiling of per-token routing ({data['split']} split, {len(data['beds'])} bed(s)):")
-    print("\n".join(markdown_table(cols, rows)))
+    print("\n".join(md_table(table(data))))
     print("wrote " + ", ".join(str(x) for x in (args.out, args.json, args.readme) if x))
     return 0
