@@ -43,6 +43,7 @@ BUILTIN = {  # kind -> lm-eval model
     "merge": "sopmoe_merge",
     "dispatch": "sopmoe_dispatch",
     "replay": "sopmoe_distill",
+    "moe": "hf",  # the pair as one MoE checkpoint (sopmoe moe / train-moe): lm-eval's own model, no sopmoe code
 }
 # Expert forwards per generated/scored token (dispatch also runs one foundation prefill of each prompt to route it).
 FORWARDS_PER_TOKEN = {"hf": 1, "sopmoe_merge": 1, "sopmoe_distill": 1, "sopmoe_dispatch": 1, "sopmoe_ensemble": 2,
@@ -68,7 +69,7 @@ class Planned:
     spec: ModelSpec
     lm_eval_model: str
     model_args: dict[str, Any]
-    forwards_per_token: int | None
+    forwards_per_token: float | None
     problem: str | None = None  # why it cannot run (missing input, adapter not importable)
 
 
@@ -146,6 +147,8 @@ def builtin_args(kind: str, cfg, *, btm_router: str | None, distill_model: str |
     if kind == "btm":
         router = router_checkpoint(cfg, btm_router)  # the one default rule (sopmoe_models.factory)
         return {"router": router} if router is not None else {**experts, "router_type": "posterior"}
+    if kind == "moe":
+        return {"pretrained": cfg.moe.output_dir, "dtype": _dtype(m.foundation.dtype, device), **FLOAT32_SOFTMAX}
     if kind in ("distill", "replay"):
         return {"pretrained": student_path(cfg, distill_model),
                 "dtype": _dtype(m.foundation.dtype, device), **FLOAT32_SOFTMAX}
@@ -228,9 +231,20 @@ def plan(spec: ModelSpec, cfg, *, btm_router=None, distill_model=None, device="c
                             "model; pass --trust_remote_code to allow it for this run")
     if allow_missing_fingerprint and lm_model == "sopmoe_btm":
         args.setdefault("allow_missing_fingerprint", True)
-    p = Planned(spec, lm_model, args, FORWARDS_PER_TOKEN.get(lm_model))
+    p = Planned(spec, lm_model, args, _forwards_per_token(lm_model, args))
     p.problem = _adapter_problem(spec, lm_model) or _input_problem(args, spec.kind)
     return p
+
+
+def _forwards_per_token(lm_eval_model: str, args: dict[str, Any]) -> float | None:
+    """Expert forwards per token by construction; an MoE checkpoint (any ``pretrained`` folder holding one) costs its
+    multiply-adds relative to one expert: attention and head once, k feed-forward blocks (1.0 at top-1)."""
+    from sopmoe_models.moe import is_moe_folder, moe_cost
+
+    pretrained = args.get("pretrained")
+    if pretrained and is_moe_folder(Path(str(pretrained)).expanduser()):
+        return moe_cost(Path(str(pretrained)).expanduser())
+    return FORWARDS_PER_TOKEN.get(lm_eval_model)
 
 
 def _read_card(path: Path):
@@ -278,10 +292,14 @@ def training_data(p: Planned) -> str:
                 if card_name == "distill.json":
                     teacher = record.teacher_type()
                     how = "plain CE" if teacher == "none" else f"KD from {teacher} + CE"
+                    how = {"router": f"gates only, {how}", "router+lora": f"gates + LoRA attention, {how}"}.get(
+                        record.finetuning, how)
                     return f"{data} ({how})" if data else how
                 return data or "–"
     if p.lm_eval_model == "sopmoe_merge":
         return "none (weight merge)"
+    if a.get("pretrained") and (Path(str(a["pretrained"])) / "moe.json").is_file():
+        return "none (BTX checkpoint, untrained gates)"
     return "–"
 
 

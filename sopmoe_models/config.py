@@ -143,6 +143,13 @@ class DistillConfig(_Section):
     teacher_cache_topk: int | None = Field(None, gt=0, description="cache the teacher's top-k log-probs once")
     teacher_cache_dir: str | None = Field(None, description="where caches live (default <output_dir>/teacher_cache)")
     save_steps: int = Field(50, gt=0, description="checkpoint for --resume every N optimizer steps and each epoch")
+    trainable: Literal["all", "router"] = Field(
+        "all", description="all = every weight of the student (its LoRA adapters when lora.enabled); router = only an "
+        "MoE student's routers (gates), plus its LoRA adapters when lora.enabled (BTX's fine-tuning stage)")
+    router_top_k: int | None = Field(
+        None, gt=0, description="MoE students: experts per token while training (None = all of them: with top-1 and "
+        "normalised weights the chosen expert's weight is always 1 and the gate gets no gradient); the saved "
+        "checkpoint keeps its own top-k")
     lora: LoraConfig = LoraConfig()
     max_train_examples: int | None = Field(None, gt=0)
     seed: int = 0
@@ -165,6 +172,20 @@ class MergeConfig(_Section):
     output_dir: str = "models/merged"
 
 
+class MoeConfig(_Section):
+    """``sopmoe moe``: the pair as one Mixture-of-Experts checkpoint (BTX); ``sopmoe train-moe`` trains its gates."""
+
+    attention: Literal["foundation", "sft", "mean"] = Field(
+        "mean", description="source of the shared weights (embeddings, attention, norms, head); mean = BTX's average")
+    top_k: Literal[1, 2] = Field(2, description="experts per token the checkpoint is served with (1 = a 1x fusion)")
+    gate_init: Literal["zero", "hidden"] = Field(
+        "zero", description="zero = 0.5/0.5 at top-2; hidden = each expert's gate row from the mean hidden state of the "
+        "training prompts where that expert is the better one (mergekit-moe's idea)")
+    router_aux_loss_coef: float = Field(0.01, ge=0, description="weight of transformers' Switch load-balancing loss "
+                                        "in gate training (written into the checkpoint's config)")
+    output_dir: str = "models/moe"
+
+
 class EvaluationConfig(_Section):
     tasks: list[str] = Field(default_factory=lambda: ["sop_strict", "reasoning", "mixed", "eval"])
     models: list[str] = Field(default_factory=lambda: ["foundation", "sft", "ensemble", "btm", "distill", "merge"])
@@ -181,6 +202,7 @@ class SopmoeConfig(_Section):
     btm: BtmConfig = BtmConfig()
     distill: DistillConfig = DistillConfig()
     merge: MergeConfig = MergeConfig()
+    moe: MoeConfig = MoeConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 
     def to_dict(self) -> dict[str, Any]:

@@ -132,13 +132,26 @@ def load_checkpoint(out_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     return state
 
 
-def save_student(model: nn.Module, tokenizer, out_dir: Path, card: DistillCard) -> Path:
-    """Write ``<out_dir>/best_student`` as a plain HF folder (safetensors) with ``distill.json``, atomically."""
+def save_student(model: nn.Module, tokenizer, out_dir: Path, card: DistillCard, moe_source: Path | None = None) -> Path:
+    """Write ``<out_dir>/best_student`` as a plain HF folder (safetensors) with ``distill.json``, atomically.
+
+    An MoE student (``moe_source``: the checkpoint it started from) is written as that checkpoint was: its stored dtype,
+    its own ``config.json`` (the top-k it is served with, the hub's key spelling) and ``moe.json`` with the training
+    recorded (:func:`sopmoe_models.moe.finish_trained`)."""
+    from sopmoe_models.moe import finish_trained, stored_dtype
+
     final = out_dir / BEST_STUDENT
     tmp = new_temp_dir(final)
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    if moe_source is None:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+    else:
+        dtype = stored_dtype(moe_source)
+        model.save_pretrained(str(tmp), safe_serialization=True,
+                              state_dict={k: v.to(dtype) for k, v in model.state_dict().items()})
     tokenizer.save_pretrained(str(tmp))
     card.write(tmp / CARD)
+    if moe_source is not None:
+        finish_trained(tmp, moe_source, card.to_dict())
     return replace_dir(tmp, final)
 
 

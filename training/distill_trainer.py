@@ -39,6 +39,7 @@ from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_train
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import check_same_tokenizer, load_tokenizer, output_rows, same_tokenizer_files
 from sopmoe_models.factory import build_teacher
+from sopmoe_models.moe import gate_parameters, is_moe_folder, moe_cost, moe_experts, router_balance_loss
 from sopmoe_models.outputs import remove_leftovers
 from training import distill_checkpoint as ckpt
 from training.distill_teacher import (
@@ -82,7 +83,14 @@ def load_student(cfg: SopmoeConfig, teacher_tokenizer, device: torch.device) -> 
     if not (foundation and same_tokenizer_files(Path(path), Path(foundation))):  # identical files: one tokenizer
         check_same_tokenizer(load_tokenizer(path), teacher_tokenizer, "student", "teacher")
     dtype = torch.bfloat16 if (d.lora.enabled and d.bf16) else torch.float32  # full FT keeps fp32 master weights
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False).to(device)
+    moe = is_moe_folder(path)
+    if d.trainable == "router" and not moe:
+        raise UserError(f"distill.trainable router: the student {path} is not a Mixture-of-Experts checkpoint; make one "
+                        "with `sopmoe moe` (or train every weight: distill.trainable all)")
+    # An MoE student trains with router_top_k experts per token (default: all, soft routing); its saved checkpoint
+    # keeps the top-k it was built with (the config.json it came with, see ckpt.save_student).
+    extra = {"num_experts_per_tok": d.router_top_k or moe_experts(path)} if moe else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False, **extra).to(device)
     if d.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):  # transformers 5: the old name warns (gone in v6)
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -96,6 +104,10 @@ def load_student(cfg: SopmoeConfig, teacher_tokenizer, device: torch.device) -> 
             model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=list(lc.target_modules),
                               task_type="CAUSAL_LM")
         )
+    if d.trainable == "router":  # the routers only (BTX), plus the LoRA adapters peft left trainable
+        gates = {n for n, _ in gate_parameters(model)}
+        for n, p in model.named_parameters():
+            p.requires_grad_(n in gates or (d.lora.enabled and "lora_" in n))
     model.train()
     return model
 
@@ -216,6 +228,9 @@ class _Run:
     warmup: int = 0
     loss_kw: dict = field(default_factory=dict)
     writer: Any = None
+    moe_source: Path | None = None  # an MoE student's checkpoint: its config.json and dtype are kept on save
+    balance: float = 0.0  # an MoE student's router balance weight (0: none)
+    n_experts: int = 0
 
     @property
     def world(self) -> int:
@@ -271,7 +286,7 @@ def train(cfg: SopmoeConfig, *, resume: bool = False, overwrite: bool = False, a
 
         run.writer = SummaryWriter(str(Path("outputs/tensorboard") / f"distill-{run.out_dir.name}"))
     log.info("distilling %s teacher into %s (%s, %d trainable params) on %d process(es): %d examples, %d steps",
-             d.teacher_type, d.student_init, "LoRA" if d.lora.enabled else "full", sum(p.numel() for p in run.params),
+             d.teacher_type, d.student_init, _finetuning(d), sum(p.numel() for p in run.params),
              run.world, len(run.train_feats), run.total_steps)
     run.loss_kw = _loss_kwargs(cfg)
 
@@ -330,6 +345,10 @@ def _setup(run: _Run, *, allow_missing_fingerprint: bool) -> None:
         run.tok = teacher.tokenizer
     run.pad_id = run.tok.pad_token_id
     student = load_student(cfg, run.tok, accelerator.device)
+    if is_moe_folder(student_path(cfg)):  # the checkpoint's own balance weight (sopmoe moe --router_aux_loss_coef)
+        run.moe_source = Path(student_path(cfg))
+        run.balance = float(getattr(student.config, "router_aux_loss_coef", 0.0) or 0.0)
+        run.n_experts = moe_experts(run.moe_source)
     if teacher is not None and output_rows(student) < teacher.width:
         raise ValueError(f"the student ({student_path(cfg)}) has {output_rows(student)} output rows but the teacher's "
                          f"distribution covers {teacher.width} (the experts' padded lm_head); use a student with them all")
@@ -393,10 +412,15 @@ def _optimizer_step(run: _Run, state: dict[str, Any], window: list[list[int]]) -
         batch = make_batch(run.train_feats, idx, run.pad_id, accelerator.device)
         sync = nullcontext() if j == len(window) - 1 else accelerator.no_sync(model)
         with sync:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            out = distill_loss(logits, batch["labels"], run.train_targets(idx, batch), normalizer=max(n_window, 1),
-                               **run.loss_kw)
-            accelerator.backward(out.loss * world)  # DDP averages over ranks; the loss is already global
+            moe_kw = {"output_router_logits": True} if run.balance else {}
+            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **moe_kw)
+            out = distill_loss(output.logits, batch["labels"], run.train_targets(idx, batch),
+                               normalizer=max(n_window, 1), **run.loss_kw)
+            loss = out.loss * world  # DDP averages over ranks; the loss is already global
+            if run.balance:  # an MoE student: the Switch balance term, a per-rank mean (DDP's average is right)
+                balance = router_balance_loss(output.router_logits, batch["attention_mask"], run.n_experts)
+                loss = loss + run.balance * balance / len(window)
+            accelerator.backward(loss)
         acc += torch.tensor([out.loss.item(), out.kd.item(), out.ce.item()], device=acc.device, dtype=acc.dtype)
     acc = accelerator.reduce(acc, "sum")
     if not bool(torch.isfinite(acc).all()):
@@ -438,7 +462,7 @@ def _end_of_epoch(run: _Run, state: dict[str, Any], t_epoch: float) -> None:
     if state["best"] is None or score < state["best"]["score"]:
         state["best"] = {"epoch": epoch + 1, "score": score, "metric": "eval_loss" if eval_m else "train_loss"}
         if run.main:
-            _save_best(accelerator.unwrap_model(run.model), run.tok, run.out_dir, run.cfg, state, run.fp)
+            _save_best(accelerator.unwrap_model(run.model), run.tok, run.out_dir, run.cfg, state, run.fp, run.moe_source)
     state.update(epoch=epoch + 1, batch=0, sums=[0.0, 0.0, 0.0, 0])
 
 
@@ -450,7 +474,7 @@ def _finish(run: _Run, state: dict[str, Any]) -> dict[str, Any]:
         unwrapped = run.accelerator.unwrap_model(run.model)
         final = ckpt.merged_student(unwrapped, out_dir / ckpt.BEST_ADAPTER) if cfg.distill.lora.enabled else None
         if final is not None:
-            ckpt.save_student(final, run.tok, out_dir, card)
+            ckpt.save_student(final, run.tok, out_dir, card, moe_source=run.moe_source)
         else:
             card.write(out_dir / ckpt.BEST_STUDENT / ckpt.CARD)
         card.write(out_dir / ckpt.CARD)
@@ -462,14 +486,22 @@ def _finish(run: _Run, state: dict[str, Any]) -> dict[str, Any]:
     return card.to_dict()
 
 
-def _save_best(model, tok, out_dir: Path, cfg: SopmoeConfig, state: dict, fp: dict) -> None:
+def _save_best(model, tok, out_dir: Path, cfg: SopmoeConfig, state: dict, fp: dict,
+               moe_source: Path | None = None) -> None:
     if cfg.distill.lora.enabled:  # keep the LoRA tensors; merged into the base once, when the run ends
         from safetensors.torch import save_file
 
         with atomic_path(out_dir / ckpt.BEST_ADAPTER) as tmp:
             save_file(ckpt.trainable_state(model), str(tmp))
     else:
-        ckpt.save_student(model, tok, out_dir, _card(cfg, state, fp, None, None))
+        ckpt.save_student(model, tok, out_dir, _card(cfg, state, fp, None, None), moe_source=moe_source)
+
+
+def _finetuning(d) -> str:
+    """What trained: full | lora | router (an MoE's gates) | router+lora (BTX's fine-tuning stage)."""
+    if d.trainable == "router":
+        return "router+lora" if d.lora.enabled else "router"
+    return "lora" if d.lora.enabled else "full"
 
 
 def _card(cfg: SopmoeConfig, state: dict, fp: dict, world: int | None, caches: dict | None) -> DistillCard:
@@ -479,8 +511,8 @@ def _card(cfg: SopmoeConfig, state: dict, fp: dict, world: int | None, caches: d
         teacher={"type": d.teacher_type, "btm_router": d.btm_router, "fingerprint": fp},
         student_init=d.student_init,
         student_init_path=student_path(cfg),
-        finetuning="lora" if d.lora.enabled else "full",
-        inference_cost=1.0,
+        finetuning=_finetuning(d),
+        inference_cost=moe_cost(student_path(cfg)),
         best=state["best"],
         epochs=state["history"],
         wall_time_s=round(state["wall_s"], 3),
