@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.leaderboard import Table, fmt_plain, md_table, readme_markers, replace_readme_section
-from harness.runs import Metric, mean_spread
+import pandas as pd
+
+from harness.leaderboard import Table, aggregate, fmt_plain, md_table, readme_markers, replace_readme_section
 from harness.stats import wilson
 from sopmoe_models.data import FAMILIES, load_jsonl
 from sopmoe_models.outputs import write_atomic
@@ -93,11 +94,6 @@ def build(configs: list[str], split: str, *, command: str, compare: Path | None 
     return data
 
 
-def _cell(values: list[float]) -> str:
-    """Mean ± sample standard deviation over beds, as the leaderboard writes a cell (one bed: the value)."""
-    return fmt_plain(mean_spread([Metric(v) for v in values]), 3)
-
-
 def _best(acc: dict[str, list[float]], names: list[str]) -> tuple[str, float] | None:
     """(name, mean acc) of the best of ``names``; a tie names the first and counts the others."""
     scored = [(n, acc[n][0]) for n in names if n in acc]
@@ -117,23 +113,24 @@ def table(data: dict[str, Any]) -> Table:
             "ceiling: Wilson 95% (pooled)"]
     if compare:
         cols += ["best trained fusion", "best other model", "ceiling − best other"]
+    kinds = ("foundation", "sft", "either", "mixture")
+    counts = pd.DataFrame([(i, fam, kind, c[kind], c["n"]) for i, bed in enumerate(data["beds"])
+                           for fam, c in bed["families"].items() for kind in kinds],
+                          columns=["bed", "family", "kind", "k", "n"])
+    # a cell: mean ± sample standard deviation over beds, as the leaderboard writes one (one bed: the value)
+    rate = aggregate(counts.assign(value=counts["k"] / counts["n"]), ["family", "kind"])
+    pooled = counts[counts["kind"] == "mixture"].groupby("family")[["k", "n"]].sum()
     rows = []
-    for fam in FAMILIES_SCORED:
-        per = [b["families"][fam] for b in data["beds"] if fam in b["families"]]
-        if not per:
-            continue
-        rate = {k: [c[k] / c["n"] for c in per] for k in ("foundation", "sft", "either", "mixture")}
-        n = sum(c["n"] for c in per)
-        lo, hi = wilson(sum(c["mixture"] for c in per), n)
-        ns = sorted({c["n"] for c in per})
-        row = [fam, "/".join(map(str, ns)), *(_cell(rate[k]) for k in ("foundation", "sft", "either", "mixture")),
-               f"[{lo:.3f}, {hi:.3f}]"]
+    for fam in (f for f in FAMILIES_SCORED if f in pooled.index):
+        lo, hi = wilson(pooled.loc[fam, "k"], int(pooled.loc[fam, "n"]))
+        ns = sorted(counts.loc[counts["family"] == fam, "n"].unique())
+        row = [fam, "/".join(map(str, ns)), *(fmt_plain(rate[fam, k], 3) for k in kinds), f"[{lo:.3f}, {hi:.3f}]"]
         if compare:
             acc = compare["acc"].get(fam, {})
             fusions = [m for m, f in compare["fusion"].items() if f]
             others = [m for m, f in compare["fusion"].items() if not f]
             bf, bo = _best(acc, fusions), _best(acc, others)
-            ceiling = sum(rate["mixture"]) / len(rate["mixture"])
+            ceiling = rate[fam, "mixture"].value
             row += [f"{bf[0]} {bf[1]:.3f}" if bf else "–", f"{bo[0]} {bo[1]:.3f}" if bo else "–",
                     f"{ceiling - bo[1]:+.3f}" if bo else "–"]
         rows.append(row)

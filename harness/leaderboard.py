@@ -1,8 +1,9 @@
-"""``sopmoe leaderboard``: markdown tables and a PNG chart from ``sopmoe evaluate`` run folders, and nothing else.
+"""``sopmoe leaderboard``: markdown tables, PNG charts, a JSON view and one tidy CSV from ``sopmoe evaluate`` run
+folders, and nothing else.
 
-Layout follows the seed's evaluate.py: per family (sop_strict, reasoning, mixed, eval) a table of Perplexity and
-Accuracy per model (its 评估结果对比), then a summary (its 性能对比参考): per-family accuracy, inference cost and
-training cost. Definitions (also written into the page):
+Layout follows the seed's evaluate.py: per family (sop_strict, reasoning, mixed, eval, and whatever other task the runs
+scored) a table of every metric per model (its 评估结果对比), then a summary (its 性能对比参考): per-family accuracy,
+inference cost and training cost. Definitions (also written into the page):
 
 - Perplexity is per target token: exp(-Σ log p(target) / Σ target tokens) over the family's examples (the
   tasks' ``weighted_perplexity``; lm-eval's plain ``perplexity`` would be per document).
@@ -11,23 +12,47 @@ training cost. Definitions (also written into the page):
 - ± is lm-eval's standard error for one run; for several runs (seeds) the cell is the mean ± the sample
   standard deviation across runs.
 
-Deterministic: the same run folders give the same bytes (markdown and PNG: no timestamps, fixed PNG metadata).
+Every number comes from one long table, :func:`harness.runs.table`, aggregated here with pandas; it is written as
+``leaderboard.csv`` beside the board for analyses of one's own (``pandas.read_csv``, or :func:`read_table` for the
+dtypes below). One row per run × model × task × metric; columns:
+
+- ``run``: the run folder as given to ``sopmoe leaderboard``; ``seed``: its position among them (0, 1, ...: the
+  demo passes one run per seed, in seed order);
+- ``model``: the row label (``sopmoe evaluate --models``); ``kind``: its kind from ``meta.json`` (``btm`` and
+  ``distill`` are trained fusions);
+- ``family``: the task without its ``_gen`` suffix (``sop_strict_gen`` -> ``sop_strict``), empty for cost rows;
+  ``task``: lm-eval's task name, empty for cost rows;
+- ``metric``: lm-eval's metric (``acc``, ``acc_norm``, ``perplexity``: per token, ``exact_match``, ``format_ok``;
+  ``name,filter`` for a filter other than ``none``), ``gate_sft`` (the mean gate on the sft expert, from
+  ``routing.json``) or a cost from ``meta.json``: ``expert_forwards_per_token``, ``requests_s`` / ``requests_cpu_s``
+  (seconds inside the model's lm-eval requests), ``time_vs_foundation`` (that time over ``foundation``'s in the same
+  run: CPU seconds when the whole run was on CPU, else wall seconds) and ``training_wall_s``;
+- ``value``; ``stderr``: lm-eval's standard error, empty where it gives none; ``n``: examples scored (lm-eval's
+  ``n-samples``; routed queries for ``gate_sft``);
+- ``higher_is_better``: the metric's direction (the task's, else sopmoe's default; costs: False; gates: empty);
+- ``source``: the file the number came from (``results.json``, ``routing.json`` or ``meta.json``).
+
+Costs are rows of the same table rather than a second one: they are numbers per run and model like any metric, so
+one file holds everything and one aggregation (mean ± spread over runs) serves them all; ``source`` tells them apart.
+
+Deterministic: the same run folders give the same bytes (markdown, CSV and PNG: no timestamps, fixed PNG metadata).
 """
 
 from __future__ import annotations
 
-import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from harness.runs import Metric, Run, collect, mean_spread, metric_directions, model_order, read_runs
+import pandas as pd
+
+from harness.charts import to_pareto_png, to_png
+from harness.runs import COLUMNS, META, RESULTS, ROUTING, Metric, family_of, read_runs, sample_table, table
 from harness.stats import paired_bootstrap, wilson
-from sopmoe_models.data import FAMILIES
 from sopmoe_models.outputs import write_atomic
 
-CORE = ("sop_strict", "reasoning", "mixed")
+CORE = ("sop_strict", "reasoning", "mixed")  # the seed's scenario: the summary's mean accuracy and the Pareto chart
 # Trained fusions (routers and the student distilled from one) against everything else: the experts, the ensemble,
 # the dispatch and replay baselines and the merges (issue 11's comparison).
 FUSION_KINDS = ("btm", "distill")
@@ -40,14 +65,14 @@ def readme_markers(section: str = "results") -> tuple[str, str]:
     if section not in README_SECTIONS:
         raise ValueError(f"unknown README section {section!r}; choose one of {', '.join(README_SECTIONS)}")
     return f"<!-- sopmoe:{section}:begin -->", f"<!-- sopmoe:{section}:end -->"
-FAMILY_TITLES = {"sop_strict": "SOP", "reasoning": "Reasoning", "mixed": "Mixed", "eval": "General (eval)"}
-# (header, task suffix, metric)
-FAMILY_COLUMNS = (
-    ("Perplexity ↓", "", "perplexity"),
-    ("Accuracy ↑", "", "acc"),
-    ("Exact match ↑", "_gen", "exact_match"),
-    ("Format OK ↑", "_gen", "format_ok"),
-)
+
+
+# Labels, and the order of families and metrics on the board; any other family or metric follows, sorted by name,
+# under its own name.
+FAMILY_TITLES = {"sop_strict": "SOP", "reasoning": "Reasoning", "reasoning_mc": "Reasoning (multiple choice)",
+                 "mixed": "Mixed", "eval": "General (eval)"}
+METRIC_TITLES = {"perplexity": "Perplexity", "acc": "Accuracy", "acc_norm": "Accuracy, length-normalised",
+                 "exact_match": "Exact match", "format_ok": "Format OK"}
 DEFINITIONS = (
     "Perplexity is per target token: exp(−Σ log p(target) / Σ target tokens) over the family's examples "
     "(lower is better). Accuracy is lm-eval's `acc`: the share of examples whose whole target is the model's "
@@ -56,6 +81,17 @@ DEFINITIONS = (
     "deviation across runs (several runs); no ± where lm-eval gives none (e.g. per-token perplexity). "
     "**Bold**: best in its column."
 )
+# appended to the definitions when a board has the metric
+METRIC_NOTES = {"acc_norm": (
+    "On a multiple-choice task (e.g. `reasoning_mc`) Accuracy is lm-eval's `acc` there: the right choice has the "
+    "highest log-likelihood of the choices; the length-normalised accuracy (`acc_norm`) divides each choice's "
+    "log-likelihood by its length in characters first.")}
+
+
+def ordered(names, order=FAMILY_TITLES) -> list[str]:
+    """``names`` in the board's order: those ``order`` knows first, in its order, then the rest sorted."""
+    names = set(names)
+    return [n for n in order if n in names] + sorted(names - set(order))
 
 
 @dataclass
@@ -78,11 +114,13 @@ class Leaderboard:
     routing: Table | None
     notes: list[str]
     chart: dict[str, dict[str, Metric]]  # family -> model -> accuracy
-    intervals: list[Table] = field(default_factory=list)  # per core family: every model vs the best non-fusion one
+    intervals: list[Table] = field(default_factory=list)  # per family: every model vs the best non-fusion one
     pareto: list[dict[str, Any]] = field(default_factory=list)  # name, mean acc, spread, forwards, time ratio
+    data: pd.DataFrame | None = field(default=None, repr=False, compare=False)  # the tidy table (not in the JSON)
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, data=None))
+        del d["data"]
         for t in [d["summary"], d["models"], *d["families"], *d["intervals"], *([d["routing"]] if d["routing"] else [])]:
             t["bold"] = sorted([list(b) for b in t["bold"]])
         d["chart"] = {f: {n: [m["value"], m["stderr"]] for n, m in per.items()} for f, per in d["chart"].items()}
@@ -128,60 +166,97 @@ def _mark_best(table: Table, col: int, values: list[float | None], higher: bool,
             table.bold.add((r, col))
 
 
-def _family_table(fam: str, names: list[str], cells, hib, n_by: dict[str, dict[str, str]]) -> Table | None:
-    cols = [(h, fam + suffix, metric) for h, suffix, metric in FAMILY_COLUMNS
-            if any(cells.get(n, {}).get(fam + suffix, {}).get(metric) for n in names)]
-    rows_for = [n for n in names if any(cells.get(n, {}).get(t, {}).get(m) for _, t, m in cols)]
-    if not cols:
+def aggregate(df: pd.DataFrame, keys: list[str]) -> dict[tuple, Metric]:
+    """Per ``keys`` (over the runs that have the cell): one run, its value and lm-eval's stderr (if any); several, the
+    mean ± the sample standard deviation (ddof=1)."""
+    if df.empty:
+        return {}
+    stderr = df["stderr"] if "stderr" in df else pd.Series(float("nan"), index=df.index)
+    agg = df.assign(stderr=stderr).groupby(keys, sort=False).agg(
+        value=("value", "mean"), std=("value", "std"), runs=("value", "size"), stderr=("stderr", "first"))
+    spread = agg["std"].where(agg["runs"] > 1, agg["stderr"])
+    return {(k if isinstance(k, tuple) else (k,)): Metric(float(v), None if pd.isna(s) else float(s))
+            for k, v, s in zip(agg.index, agg["value"], spread)}
+
+
+def _metric_title(metric: str, higher: bool) -> str:
+    name, _, filt = metric.partition(",")
+    return f"{METRIC_TITLES.get(name, name)}{f' ({filt})' if filt else ''} {'↑' if higher else '↓'}"
+
+
+@dataclass
+class _Cells:
+    """The aggregated table: what every view reads."""
+    names: list[str]  # model rows, in first-seen order
+    metric: dict[tuple, Metric]  # (model, family, metric) -> mean ± spread of lm-eval's metrics
+    cost: dict[tuple, Metric]  # (model, cost) -> mean ± spread
+    forwards: dict[str, list[float]]  # model -> its expert forwards per token (distinct values over runs)
+    gate: dict[tuple, Metric]  # (model, task) -> mean gate on the sft expert
+    core_mean: dict[str, Metric]  # model -> mean acc over the CORE families it has, per run, then over runs
+    higher: dict[str, bool]  # metric -> higher is better
+    n: dict[tuple, int]  # (model, family) -> examples (first run that has them; the family's own task first)
+    fusion: set[str]
+    families: list[str]  # with any lm-eval metric, in board order
+    acc_families: list[str]  # with acc
+
+
+def cells(data: pd.DataFrame, names: list[str]) -> _Cells:
+    res = data[data["source"] == RESULTS]
+    twice = res[res.duplicated(["seed", "model", "family", "metric"], keep=False)]
+    if not twice.empty:
+        r = twice.iloc[0]
+        raise ValueError(f"{r['run']}/{r['model']}: tasks {' and '.join(twice['task'].unique())} both report "
+                         f"{r['metric']} for family {r['family']}; the board has one cell per family and metric")
+    cost = data[data["source"] == META]
+    acc = res[res["metric"] == "acc"]
+    acc_families = ordered(acc["family"].unique())
+    core = [f for f in CORE if f in acc_families]
+    per_run = pd.Series(dtype=float)  # (model, seed) -> mean acc over the core families, runs that have them all
+    if core:
+        wide = acc[acc["family"].isin(core)].pivot(index=["model", "seed"], columns="family", values="value")
+        per_run = wide[core].dropna().sum(axis=1) / len(core)
+    fw = cost[(cost["metric"] == "expert_forwards_per_token") & (cost["value"] > 0)]
+    counted = res[res["n"].notna()].assign(gen=res["task"] != res["family"]).sort_values(["seed", "gen"], kind="stable")
+    return _Cells(
+        names=names,
+        metric=aggregate(res, ["model", "family", "metric"]),
+        cost=aggregate(cost, ["model", "metric"]),
+        forwards={m: sorted(set(v)) for m, v in fw.groupby("model")["value"]},
+        gate=aggregate(data[data["source"] == ROUTING], ["model", "task"]),
+        core_mean={m: c for (m,), c in aggregate(per_run.rename("value").reset_index(), ["model"]).items()},
+        higher=res.groupby("metric", sort=False)["higher_is_better"].first().astype(bool).to_dict(),
+        n={k: int(v) for k, v in counted.groupby(["model", "family"])["n"].first().items()},
+        fusion=set(data.loc[data["kind"].isin(FUSION_KINDS), "model"]),
+        families=ordered(res["family"].unique()),
+        acc_families=acc_families,
+    )
+
+
+def _family_table(fam: str, c: _Cells) -> Table | None:
+    metrics = ordered({m for (_, f, m) in c.metric if f == fam}, METRIC_TITLES)
+    rows_for = [n for n in c.names if any((n, fam, m) in c.metric for m in metrics)]
+    if not metrics:
         return None
-    table = Table(fam, ["Model", *(h for h, _, _ in cols), "n"], align=["l"] + ["r"] * (len(cols) + 1))
+    table = Table(fam, ["Model", *(_metric_title(m, c.higher.get(m, True)) for m in metrics), "n"],
+                  align=["l"] + ["r"] * (len(metrics) + 1))
     for name in rows_for:
-        row = [name]
-        for _, task, metric in cols:
-            vals = cells.get(name, {}).get(task, {}).get(metric)
-            row.append(_fmt(mean_spread(vals) if vals else None, metric))
-        row.append(n_by.get(name, {}).get(fam, "–"))
-        table.rows.append(row)
-    for c, (_, task, metric) in enumerate(cols, start=1):
-        vals = [cells.get(n, {}).get(task, {}).get(metric) for n in rows_for]
-        _mark_best(table, c, [mean_spread(v).value if v else None for v in vals], hib.get(metric, True))
+        n = c.n.get((name, fam))
+        table.rows.append([name, *(_fmt(c.metric.get((name, fam, m)), m) for m in metrics),
+                           "–" if n is None else str(n)])
+    for col, m in enumerate(metrics, start=1):
+        cell = [c.metric.get((n, fam, m)) for n in rows_for]
+        _mark_best(table, col, [x.value if x else None for x in cell], c.higher.get(m, True))
     return table
 
 
-def _mean(xs: list[float]) -> Metric | None:
-    xs = [x for x in xs if x is not None]
-    return mean_spread([Metric(x) for x in xs]) if xs else None
+def _forwards(c: _Cells, name: str) -> str:
+    return " / ".join(f"{f:g}×" for f in c.forwards.get(name, [])) or "–"
 
 
-def _timing_key(run: Run) -> str:
-    """CPU seconds on a CPU run (robust to other processes on the cores), wall seconds on an accelerator."""
-    metas = [mr.meta for mr in run.models.values()]
-    on_cpu = all(m.get("device") == "cpu" and "requests_cpu_s" in m.get("time", {}) for m in metas)
-    return "requests_cpu_s" if on_cpu else "requests_s"
-
-
-def _costs(runs: list[Run], name: str) -> tuple[str, Metric | None, Metric | None]:
-    forwards, ratios, train = set(), [], []
-    for run in runs:
-        mr = run.models.get(name)
-        if mr is None:
-            continue
-        forwards.add(mr.meta.get("inference_cost", {}).get("expert_forwards_per_token"))
-        base = run.models.get("foundation")
-        key = _timing_key(run)
-        mine = mr.meta.get("time", {}).get(key)
-        base_s = base.meta.get("time", {}).get(key) if base else None
-        if mine is not None and base_s:
-            ratios.append(mine / base_s)
-        train.append(mr.meta.get("training", {}).get("wall_s"))
-    fw = "–" if forwards in (set(), {None}) else " / ".join(f"{f}×" for f in sorted(x for x in forwards if x))
-    return fw, _mean(ratios), _mean(train)
-
-
-def _summary_table(runs: list[Run], names: list[str], cells) -> Table:
-    fams = [f for f in FAMILIES if any(cells.get(n, {}).get(f, {}).get("acc") for n in names)]
-    cols = [f"{FAMILY_TITLES[f]} acc ↑" for f in fams]
-    core = [f for f in ("sop_strict", "reasoning", "mixed") if f in fams]
+def _summary_table(c: _Cells, trained_on: dict[str, str]) -> Table:
+    fams = c.acc_families
+    cols = [f"{FAMILY_TITLES.get(f, f)} acc ↑" for f in fams]
+    core = [f for f in CORE if f in fams]
     has_mean = len(core) > 1
     if has_mean:
         cols.append(f"Mean acc ({', '.join(FAMILY_TITLES[f] for f in core)}) ↑")
@@ -189,124 +264,94 @@ def _summary_table(runs: list[Run], names: list[str], cells) -> Table:
              "Trained on"]
     table = Table("summary", ["Model", *cols], align=["l"] + ["r"] * (len(cols) - 1) + ["l"])
     accs: list[list[float | None]] = []
-    for name in names:
-        per = [mean_spread(v) if (v := cells.get(name, {}).get(f, {}).get("acc")) else None for f in fams]
-        row = [name, *(_fmt(m, "acc") for m in per)]
-        values = [m.value if m else None for m in per]
-        if has_mean:
-            # mean over the core families, per run, then across runs (so the spread is the runs')
-            lists = [cells.get(name, {}).get(f, {}).get("acc") or [] for f in core]
-            mean = _mean([sum(m.value for m in ms) / len(ms) for ms in zip(*lists)])
-            row.append(_fmt(mean, "acc"))
-            values.append(mean.value if mean else None)
-        fw, ratio, train = _costs(runs, name)
-        row += [fw, fmt_plain(ratio, 2, "×"), fmt_plain(train, 1), _trained_on(runs, name)]
-        table.rows.append(row)
-        accs.append(values)
-    for c in range(len(fams) + int(has_mean)):
-        _mark_best(table, c + 1, [v[c] for v in accs], True)
+    for name in c.names:
+        per = [c.metric.get((name, f, "acc")) for f in fams] + ([c.core_mean.get(name)] if has_mean else [])
+        table.rows.append([name, *(_fmt(m, "acc") for m in per), _forwards(c, name),
+                           fmt_plain(c.cost.get((name, "time_vs_foundation")), 2, "×"),
+                           fmt_plain(c.cost.get((name, "training_wall_s")), 1), trained_on.get(name, "–")])
+        accs.append([m.value if m else None for m in per])
+    for col in range(len(fams) + int(has_mean)):
+        _mark_best(table, col + 1, [v[col] for v in accs], True)
     return table
 
 
-def _trained_on(runs: list[Run], name: str) -> str:
-    """What data made this model, as its training record states (``meta.json`` ``training.data``)."""
-    for run in runs:
-        mr = run.models.get(name)
-        if mr is not None and mr.meta.get("training", {}).get("data"):
-            return str(mr.meta["training"]["data"])
-    return "–"
-
-
-def _is_fusion(runs: list[Run], name: str) -> bool:
-    return any(run.models[name].meta.get("kind") in FUSION_KINDS for run in runs if name in run.models)
-
-
-def _per_example(runs: list[Run], name: str, fam: str) -> list[list[float]] | None:
-    """Per seed (run), the 0/1 accuracy of each test example in doc order; None when a run lacks the samples."""
-    out = []
-    for run in runs:
-        mr = run.models.get(name)
-        rows = mr.per_example(fam) if mr is not None else None
-        if rows is None:
-            return None
-        out.append([rows[k] for k in sorted(rows)])
-    return out
-
-
-def _interval_tables(runs: list[Run], names: list[str], cells) -> list[Table]:
-    """Per core family: each model's accuracy (mean ± spread over runs), its pooled Wilson 95% interval, and the
-    paired bootstrap 95% interval of its difference to the best model that is not a trained fusion."""
+def _interval_tables(c: _Cells, samples: pd.DataFrame, n_runs: int) -> list[Table]:
+    """Per family with accuracy: each model's accuracy (mean ± spread over runs), its pooled Wilson 95% interval, and
+    the paired bootstrap 95% interval of its difference to the best model that is not a trained fusion; only where
+    the per-example samples (``evaluate --log_samples``) are there."""
     tables = []
-    for fam in CORE:
-        have = [n for n in names if cells.get(n, {}).get(fam, {}).get("acc")]
-        others = [n for n in have if not _is_fusion(runs, n)]
-        if not have or not others:
+    for fam in c.acc_families:
+        have = [n for n in c.names if (n, fam, "acc") in c.metric]
+        others = [n for n in have if n not in c.fusion]
+        if not others:
             continue
-        mean = {n: mean_spread(cells[n][fam]["acc"]).value for n in have}
+        mean = {n: c.metric[n, fam, "acc"].value for n in have}
         best_other = max(others, key=lambda n: (mean[n], -others.index(n)))
-        ref = _per_example(runs, best_other, fam)
-        if ref is None:  # no per-example samples (evaluate --log_samples): no paired interval to give
+        s = samples[samples["task"].map(family_of) == fam]
+        complete = set(s.groupby("model")["seed"].nunique().loc[lambda x: x == n_runs].index)  # samples in every run
+        if best_other not in complete:
             continue
+        pooled = s.groupby("model")["value"].agg(["sum", "count"])
+        wide = s.pivot(index=["seed", "doc_id"], columns="model", values="value")  # paired by example
         t = Table(fam, ["Model", "Accuracy ↑", "Wilson 95% (pooled)", f"Δ vs {best_other} (paired bootstrap 95%)"],
                   align=["l", "r", "r", "r"])
         for n in have:
-            acc = mean_spread(cells[n][fam]["acc"])
-            mine = _per_example(runs, n, fam)
-            if mine is not None:
-                k, total = sum(sum(x) for x in mine), sum(len(x) for x in mine)
-                lo, hi = wilson(k, total)
+            w, delta = "–", "–"
+            if n in complete:
+                lo, hi = wilson(float(pooled.loc[n, "sum"]), int(pooled.loc[n, "count"]))
                 w = f"[{lo:.3f}, {hi:.3f}]"
-            else:
-                w = "–"
             if n == best_other:
                 delta = "(reference)"
-            elif mine is not None and ref is not None and [len(x) for x in mine] == [len(x) for x in ref]:
-                b = paired_bootstrap(mine, ref)
+            elif n in complete and wide[n].notna().equals(wide[best_other].notna()):
+                per_run = [wide.loc[seed, [n, best_other]].dropna() for seed in range(n_runs)]
+                b = paired_bootstrap([p[n].tolist() for p in per_run], [p[best_other].tolist() for p in per_run])
                 delta = f"{b['diff']:+.3f} [{b['low']:+.3f}, {b['high']:+.3f}]"
-            else:
-                delta = "–"
-            t.rows.append([n + (" (fusion)" if _is_fusion(runs, n) else ""), _fmt(acc, "acc"), w, delta])
+            t.rows.append([n + (" (fusion)" if n in c.fusion else ""), _fmt(c.metric[n, fam, "acc"], "acc"), w, delta])
         _mark_best(t, 1, [mean[n] for n in have], True)
         tables.append(t)
     return tables
 
 
-def _pareto_points(runs: list[Run], names: list[str], cells) -> list[dict[str, Any]]:
+def _pareto_points(c: _Cells) -> list[dict[str, Any]]:
     points = []
-    for name in names:
-        lists = [cells.get(name, {}).get(f, {}).get("acc") or [] for f in CORE]
-        if not all(lists):
+    for name in c.names:
+        mean = c.core_mean.get(name)
+        if mean is None or any((name, f, "acc") not in c.metric for f in CORE):
             continue
-        mean = _mean([sum(m.value for m in ms) / len(ms) for ms in zip(*lists)])
-        fw, ratio, _ = _costs(runs, name)
-        forwards = [int(x[:-1]) for x in fw.split(" / ") if x.endswith("×")]
+        ratio, forwards = c.cost.get((name, "time_vs_foundation")), c.forwards.get(name)
         points.append({"name": name, "mean_acc": mean.value, "spread": mean.stderr,
-                       "forwards": forwards[0] if forwards else None, "time_ratio": ratio.value if ratio else None,
-                       "fusion": _is_fusion(runs, name)})
+                       "forwards": (int(forwards[0]) if forwards[0].is_integer() else forwards[0]) if forwards else None,
+                       "time_ratio": ratio.value if ratio else None, "fusion": name in c.fusion})
     return points
 
 
+def _routing_table(c: _Cells) -> Table | None:
+    """Mean gate on sft per task for models whose adapter kept routing statistics (``routing.json``:
+    ``{"tasks": {task: {"foundation": share, "sft": share, ...}}}``), averaged over runs."""
+    if not c.gate:
+        return None
+    tasks = ordered({t for _, t in c.gate})
+    table = Table("routing", ["Model", *(f"{t}: sft share" for t in tasks)], align=["l"] + ["r"] * len(tasks))
+    for name in (n for n in c.names if any(m == n for m, _ in c.gate)):
+        table.rows.append([name, *(_fmt(c.gate.get((name, t)), "acc") for t in tasks)])
+    return table
+
+
 def build(run_dirs: list[str | Path], command: str | None = None) -> Leaderboard:
-    """Read the run folders and build every table (no files written)."""
+    """Read the run folders into the tidy table and build every view of it (no files written)."""
     runs = read_runs(run_dirs)
-    names = model_order(runs)
-    cells = collect(runs)
-    hib = metric_directions(runs)
-    n_by: dict[str, dict[str, str]] = {}
-    for run in runs:
-        for mr in run.models.values():
-            n = n_by.setdefault(mr.name, {})
-            for fam in FAMILIES:
-                k = mr.n_samples(fam) or mr.n_samples(fam + "_gen")
-                if k is not None:
-                    n.setdefault(fam, str(k))
     sources = [str(p) for p in run_dirs]
+    data = table(runs, sources)
+    names = list(dict.fromkeys(name for run in runs for name in run.models))  # first-seen order
+    c = cells(data, names)
     command = command or "sopmoe leaderboard " + " ".join(sources)
-    families = [t for f in FAMILIES if (t := _family_table(f, names, cells, hib, n_by)) is not None]
-    first = {}
+    families = [t for f in c.families if (t := _family_table(f, c)) is not None]
+    first, trained_on = {}, {}
     for run in runs:
         for name, mr in run.models.items():
             first.setdefault(name, mr)
+            if mr.meta.get("training", {}).get("data"):  # what data made it, as its training record states
+                trained_on.setdefault(name, str(mr.meta["training"]["data"]))
     models = Table("models", ["Model", "lm-eval model", "model_args"], align=["l", "l", "l"])
     for name in names:
         meta = first[name].meta
@@ -322,14 +367,14 @@ def build(run_dirs: list[str | Path], command: str | None = None) -> Leaderboard
         f"Source: {len(runs)} run{'s' if len(runs) > 1 else ''} ({', '.join(f'`{s}`' for s in sources)}); "
         f"lm-eval {', '.join(versions)}; tasks {', '.join(tasks)}; "
         f"{'all examples' if limit is None else f'limit {limit} examples per task'}.",
-        DEFINITIONS,
+        " ".join([DEFINITIONS, *(note for m, note in METRIC_NOTES.items() if m in c.higher)]),
     ]
     notes = []
     for src, run in zip(sources, runs):
         for name, reason in run.skipped.items():
             notes.append(f"`{name}` not evaluated in `{src}`: {reason}")
-    chart = {t.title: {n: mean_spread(cells[n][t.title]["acc"]) for n in names
-                       if cells.get(n, {}).get(t.title, {}).get("acc")} for t in families}
+    chart = {t.title: {n: c.metric[n, t.title, "acc"] for n in names if (n, t.title, "acc") in c.metric}
+             for t in families}
     machines = sorted({json.dumps(run.summary.get("machine"), sort_keys=True) for run in runs
                        if run.summary.get("machine")})
     if machines:
@@ -338,28 +383,27 @@ def build(run_dirs: list[str | Path], command: str | None = None) -> Leaderboard
                       f"commands on {m.get('cpus', '?')}-CPU {m.get('platform', '?')}, {m.get('device', '?')}, "
                       f"torch {m.get('torch_threads', '?')} thread(s){' (and others)' if len(machines) > 1 else ''}; "
                       "they change with the machine and its load, the accuracies do not.")
-    return Leaderboard(command, sources, header, families, _summary_table(runs, names, cells), models,
-                       _routing_table(runs, names), notes, chart, _interval_tables(runs, names, cells),
-                       _pareto_points(runs, names, cells))
+    return Leaderboard(command, sources, header, families, _summary_table(c, trained_on), models, _routing_table(c),
+                       notes, chart, _interval_tables(c, sample_table(runs, sources), len(runs)), _pareto_points(c),
+                       data)
 
 
-def _routing_table(runs: list[Run], names: list[str]) -> Table | None:
-    """Mean gate on sft per task for models whose adapter kept routing statistics (``routing.json``:
-    ``{"tasks": {task: {"foundation": share, "sft": share, ...}}}``), averaged over runs."""
-    shares: dict[str, dict[str, list[float]]] = {}
-    for run in runs:
-        for name, mr in run.models.items():
-            for task, entry in ((mr.routing or {}).get("tasks") or {}).items():
-                if isinstance(entry, dict) and isinstance(entry.get("sft"), (int, float)):
-                    shares.setdefault(name, {}).setdefault(task, []).append(float(entry["sft"]))
-    if not shares:
-        return None
-    seen = {t for per in shares.values() for t in per}
-    tasks = [f for f in FAMILIES if f in seen] + sorted(seen - set(FAMILIES))
-    table = Table("routing", ["Model", *(f"{t}: sft share" for t in tasks)], align=["l"] + ["r"] * len(tasks))
-    for name in (n for n in names if n in shares):
-        table.rows.append([name, *(_fmt(_mean(shares[name].get(t, [])), "acc") for t in tasks)])
-    return table
+def to_csv(data: pd.DataFrame) -> bytes:
+    """The tidy table as CSV (UTF-8, ``\\n`` line ends, floats as Python writes them: they read back exactly)."""
+    return data.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """A ``leaderboard.csv`` back as the table :func:`harness.runs.table` made (empty family/task stay ``""``)."""
+    df = pd.read_csv(path, keep_default_na=False, na_values={c: [""] for c in ("value", "stderr", "n",
+                                                                              "higher_is_better")},
+                     float_precision="round_trip",  # pandas 2's default parser can be an ulp off
+                     dtype={"run": str, "model": str, "kind": str, "family": str, "task": str, "metric": str,
+                            "source": str, "seed": "int64", "value": "float64", "stderr": "float64", "n": "Int64",
+                            "higher_is_better": "boolean"})
+    if list(df.columns) != list(COLUMNS):
+        raise ValueError(f"{path}: not a sopmoe leaderboard table (columns {', '.join(COLUMNS)})")
+    return df
 
 
 def md_table(t: Table) -> list[str]:
@@ -440,89 +484,23 @@ def replace_readme_section(path: Path, section: str, block: str) -> None:
     write_atomic(path, (head + block + tail).encode("utf-8"))
 
 
-def _png_bytes(fig) -> bytes:
-    """A finished matplotlib figure as PNG bytes (stable: no software stamp), the figure closed."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def to_pareto_png(lb: Leaderboard) -> bytes:
-    """Mean accuracy (SOP, reasoning, mixed) against inference cost: the Pareto view. Stable bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pts = [p for p in lb.pareto if p.get("time_ratio") is not None or p.get("forwards") is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 5.0), dpi=100)
-    for p in pts:
-        x = p["time_ratio"] if p.get("time_ratio") is not None else float(p["forwards"])
-        color = "tab:red" if p["fusion"] else ("tab:blue" if p.get("forwards") == 1 else "tab:orange")
-        ax.errorbar([x], [p["mean_acc"]], yerr=[p.get("spread") or 0.0], fmt="o", color=color, capsize=3)
-        ax.annotate(p["name"], (x, p["mean_acc"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    front, best = [], -1.0  # the Pareto frontier: no cheaper point is as accurate
-    for p in sorted(pts, key=lambda p: (p["time_ratio"] if p.get("time_ratio") is not None else p["forwards"])):
-        if p["mean_acc"] > best:
-            front.append(p)
-            best = p["mean_acc"]
-    if len(front) > 1:
-        ax.plot([p["time_ratio"] if p.get("time_ratio") is not None else p["forwards"] for p in front],
-                [p["mean_acc"] for p in front], "--", color="grey", linewidth=0.8, label="Pareto frontier")
-        ax.legend(fontsize=8, loc="lower right")
-    ax.set_xlabel("inference cost: scoring time × foundation (1x models blue, 2x orange, trained fusions red)")
-    ax.set_ylabel("mean accuracy (SOP, reasoning, mixed)")
-    ax.set_ylim(0, 1.05)
-    runs = f"{len(lb.sources)} runs: mean ± std" if len(lb.sources) > 1 else "1 run"
-    ax.set_title(f"sopmoe: accuracy against cost ({runs})")
-    return _png_bytes(fig)
-
-
-def to_png(lb: Leaderboard) -> bytes:
-    """Grouped bar chart of accuracy per family per model (error bars: the ± of the table). Stable bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fams = list(lb.chart)
-    names = [row[0] for row in lb.summary.rows if any(row[0] in lb.chart[f] for f in fams)]
-    fig, ax = plt.subplots(figsize=(min(12.0, max(6.0, 1.5 + 0.35 * len(fams) * len(names))), 4.5), dpi=100)
-    width = 0.8 / max(1, len(names))
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")  # one colour per model
-    for i, name in enumerate(names):
-        xs = [k + (i - (len(names) - 1) / 2) * width for k in range(len(fams))]
-        ms = [lb.chart[f].get(name) for f in fams]
-        ax.bar(xs, [m.value if m else 0.0 for m in ms], width, label=name, color=cmap(i % cmap.N),
-               yerr=[(m.stderr or 0.0) if m else 0.0 for m in ms], capsize=2, error_kw={"linewidth": 0.8})
-    ax.set_xticks(range(len(fams)), fams)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy (lm-eval acc)")
-    runs = f"{len(lb.sources)} runs: mean ± std" if len(lb.sources) > 1 else "1 run: ± stderr"
-    ax.set_title(f"sopmoe: accuracy per family ({runs})")
-    ax.legend(fontsize=8, ncols=min(len(names), 6) or 1, loc="upper center", bbox_to_anchor=(0.5, -0.1),
-              frameon=False)
-    return _png_bytes(fig)
-
-
 def write_leaderboard(run_dirs: list[str | Path], out: str | Path, png: str | Path | None = None,
                       command: str | None = None, *, pareto: str | Path | None = None,
                       json_path: str | Path | None = None, readme: str | Path | None = None,
-                      readme_section: str = "results") -> Leaderboard:
+                      readme_section: str = "results", csv: str | Path | None = None) -> Leaderboard:
     """Build the leaderboard from the run folders and write the markdown (and the charts, the JSON the README is
-    generated from, and the README's results section) atomically."""
+    generated from, the README's results section and the tidy CSV) atomically."""
     lb = build(run_dirs, command)
-    write_outputs(lb, out, png, pareto=pareto, json_path=json_path, readme=readme, readme_section=readme_section)
+    write_outputs(lb, out, png, pareto=pareto, json_path=json_path, readme=readme, readme_section=readme_section,
+                  csv=csv)
     return lb
 
 
 def write_outputs(lb: Leaderboard, out: str | Path, png: str | Path | None = None, *, pareto: str | Path | None = None,
                   json_path: str | Path | None = None, readme: str | Path | None = None,
-                  readme_section: str = "results") -> None:
+                  readme_section: str = "results", csv: str | Path | None = None) -> None:
+    if csv is not None and lb.data is None:
+        raise ValueError(f"--csv {csv}: the table comes from run folders; a leaderboard read from JSON has none")
     write_atomic(Path(out), to_markdown(lb).encode("utf-8"))
     if png is not None:
         write_atomic(Path(png), to_png(lb))
@@ -530,6 +508,8 @@ def write_outputs(lb: Leaderboard, out: str | Path, png: str | Path | None = Non
         write_atomic(Path(pareto), to_pareto_png(lb))
     if json_path is not None:
         write_atomic(Path(json_path), (json.dumps(lb.to_json(), indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    if csv is not None:
+        write_atomic(Path(csv), to_csv(lb.data))
     if readme is not None:
         update_readme(Path(readme), lb, readme_section)
 

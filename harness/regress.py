@@ -41,15 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.runs import (
-    HIGHER_IS_BETTER,
-    collect,
-    metric_directions,
-    model_order,
-    read_json,
-    read_runs,
-    write_json,
-)
+from harness.runs import HIGHER_IS_BETTER, RESULTS, read_json, read_runs, table, write_json
 from sopmoe_models.errors import UserError, is_number
 
 BASELINE_FORMAT = "sopmoe-baseline/2"
@@ -160,10 +152,13 @@ def current_metrics(run_dirs: list[str | Path]) -> tuple[dict[str, dict[str, dic
                                         "the evaluation (or drop that model from the run)")
                     if tolerance_kind(key) == "nats" and value <= 0:
                         raise UserError(f"{where} = {value}: a perplexity must be > 0")
-    cells = collect(runs)
-    hib = metric_directions(runs)
-    out = {name: {task: {metric: sum(m.value for m in ms) / len(ms) for metric, ms in sorted(cells[name][task].items())}
-                  for task in sorted(cells[name])} for name in model_order(runs)}
+    data = table(runs)
+    res = data[data["source"] == RESULTS]  # lm-eval's metrics, not the costs or routing shares
+    # a metric's direction: the first model reporting it decides (its task's YAML, else HIGHER_IS_BETTER)
+    hib = res.groupby("metric", sort=False)["higher_is_better"].first().astype(bool).to_dict()
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in res["model"].unique()}  # first-seen order
+    for (name, task, metric), value in res.groupby(["model", "task", "metric"])["value"].mean().items():
+        out[name].setdefault(task, {})[metric] = float(value)  # tasks and metrics sorted
     return out, hib, runs
 
 

@@ -11,7 +11,9 @@ Layout of ``RUN_DIR`` (one ``sopmoe evaluate`` call)::
 
 lm-eval names each metric ``"<metric>,<filter>"`` (``"acc,none"``) and its standard error
 ``"<metric>_stderr,<filter>"``; ``"N/A"`` where it has none (e.g. one example, or ``weighted_perplexity``).
-:func:`task_metrics` turns that into ``{task: {metric: Metric(value, stderr)}}``.
+:func:`task_metrics` turns that into ``{task: {metric: Metric(value, stderr)}}``; :func:`table` puts every run's
+numbers (lm-eval's metrics, routing shares, costs) into one long pandas table, and :func:`sample_table` the
+per-example records, which the leaderboard and the regression check aggregate.
 """
 
 from __future__ import annotations
@@ -154,42 +156,76 @@ def read_runs(paths: list[str | Path]) -> list[Run]:
     return [read_run(p) for p in paths]
 
 
-def model_order(runs: list[Run]) -> list[str]:
-    """Model names in first-seen order across runs."""
-    seen: dict[str, None] = {}
-    for run in runs:
-        for name in run.models:
-            seen.setdefault(name, None)
-    return list(seen)
+COLUMNS = ("run", "seed", "model", "kind", "family", "task", "metric", "value", "stderr", "n", "higher_is_better",
+           "source")
+# meta.json's numbers, one row each per run and model (family and task empty); lower is better for all of them
+COSTS = ("expert_forwards_per_token", "requests_s", "requests_cpu_s", "time_vs_foundation", "training_wall_s")
+GATE = "gate_sft"  # routing.json: the mean gate on the sft expert over a task's scored tokens
 
 
-def collect(runs: list[Run]) -> dict[str, dict[str, dict[str, list[Metric]]]]:
-    """``{model: {task: {metric: [Metric per run]}}}`` across runs (runs lacking a cell contribute nothing)."""
-    out: dict[str, dict[str, dict[str, list[Metric]]]] = {}
-    for run in runs:
+def family_of(task: str) -> str:
+    """A task's family: its name without the generation variant's ``_gen`` (``sop_strict_gen`` -> ``sop_strict``)."""
+    return task.removesuffix("_gen")
+
+
+def _timing_key(run: Run) -> str:
+    """CPU seconds on a CPU run (robust to other processes on the cores), wall seconds on an accelerator."""
+    metas = [mr.meta for mr in run.models.values()]
+    on_cpu = all(m.get("device") == "cpu" and "requests_cpu_s" in m.get("time", {}) for m in metas)
+    return "requests_cpu_s" if on_cpu else "requests_s"
+
+
+def _costs(run: Run, mr: ModelRun) -> dict[str, float]:
+    """meta.json's numbers: forwards per token, request seconds, their ratio to the run's foundation, training s."""
+    meta, key = mr.meta, _timing_key(run)
+    time = meta.get("time", {})
+    base = run.models.get("foundation")
+    base_s = base.meta.get("time", {}).get(key) if base else None
+    out = {"expert_forwards_per_token": meta.get("inference_cost", {}).get("expert_forwards_per_token"),
+           "requests_s": time.get("requests_s"), "requests_cpu_s": time.get("requests_cpu_s"),
+           "time_vs_foundation": time[key] / base_s if _number(time.get(key)) is not None and base_s else None,
+           "training_wall_s": meta.get("training", {}).get("wall_s")}
+    return {k: float(out[k]) for k in COSTS if _number(out[k]) is not None}
+
+
+def table(runs: list[Run], labels: list[str] | None = None):
+    """Every number of the runs as one long pandas table, one row per run × model × task × metric (columns
+    :data:`COLUMNS`, documented in :mod:`harness.leaderboard`), in run, model and task order."""
+    import pandas as pd
+
+    labels = labels or [str(run.path) for run in runs]
+    rows: list[tuple] = []
+    for seed, (label, run) in enumerate(zip(labels, runs)):
         for name, mr in run.models.items():
+            head = (label, seed, name, str(mr.meta.get("kind", "")))
             for task, metrics in mr.metrics.items():
                 for metric, m in metrics.items():
-                    out.setdefault(name, {}).setdefault(task, {}).setdefault(metric, []).append(m)
-    return out
+                    rows.append((*head, family_of(task), task, metric, m.value, m.stderr, mr.n_samples(task),
+                                 mr.higher_is_better(task, metric), RESULTS))
+            for task, entry in sorted(((mr.routing or {}).get("tasks") or {}).items()):
+                if isinstance(entry, dict) and _number(entry.get("sft")) is not None:
+                    rows.append((*head, family_of(task), task, GATE, float(entry["sft"]), None,
+                                 entry.get("n_queries"), None, ROUTING))
+            for metric, value in _costs(run, mr).items():
+                rows.append((*head, "", "", metric, value, None, None, False, META))
+    df = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
+    return df.astype({"seed": "int64", "value": "float64", "stderr": "float64", "n": "Int64",
+                      "higher_is_better": "boolean"})
 
 
-def metric_directions(runs: list[Run]) -> dict[str, bool]:
-    """``{metric: higher is better}`` across runs: the first model reporting a metric decides (its task's YAML, else
-    :data:`HIGHER_IS_BETTER`, through :meth:`ModelRun.higher_is_better`)."""
-    hib: dict[str, bool] = {}
-    for run in runs:
-        for mr in run.models.values():
+def sample_table(runs: list[Run], labels: list[str] | None = None, metric: str = "acc"):
+    """Per-example values of ``metric`` (``samples/<task>.jsonl``, written with ``--log_samples``) of every task that
+    reports it: columns run, seed, model, task, doc_id, value (empty where no run kept samples)."""
+    import pandas as pd
+
+    labels = labels or [str(run.path) for run in runs]
+    frames = []
+    for seed, (label, run) in enumerate(zip(labels, runs)):
+        for name, mr in run.models.items():
             for task, metrics in mr.metrics.items():
-                for metric in metrics:
-                    hib.setdefault(metric, mr.higher_is_better(task, metric))
-    return hib
-
-
-def mean_spread(values: list[Metric]) -> Metric:
-    """One run: its value and lm-eval's stderr. Several: the mean and the sample standard deviation (ddof=1)."""
-    if len(values) == 1:
-        return values[0]
-    xs = [m.value for m in values]
-    mu = sum(xs) / len(xs)
-    return Metric(mu, math.sqrt(sum((x - mu) ** 2 for x in xs) / (len(xs) - 1)))
+                rows = mr.per_example(task, metric) if metric in metrics else None
+                if rows:
+                    frames.append(pd.DataFrame({"run": label, "seed": seed, "model": name, "task": task,
+                                                "doc_id": list(rows), "value": list(rows.values())}))
+    columns = ["run", "seed", "model", "task", "doc_id", "value"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)

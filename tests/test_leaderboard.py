@@ -11,6 +11,7 @@ import pytest
 from harness.cli import main
 from harness.leaderboard import build, to_markdown
 from harness.runs import read_run, task_metrics
+from tests.test_readme import table_gives_board
 
 DATA = Path(__file__).parent / "data" / "leaderboard"
 GOLDEN = {("seed0",): "LEADERBOARD.seed0.md", ("seed0", "seed1"): "LEADERBOARD.seeds.md"}
@@ -146,3 +147,135 @@ def test_intervals_json_round_trip_and_readme_block(tmp_path, monkeypatch):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="no results section"):
         update_readme(readme, again)
+
+
+def _lm_eval_cells(run: Path) -> dict[tuple[str, str, str], float]:
+    """(model, task, metric) -> value, read straight from the results files (lm-eval's ``name,none`` keys)."""
+    import json
+
+    out = {}
+    for f in sorted(run.glob("*/results.json")):
+        for task, row in json.loads(f.read_text())["results"].items():
+            for key, v in row.items():
+                if key.endswith(",none") and "_stderr," not in key and isinstance(v, float):
+                    out[f.parent.name, task, key.split(",")[0]] = v
+    return out
+
+
+def test_table_is_one_row_per_run_model_task_metric():
+    from harness.runs import COLUMNS, read_runs, table
+
+    runs = [DATA / "seed0", DATA / "seed1"]
+    df = table(read_runs(runs), ["seed0", "seed1"])
+    assert tuple(df.columns) == COLUMNS
+    assert not df.duplicated(["run", "model", "task", "metric"]).any()
+    res = df[df["source"] == "results.json"]
+    assert not res.duplicated(["run", "model", "family", "metric"]).any()  # one cell per family and metric
+    expected = {(f"seed{s}", *k): v for s in (0, 1) for k, v in _lm_eval_cells(runs[s]).items()}
+    assert dict(zip(zip(res["run"], res["model"], res["task"], res["metric"]), res["value"])) == expected
+    row = res[(res["run"] == "seed0") & (res["model"] == "sft") & (res["task"] == "sop_strict_gen")
+              & (res["metric"] == "format_ok")].iloc[0]
+    assert (row["seed"], row["family"], row["n"], row["kind"], bool(row["higher_is_better"])) == (0, "sop_strict", 20,
+                                                                                                  "sft", True)
+    assert row["stderr"] == pytest.approx(0.050, abs=1e-3)
+    assert res.loc[res["metric"] == "perplexity", "stderr"].isna().all()  # "N/A" in lm-eval's files
+    # every ran model has the five cost rows; routing shares only for btm, one per task of its routing.json
+    cost = df[df["source"] == "meta.json"]
+    assert cost.groupby(["run", "model"]).size().eq(5).all() and len(cost) == 2 * 4 * 5
+    assert (cost["family"] == "").all() and not cost["higher_is_better"].any()
+    gate = df[df["source"] == "routing.json"]
+    assert set(gate["model"]) == {"btm"} and len(gate) == 2 * 4 and set(gate["metric"]) == {"gate_sft"}
+    ratio = cost[(cost["run"] == "seed0") & (cost["model"] == "ensemble") & (cost["metric"] == "time_vs_foundation")]
+    assert ratio["value"].item() == pytest.approx(15.791 / 7.623, rel=1e-12)  # CPU seconds: the run was on CPU
+
+
+def test_aggregation_equals_mean_and_sample_std_over_runs(monkeypatch):
+    """Every family cell of the two-run board is the mean ± the sample standard deviation (statistics.stdev) of the
+    two result files' values; of a one-run board, the value ± lm-eval's stderr."""
+    import statistics
+
+    from harness.leaderboard import cells, read_runs
+    from harness.runs import family_of, table
+
+    runs = [DATA / "seed0", DATA / "seed1"]
+    c = cells(table(read_runs(runs)), ["foundation", "sft", "ensemble", "btm"])
+    per_run = [_lm_eval_cells(r) for r in runs]
+    assert len(c.metric) == len(per_run[0]) == len(per_run[1])
+    for (model, task, metric), v0 in per_run[0].items():
+        m = c.metric[model, family_of(task), metric]
+        xs = [v0, per_run[1][model, task, metric]]
+        assert m.value == pytest.approx(statistics.mean(xs), rel=1e-12)
+        assert m.stderr == pytest.approx(statistics.stdev(xs), rel=1e-9, abs=1e-15)
+    assert c.core_mean["ensemble"].value == pytest.approx((0.8 + 0.75 + 0.65 + 0.85 + 0.8 + 0.7) / 6, rel=1e-12)
+    one = cells(table(read_runs(runs[:1])), ["foundation"])
+    m = one.metric["foundation", "sop_strict", "acc"]
+    assert (m.value, m.stderr) == (0.35, 0.10942433098048311)  # the file's own numbers
+    assert one.core_mean["foundation"].stderr is None  # one run: no spread to give
+
+
+def test_csv_beside_the_board_reads_back_exactly(tmp_path, capsys):
+    import pandas as pd
+
+    from harness.leaderboard import read_table
+    from harness.runs import COLUMNS
+
+    for name in ("seed0", "seed1"):
+        shutil.copytree(DATA / name, tmp_path / name)
+    out = tmp_path / "board" / "LB.md"
+    out.parent.mkdir()
+    args = ["leaderboard", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    csv = out.parent / "leaderboard.csv"  # the default: beside --out
+    text = csv.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == ",".join(COLUMNS) and "\r" not in text
+    lb = build([tmp_path / "seed0", tmp_path / "seed1"])
+    pd.testing.assert_frame_equal(read_table(csv), lb.data, check_exact=True)
+    json_path = tmp_path / "lb.json"
+    assert main(args + ["--json", str(json_path)]) == 0
+    table_gives_board(csv, json_path)  # what tests/test_readme.py checks of the committed boards
+    first = csv.read_bytes()
+    assert main(args) == 0 and csv.read_bytes() == first  # idempotent
+    other = tmp_path / "mine.csv"
+    other.write_text("a,b\n1,2\n")
+    assert main(args + ["--csv", str(other)]) == 2  # not ours: left alone
+    assert "not a leaderboard table" in capsys.readouterr().err and other.read_text() == "a,b\n1,2\n"
+    assert main(["leaderboard", "--from-json", str(json_path), "--out", str(tmp_path / "x.md"), "--csv", str(other)]) == 2
+    assert "--from-json has none" in capsys.readouterr().err
+
+
+def test_new_families_metrics_and_models_need_no_code(tmp_path, monkeypatch):
+    """A multiple-choice family (acc and acc_norm) and a model row of another kind and cost (an MoE checkpoint scored
+    through plain `hf`, 1.6 expert forwards per token) appear on every view by themselves."""
+    import json
+
+    from harness.leaderboard import read_table, write_leaderboard
+
+    monkeypatch.chdir(tmp_path)
+    for seed in (0, 1):
+        run = _fake_run(tmp_path, seed, {
+            name: {"sop_strict": [1] * (20 - k) + [0] * k, "reasoning": [1] * (15 - k) + [0] * (5 + k),
+                   "reasoning_mc": [1] * (18 - k) + [0] * (2 + k), "mixed": [0] * 20}
+            for name, k in (("foundation", 6), ("moe", 2), ("router", 0))},
+            {"foundation": "foundation", "moe": "hf", "router": "btm"})
+        for name in ("foundation", "moe", "router"):
+            res = json.loads((run / name / "results.json").read_text())
+            res["results"]["reasoning_mc"]["acc_norm,none"] = res["results"]["reasoning_mc"]["acc,none"] - 0.05
+            (run / name / "results.json").write_text(json.dumps(res))
+        meta = json.loads((run / "moe" / "meta.json").read_text())
+        meta["inference_cost"]["expert_forwards_per_token"] = 1.6
+        (run / "moe" / "meta.json").write_text(json.dumps(meta))
+    lb = write_leaderboard(["seed0", "seed1"], tmp_path / "LB.md", csv=tmp_path / "lb.csv", command="sopmoe leaderboard")
+    assert [t.title for t in lb.families] == ["sop_strict", "reasoning", "reasoning_mc", "mixed"]
+    mc = lb.families[2]
+    assert mc.columns == ["Model", "Accuracy ↑", "Accuracy, length-normalised ↑", "n"]
+    assert mc.rows[1] == ["moe", "0.800 ± 0.000", "0.750 ± 0.000", "20"]
+    assert lb.summary.columns[1:5] == ["SOP acc ↑", "Reasoning acc ↑", "Reasoning (multiple choice) acc ↑", "Mixed acc ↑"]
+    moe = next(r for r in lb.summary.rows if r[0] == "moe")
+    assert moe[6] == "1.6×" and moe[5] == "0.517 ± 0.000"  # mean over SOP, reasoning, mixed: (0.9 + 0.65 + 0) / 3
+    assert [t.title for t in lb.intervals] == ["sop_strict", "reasoning", "reasoning_mc", "mixed"]
+    assert lb.intervals[2].columns[3] == "Δ vs moe (paired bootstrap 95%)"  # the best model that is not a fusion
+    assert set(lb.chart) == {"sop_strict", "reasoning", "reasoning_mc", "mixed"} and "moe" in lb.chart["reasoning_mc"]
+    assert next(p for p in lb.pareto if p["name"] == "moe")["forwards"] == 1.6
+    assert "`acc_norm`" in lb.header[1]
+    df = read_table(tmp_path / "lb.csv")
+    assert set(df.loc[df["family"] == "reasoning_mc", "metric"]) == {"acc", "acc_norm"}

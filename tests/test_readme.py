@@ -9,6 +9,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -97,3 +99,34 @@ def test_real_bed_results_are_generated_from_the_committed_json():
     assert (results / "baseline.json").is_file()
     rows = {r[0].replace(" (fusion)", "") for r in lb.summary.rows}
     assert {"foundation", "sft", "ensemble", "token_level", "dispatch", "replay_sft", "distill"} <= rows
+
+
+
+def table_gives_board(csv: Path, board: Path) -> None:
+    """The tidy table ``csv``, aggregated again, gives the accuracies (mean, spread) of the leaderboard JSON ``board``."""
+    import json
+
+    from harness.leaderboard import cells, read_table
+
+    lb = json.loads(board.read_text(encoding="utf-8"))
+    data = read_table(csv)
+    assert list(data["run"].unique()) == lb["sources"]
+    c = cells(data, list(data["model"].unique()))
+    for fam, per in lb["chart"].items():
+        for model, (value, spread) in per.items():
+            m = c.metric[model, fam, "acc"]
+            assert m.value == pytest.approx(value, rel=1e-9), (fam, model)
+            assert (m.stderr is None and spread is None) or m.stderr == pytest.approx(spread, rel=1e-9), (fam, model)
+    assert {(f, m) for f, per in lb["chart"].items() for m in per} == {
+        (f, m) for (m, f, metric) in c.metric if metric == "acc" and f in lb["chart"]}
+
+
+@pytest.mark.parametrize("folder", ["results", "results/real"])
+def test_committed_table_aggregates_to_the_committed_board(folder):
+    """Each committed board's tidy table (leaderboard.csv, written beside it by `sopmoe leaderboard`) holds the runs
+    the board was made from: aggregated again, it gives the board's accuracies."""
+    csv = ROOT / folder / "leaderboard.csv"
+    if not csv.is_file():
+        pytest.skip(f"{folder}/leaderboard.csv not committed yet: the board predates it and its runs are not in the "
+                    "repository (regenerating the board from its runs writes it)")
+    table_gives_board(csv, ROOT / folder / "leaderboard.json")
