@@ -53,8 +53,8 @@ from harness.stats import paired_bootstrap, wilson
 from sopmoe_models.outputs import write_atomic
 
 CORE = ("sop_strict", "reasoning", "mixed")  # the seed's scenario: the summary's mean accuracy and the Pareto chart
-# Trained fusions (routers, the student distilled from one, the MoE with trained gates) against everything else: the
-# the dispatch and replay baselines and the merges (issue 11's comparison).
+# Trained fusions (routers, the student distilled from one, the MoE with trained gates) against everything else:
+# the experts, the ensemble, the dispatch and replay baselines and the merges (issue 11's comparison).
 FUSION_KINDS = ("btm", "distill", "moe")
 README_BEGIN, README_END = "<!-- sopmoe:results:begin -->", "<!-- sopmoe:results:end -->"
 # the test bed's and the real bed's (issue 12) results; `sopmoe ceiling`'s for each
