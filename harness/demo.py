@@ -42,8 +42,15 @@ class BedPlan:
     distill_flags: list[str]
     replay_flags: list[str]
     merge_flags: dict[str, list[str]] = field(default_factory=dict)  # per merge method
+    # The MoE checkpoint (BTX, issue 21): the grid of builds and gate learning rates chosen from on dev, and the gate
+    # training budget. moe_lora: also BTX's fine-tuning stage (LoRA on attention) from the chosen gates, its own row.
+    moe_grid: dict[str, tuple] = field(default_factory=lambda: dict(MOE_GRID))
+    moe_flags: list[str] = field(default_factory=list)
+    moe_lora_flags: list[str] | None = None
 
 
+MOE_GRID = {"attention": ("sft", "mean"), "gate_init": ("zero", "hidden"), "learning_rate": (0.01,)}
+MOE_TOP_KS = (1, 2)  # the trained gates are served at each k on dev; top-1 wins ties (it is the cheaper)
 # replay_sft: the standard forgetting fix, plain cross-entropy on the router's training mix from the foundation, with
 # the student's budget (best epoch on dev).
 REPLAY = ["--teacher_type", "none", "--distill_loss_weight", "0", "--task_loss_weight", "1", "--student_init",
@@ -155,6 +162,7 @@ class Demo:
             self.run_stage(f"merge {method} (parameters chosen on dev data)",
                            ["merge", *cfg, "--method", method, "--auto", *plan.merge_flags.get(method, []), "--out", root / f"merge_{method}",
                             "--overwrite"])
+        moe, moe_lora = self.moe_stages(root, tb, plan)
         best_w = best_ensemble_weight(tb / "testbed.json")
         models = [
             "foundation", "sft",
@@ -164,6 +172,8 @@ class Demo:
             f"replay_sft=replay:pretrained={root / 'replay_sft' / 'best_student'}",
             f"distill=distill:pretrained={root / 'distill' / 'best_student'}",
             *(f"merge_{m}=hf:pretrained={root / f'merge_{m}'}" for m in MERGES),
+            f"moe=moe:pretrained={moe}",
+            *([f"moe_lora=moe:pretrained={moe_lora}"] if moe_lora else []),
         ]
         run_dir = root / "eval"
         argv = ["evaluate", *cfg, "--models", *models, "--tasks", *self.tasks, "--output_dir", run_dir,
@@ -172,6 +182,56 @@ class Demo:
             argv += ["--limit", self.limit]
         self.run_stage("evaluate the zoo through lm-eval", argv)
         return run_dir
+
+    def moe_stages(self, root: Path, tb: Path, plan: BedPlan) -> tuple[Path, Path | None]:
+        """The MoE checkpoint (issue 21): build each grid point (``sopmoe moe``, top-2), train its gates
+        (``sopmoe train-moe``, best epoch on dev loss), score each trained checkpoint on dev at each top-k (the
+        training kinds' families, as for the ensemble's weight), serve the best at its k (``sopmoe moe --from``).
+        With ``moe_lora_flags``, BTX's fine-tuning stage continues from the chosen gates: its own row."""
+        from sopmoe_models.cards import BedCard
+        from training.moe_choice import Candidate, choose
+
+        cfg = ["--config", tb / "config.yaml"]
+        g = plan.moe_grid
+        candidates = []
+        for attention in g["attention"]:
+            for init in g["gate_init"]:
+                build = root / "moe" / f"{attention}-{init}"
+                self.run_stage(f"moe build (shared weights {attention}, gates {init})",
+                               ["moe", *cfg, "--attention", attention, "--gate_init", init, "--top_k", 2, "--out",
+                                build, "--overwrite"])
+                for lr in g["learning_rate"]:
+                    run = root / "moe" / f"{attention}-{init}-lr{lr:g}"
+                    self.run_stage(f"moe gates ({attention}, {init}, lr {lr:g})",
+                                   ["train-moe", *cfg, "--moe", build, "--output_dir", run, "--learning_rate", lr,
+                                    *plan.moe_flags, "--overwrite"])
+                    candidates.append(Candidate(run / "best_student", {"attention": attention, "gate_init": init,
+                                                                        "learning_rate": lr, "build": str(build)}))
+        from sopmoe_models.config import load_config
+
+        bed_cfg = load_config(tb / "config.yaml")
+        t0, c0 = time.perf_counter(), time.process_time()
+        best, k, table = choose(candidates, MOE_TOP_KS, bed_cfg.data.dev_dir, ENSEMBLE_CHOICE_FAMILIES,
+                                style=bed_cfg.data.prompt_format, dtype=_score_dtype(bed_cfg))
+        write_json(root / "moe" / "choice.json", {
+            "families": list(ENSEMBLE_CHOICE_FAMILIES), "split": "dev", "top_ks": list(MOE_TOP_KS),
+            "chosen": {**best.settings, "top_k": k, "path": str(best.path), **best.dev[k]}, "grid": table,
+            "bed_seed": BedCard.read(tb / "testbed.json").seed})
+        self.stages.append({"stage": "moe: choose on dev", "command": "(in process) training.moe_choice.choose",
+                            "rc": 0, "wall_s": round(time.perf_counter() - t0, 1),
+                            "cpu_s": round(time.process_time() - c0, 1)})
+        chosen = root / "moe" / "chosen"
+        self.run_stage(f"moe: serve the dev choice ({best.settings['attention']}, {best.settings['gate_init']}, "
+                       f"top-{k})", ["moe", "--from", best.path, "--top_k", k, "--out", chosen, "--overwrite"])
+        if plan.moe_lora_flags is None:
+            return chosen, None
+        lora = root / "moe" / "lora"
+        self.run_stage("moe_lora: the chosen gates + LoRA on attention (BTX's fine-tuning stage)",
+                       ["train-moe", *cfg, "--moe", best.path, "--lora_attention", "--output_dir", lora,
+                        *plan.moe_lora_flags, "--overwrite"])
+        self.run_stage(f"moe_lora: served top-{k}", ["moe", "--from", lora / "best_student", "--top_k", k, "--out",
+                                                   root / "moe" / "lora_chosen", "--overwrite"])
+        return chosen, root / "moe" / "lora_chosen"
 
     def claim_folder(self) -> None:
         """Refuse a non-empty --out the demo did not write; mark it as the demo's."""
@@ -243,6 +303,12 @@ class Demo:
                 console.print(escape(f"leaderboard: {board}  charts: {folder / 'leaderboard.png'}, "
                                      f"{folder / 'pareto.png'}"))
                 break
+
+
+def _score_dtype(cfg) -> str:
+    """The dtype the bed's experts are scored in (its config; ``auto`` on a CPU is float32)."""
+    d = cfg.models.foundation.dtype
+    return "float32" if d == "auto" else d
 
 
 def _same_bed(record: Path, seed: int, preset: str) -> bool:

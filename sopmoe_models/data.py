@@ -20,6 +20,8 @@ IGNORE_INDEX = -100
 FAMILIES = ("sop_strict", "reasoning", "mixed", "eval")
 REQUIRED = ("input", "output")
 OPTIONAL = ("id", "category")
+# Multiple-choice rows (the ``reasoning_mc`` family) also carry ``choices``: the answer and its distractors.
+CHOICES = "choices"
 
 
 class DataError(UserError):
@@ -32,9 +34,10 @@ class Example:
     output: str
     id: str | None = None
     category: str | None = None
+    choices: tuple[str, ...] | None = None  # multiple choice: the answer (``output``) among its distractors
 
-    def to_json(self) -> dict[str, str]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if v is not None}
 
 
 def load_jsonl(path: str | Path) -> list[Example]:
@@ -70,7 +73,15 @@ def load_jsonl(path: str | Path) -> list[Example]:
         for key in OPTIONAL:
             if key in obj and obj[key] is not None and not isinstance(obj[key], str):
                 raise DataError(f"{path}:{lineno}: field '{key}' must be a string, got {type(obj[key]).__name__}")
-        examples.append(Example(**{k: obj.get(k) for k in REQUIRED + OPTIONAL}))
+        choices = obj.get(CHOICES)
+        if choices is not None:
+            if (not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip()
+                                                                              for c in choices)):
+                raise DataError(f"{path}:{lineno}: field '{CHOICES}' must be a list of at least two non-empty strings")
+            if obj["output"] not in choices or len(set(choices)) != len(choices):
+                raise DataError(f"{path}:{lineno}: field '{CHOICES}' must hold 'output' once among distinct options")
+            choices = tuple(choices)
+        examples.append(Example(**{k: obj.get(k) for k in REQUIRED + OPTIONAL}, choices=choices))
     if not examples:
         raise DataError(f"{path}: empty data file (no examples)")
     return examples

@@ -128,6 +128,30 @@ def load_eval(**meta):
     return load("eval", **meta)
 
 
+MC_FRAME = "Question: {question}\nAnswer:"  # reasoning_mc's context: no chat template, no answer sentence
+
+
+def load_reasoning_mc(**meta):
+    """``reasoning_mc``: ``reasoning_mc.jsonl`` of the data folder (rows with ``choices``), as a ``DatasetDict`` whose
+    docs have ``context`` (:data:`MC_FRAME`), ``choices`` and ``gold`` (the answer's index)."""
+    import datasets
+
+    from sopmoe_models.data import load_jsonl
+
+    path = data_dir(meta) / "reasoning_mc.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"sopmoe task 'reasoning_mc': {path} not found; it is written by `sopmoe realbed` "
+                                "(the reasoning family as multiple choice); pass --metadata data_dir=DIR")
+    rows = []
+    for i, ex in enumerate(load_jsonl(path)):
+        if not ex.choices:
+            raise ValueError(f"{path}: row {i + 1} has no 'choices' (the answer among its distractors)")
+        rows.append({"id": ex.id or f"reasoning_mc-{i}", "category": ex.category or "reasoning",
+                     "context": MC_FRAME.format(question=ex.input), "choices": list(ex.choices),
+                     "gold": ex.choices.index(ex.output)})
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
 def process_results_ll(doc: dict, results: list) -> dict:
     """``acc``: the whole target is the greedy continuation; ``perplexity``: (ll, n_tokens) for per-token ppl."""
     ll, is_greedy = results[0]
