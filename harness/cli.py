@@ -95,9 +95,12 @@ def setup_logging(level: str, log_file: str | None = None, *, keep: bool = False
     another in one process each log to their own file); ``keep=True`` marks an outer file (the demo's) that stays."""
     from rich.logging import RichHandler
 
+    from sopmoe_models.console import new_console
+
     root = logging.getLogger()
     if not any(isinstance(h, RichHandler) for h in root.handlers):
-        logging.basicConfig(level=level, handlers=[RichHandler(show_path=False)], format="%(message)s", force=True)
+        logging.basicConfig(level=level, handlers=[RichHandler(show_path=False, console=new_console())],
+                            format="%(message)s", force=True)
     if log_file:
         for h in [h for h in root.handlers if getattr(h, "_sopmoe_command_log", False)]:
             root.removeHandler(h)

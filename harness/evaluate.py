@@ -44,6 +44,7 @@ from harness.model_specs import (
     training_data,
 )
 from harness.runs import META, RESULTS, ROUTING, RUN_FORMAT, SUMMARY, write_json
+from sopmoe_models.console import new_console, new_progress
 from sopmoe_models.errors import UserError
 from sopmoe_models.outputs import (
     folder_lock,
@@ -378,10 +379,9 @@ class _NoProgress:
 def _progress(enabled: bool):
     if not enabled:
         return _NoProgress()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True))
+    return new_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=new_console(stderr=True))
 
 

@@ -13,6 +13,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from sopmoe_models.console import new_console
+
 NAME = "leaderboard"
 HELP = "write results/LEADERBOARD.md (per-family, summary, interval tables), charts and JSON from run folders"
 EXAMPLES = [
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     write_outputs(lb, args.out, args.png, pareto=args.pareto, json_path=args.json, readme=args.readme,
                   readme_section=args.readme_section)
     if not args.quiet:
-        print_rich(lb)
+        print_rich(lb, new_console())
     written = [str(x) for x in (args.out, args.png, args.pareto, args.json, args.readme) if x]
     print("wrote " + ", ".join(written))
     return 0
