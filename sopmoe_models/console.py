@@ -7,6 +7,8 @@ keeps stderr on the terminal):
 
 - :func:`new_console`: on a terminal, rich's console as ever; writing to a file or a pipe, :data:`FILE_WIDTH`
   columns wide, so tables keep their natural width and log lines are not wrapped.
+- :func:`log_handler`: the console log handler: rich's on a terminal; writing to a file or a pipe, one plain line
+  per record (``time level logger: message``), neither padded to the width nor wrapped.
 - :func:`new_progress`: on a terminal, rich's live bar; elsewhere ``LineProgress``, which prints a task's
   columns (the bar left out) as one line when the task starts, when it finishes, and at most every
   :data:`LINE_INTERVAL_S` seconds in between (not at every change: training loops put the loss in the description).
@@ -15,6 +17,8 @@ keeps stderr on the terminal):
 from __future__ import annotations
 
 import functools
+import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +38,34 @@ def new_console(stderr: bool = False, **kwargs: Any) -> Console:
     if "width" not in kwargs and not console.is_terminal and not console.is_jupyter:
         console.width = FILE_WIDTH
     return console
+
+
+def log_handler() -> logging.Handler:
+    """The handler for sopmoe's log records on stdout, decided by whether stdout is a terminal (see the module
+    docstring); ``handler.formatter`` is set."""
+    console = new_console()
+    if console.is_terminal or console.is_jupyter:
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(show_path=False, console=console)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """A ``StreamHandler`` on whatever ``sys.stdout`` is when a record is written (as a rich console writes), not the
+    one it was made with: a caller that swaps stdout (a test capturing output, a redirect) gets the lines."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def new_progress(*columns: Any, console: Console | None = None, **kwargs: Any) -> Progress:

@@ -63,3 +63,23 @@ def test_progress_in_a_file_is_lines_when_a_task_starts_and_ends_and_now_and_the
         for _ in range(3):
             progress.advance(task)
     assert [line.split()[-1] for line in buf.getvalue().splitlines()] == ["0/3", "1/3", "2/3", "3/3"]
+
+
+def test_log_records_in_a_file_are_plain_lines(capsys):
+    """Not a terminal (here: pytest's capture): one ``time level logger: message`` line per record, unpadded and
+    unwrapped, on whatever stdout is when the record is written."""
+    import logging
+
+    from sopmoe_models.console import log_handler
+
+    handler = log_handler()
+    log = logging.getLogger("sopmoe.test_console")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("a message longer than any terminal: %s", "x" * 300)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.endswith(" WARNING sopmoe.test_console: a message longer than any terminal: " + "x" * 300)
