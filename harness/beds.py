@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sopmoe_models.cards import BedCard
+from sopmoe_models.console import new_console, new_progress
 
 
 def add_bed_arguments(p: argparse.ArgumentParser, *, bed: str, seeds: str, sizes: dict[str, str]) -> None:
@@ -50,14 +51,12 @@ def build_bed(command: str, out: Path, build: Callable[[Any], dict[str, Any]], e
     """(the bed's card, whether its properties hold): ``build(progress)`` under a rich progress bar of ``columns``
     on stderr. A failed property check (``error``, raised after the card is written) is printed in one line and the
     card is read back from ``out``."""
-    from rich.console import Console
-    from rich.progress import Progress
 
     from harness.cli import escape
 
-    console = Console(stderr=True)
+    console = new_console(stderr=True)
     try:
-        with Progress(*columns, console=console) as progress:
+        with new_progress(*columns, console=console) as progress:
             return BedCard.from_dict(build(progress)), True
     except error as e:
         console.print(f"[bold red]sopmoe {command}: property check FAILED[/]: {escape(e)}")

@@ -90,14 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str, log_file: str | None = None, *, keep: bool = False) -> None:
-    """Rich console logging (once per process: nested in-process commands, as the demo runs them, keep the outer
-    set-up) plus the command's log file. A command's file replaces the previous command's (so stages run one after
-    another in one process each log to their own file); ``keep=True`` marks an outer file (the demo's) that stays."""
-    from rich.logging import RichHandler
+    """Console logging (once per process: nested in-process commands, as the demo runs them, keep the outer set-up;
+    rich on a terminal, plain lines in a file or pipe: :func:`sopmoe_models.console.log_handler`) plus the command's
+    log file. A command's file replaces the previous command's (so stages run one after another in one process each
+    log to their own file); ``keep=True`` marks an outer file (the demo's) that stays."""
+    from sopmoe_models.console import log_handler
 
     root = logging.getLogger()
-    if not any(isinstance(h, RichHandler) for h in root.handlers):
-        logging.basicConfig(level=level, handlers=[RichHandler(show_path=False)], format="%(message)s", force=True)
+    if not any(getattr(h, "_sopmoe_console_log", False) for h in root.handlers):
+        handler = log_handler()
+        handler._sopmoe_console_log = True  # type: ignore[attr-defined]
+        logging.basicConfig(level=level, handlers=[handler], force=True)
     if log_file:
         for h in [h for h in root.handlers if getattr(h, "_sopmoe_command_log", False)]:
             root.removeHandler(h)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sopmoe_models.cards import BedCard
+from sopmoe_models.console import new_console
 from sopmoe_models.outputs import write_json
 
 log = logging.getLogger(__name__)
@@ -102,11 +103,9 @@ class Demo:
     property_failures: list[int] = field(default_factory=list)
 
     def run_stage(self, title: str, argv: list[str], allowed: tuple[int, ...] = (0,)) -> int:
-        from rich.console import Console
-
         from harness.cli import main
 
-        Console(stderr=True).rule(f"[bold]sopmoe demo[/] [{len(self.stages) + 1}] {title}")
+        new_console(stderr=True).rule(f"[bold]sopmoe demo[/] [{len(self.stages) + 1}] {title}")
         t_wall, t_cpu = time.perf_counter(), time.process_time()
         rc = main([str(a) for a in argv])
         record = {"stage": title, "command": "sopmoe " + " ".join(map(str, argv)), "rc": rc,
@@ -280,7 +279,6 @@ class Demo:
         write_json(self.out / "demo.json", record)
 
     def print_summary(self) -> None:
-        from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
 
@@ -292,7 +290,7 @@ class Demo:
                           f"{s['wall_s']:.0f}", f"{s['cpu_s']:.0f}")
         table.add_row("[bold]total[/]", "", f"{sum(s['wall_s'] for s in self.stages):.0f}",
                       f"{sum(s['cpu_s'] for s in self.stages):.0f}")
-        console = Console()
+        console = new_console()
         console.print(table)
         if self.property_failures:
             console.print(f"[bold red]test-bed property check failed for seed(s) {self.property_failures}: "

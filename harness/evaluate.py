@@ -17,6 +17,11 @@ A run folder that already holds results is never replaced silently: ``append`` a
 limit; a model of the same name is re-run), ``overwrite`` replaces it (only a folder sopmoe wrote: its
 ``summary.json`` or marker says so), anything else is an error. Each model's sub-folder is written whole and renamed
 into place.
+
+Jobs started together into one run folder (one ``--append`` job per model on a cluster) lose nothing: every change to
+the folder's shared state (moving a model folder into place, ``summary.json``, the cost ratios against foundation)
+is a read-modify-write of what is on disk now, under the folder's lock (:func:`sopmoe_models.outputs.folder_lock`).
+The summary a job writes is the one on disk with its own models merged in, never its own copy from the start.
 """
 
 from __future__ import annotations
@@ -39,8 +44,16 @@ from harness.model_specs import (
     training_data,
 )
 from harness.runs import META, RESULTS, ROUTING, RUN_FORMAT, SUMMARY, write_json
+from sopmoe_models.console import new_console, new_progress
 from sopmoe_models.errors import UserError
-from sopmoe_models.outputs import has_content, new_temp_dir, read_marker, replace_dir, write_marker
+from sopmoe_models.outputs import (
+    folder_lock,
+    has_content,
+    new_temp_dir,
+    read_marker,
+    replace_dir,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
@@ -82,9 +95,9 @@ def sopmoe_task_manager(task_manager_cls, tasks: list[str], meta: dict[str, Any]
 
 
 def evaluate_one(p: Planned, final: Path, *, tasks: list[str], limit: int | None, batch_size: int | str,
-                 device: str, task_metadata: dict[str, Any], log_samples: bool = False) -> dict[str, Any]:
-    """Evaluate one planned model with lm-eval in-process; write ``results.json`` and ``meta.json`` under ``final``
-    (written whole in a temporary sibling, then renamed into place)."""
+                 device: str, task_metadata: dict[str, Any], log_samples: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Evaluate one planned model with lm-eval in-process into a new hidden sibling of ``final`` (``results.json``,
+    ``meta.json``, ...); returns (that folder, meta). The caller renames it to ``final`` under the run's lock."""
     out = new_temp_dir(final)
     try:
         meta = _evaluate_into(p, out, tasks=tasks, limit=limit, batch_size=batch_size, device=device,
@@ -92,8 +105,7 @@ def evaluate_one(p: Planned, final: Path, *, tasks: list[str], limit: int | None
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    replace_dir(out, final)
-    return meta
+    return out, meta
 
 
 def _evaluate_into(p: Planned, out: Path, *, tasks: list[str], limit: int | None, batch_size: int | str,
@@ -196,7 +208,7 @@ def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir
     dupes = sorted({s.name for s in specs if [t.name for t in specs].count(s.name) > 1})
     if dupes:
         raise UserError(f"--models: label(s) {', '.join(dupes)} given twice; name variants LABEL=KIND:...")
-    old_summary = guard_run_folder(out, append=append, overwrite=overwrite)
+    guard_run_folder(out, append=append, overwrite=overwrite)  # refused before any model loads
     task_metadata: dict[str, Any] = {}
     if cfg.data.task_data_dir:
         task_metadata["data_dir"] = cfg.data.task_data_dir
@@ -206,44 +218,44 @@ def evaluate_models(cfg, models: list[str | ModelSpec] | None = None, output_dir
                   allow_remote_code=allow_remote_code, allow_missing_fingerprint=allow_missing_fingerprint)
              for s in specs]
 
-    summary: dict[str, Any] = {
+    this: dict[str, Any] = {  # this call's settings; the models come from summary.json as it is on disk
         "format": RUN_FORMAT, "command": command, "tasks": tasks, "limit": limit, "batch_size": batch_size,
-        "device": device, "task_metadata": task_metadata, "models": [], "machine": machine(device),
+        "device": device, "task_metadata": task_metadata, "machine": machine(device),
+        "evaluated": [s.name for s in specs],  # this call's models (``--append`` keeps others)
     }
-    if append and old_summary is not None:
-        summary = _appended(out, summary, {s.name for s in specs}, old_summary)
-    elif overwrite and old_summary is not None:
-        _clear_run(out, old_summary)
     out.mkdir(parents=True, exist_ok=True)
-    write_marker(out, "evaluate")
-    summary["evaluated"] = [s.name for s in specs]  # this call's models (``--append`` keeps others)
-    cfg.save(out / "config.yaml")
-    metas: dict[str, dict] = {}
+    with folder_lock(out):  # another job may have written here since the check above: decide again, in turn
+        old_summary = guard_run_folder(out, append=append, overwrite=overwrite)
+        if overwrite and old_summary is not None:
+            _clear_run(out, old_summary)
+        write_marker(out, "evaluate")
+        cfg.save(out / "config.yaml")
+        summary = _record(out, this, start=True)
     with _progress(progress) as bar:
         job = bar.add_task("evaluate", total=len(plans))
         for p in plans:
             entry = {"name": p.spec.name, "spec": p.spec.text or p.spec.name, "lm_eval_model": p.lm_eval_model,
                      "model_args": p.model_args}
+            folder = None
             if p.problem:
                 log.warning("skip %s: %s", p.spec.name, p.problem)
                 entry.update(status="skipped", reason=p.problem)
             else:
                 bar.update(job, description=f"evaluate {p.spec.name} ({p.lm_eval_model})")
                 try:
-                    metas[p.spec.name] = evaluate_one(p, out / p.spec.name, tasks=tasks, limit=limit,
-                                                      batch_size=batch_size, device=device,
-                                                      task_metadata=task_metadata, log_samples=log_samples)
-                    entry.update(status="ran", wall_s=metas[p.spec.name]["time"]["wall_s"])
+                    folder, meta = evaluate_one(p, out / p.spec.name, tasks=tasks, limit=limit,
+                                                batch_size=batch_size, device=device,
+                                                task_metadata=task_metadata, log_samples=log_samples)
+                    entry.update(status="ran", wall_s=meta["time"]["wall_s"])
                     log.info("%s done in %.1f s", p.spec.name, entry["wall_s"])
                 except Exception as e:  # one broken model must not cost the others their results
                     log.exception("%s failed", p.spec.name)
                     first = (str(e).strip().splitlines() or [""])[0]
                     entry.update(status="failed", reason=f"{type(e).__name__}: {first}"[:300])
-            summary["models"] = [m for m in summary["models"] if m["name"] != entry["name"]] + [entry]
-            write_json(out / SUMMARY, _finish(summary))
+            with folder_lock(out):
+                summary = _record(out, this, entry, folder)
             bar.advance(job)
-    _relative_costs(out, metas)
-    return _finish(summary)
+    return summary
 
 
 def guard_run_folder(out: Path, *, append: bool, overwrite: bool) -> dict[str, Any] | None:
@@ -283,15 +295,42 @@ def _clear_run(out: Path, old: dict[str, Any]) -> None:
     (out / SUMMARY).unlink(missing_ok=True)
 
 
-def _appended(out: Path, new: dict[str, Any], names: set[str], old: dict[str, Any]) -> dict[str, Any]:
-    """The existing summary with this call's models removed (they are re-run), checked to be comparable."""
+def _record(out: Path, this: dict[str, Any], entry: dict[str, Any] | None = None, folder: Path | None = None, *,
+            start: bool = False) -> dict[str, Any]:
+    """Under the run's lock: the ``summary.json`` on disk (other jobs' models included) with this call's settings,
+    its command (``start``) and one model's ``entry`` merged in, written back; the model's finished ``folder`` is
+    renamed into place first, and every model's cost ratio against foundation is brought up to date."""
+    from harness.runs import read_json
+
+    try:
+        on_disk = read_json(out / SUMMARY) if (out / SUMMARY).is_file() else None
+        if on_disk is not None:
+            _check_comparable(out, this, on_disk)
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    models = list(on_disk.get("models", [])) if on_disk else []
+    commands = (on_disk.get("commands") or [on_disk.get("command")]) if on_disk else []
+    if start:
+        commands = [*commands, this["command"]]
+    if entry is not None:
+        if folder is not None:
+            replace_dir(folder, out / entry["name"])
+        models = [m for m in models if m["name"] != entry["name"]] + [entry]
+    summary = _finish({**this, "commands": commands, "models": models})
+    write_json(out / SUMMARY, summary)
+    if entry is not None and entry["status"] == "ran":
+        _relative_costs(out, summary["ran"])
+    return summary
+
+
+def _check_comparable(out: Path, new: dict[str, Any], old: dict[str, Any]) -> None:
+    """``--append`` adds models to a run only when they are scored alike: same tasks, limit and task data."""
     for key in ("tasks", "limit", "task_metadata"):
         if old.get(key) != new[key]:
             raise UserError(f"--append: {out / SUMMARY} has {key}={old.get(key)!r} but this call has {new[key]!r}; "
                              "use a new --output_dir")
-    commands = old.get("commands") or [old.get("command")]
-    return {**new, "command": new["command"], "commands": [*commands, new["command"]],
-            "models": [m for m in old.get("models", []) if m["name"] not in names]}
 
 
 def _finish(summary: dict[str, Any]) -> dict[str, Any]:
@@ -299,18 +338,25 @@ def _finish(summary: dict[str, Any]) -> dict[str, Any]:
     return {**summary, **by}
 
 
-def _relative_costs(out: Path, metas: dict[str, dict]) -> None:
-    """Record each model's request seconds (wall and CPU) relative to ``foundation``'s in this run folder."""
-    base = metas.get("foundation", {}).get("time", {})
-    if not base and (out / "foundation" / META).is_file():  # --append: foundation ran in an earlier call
-        from harness.runs import read_json
+def _relative_costs(out: Path, ran: list[str]) -> None:
+    """Record each model's request seconds (wall and CPU) relative to ``foundation``'s in this run folder. Run under
+    the lock each time a model lands, so the ratios are right whichever job ran foundation, and whenever."""
+    from harness.runs import read_json
 
-        base = read_json(out / "foundation" / META).get("time", {})
-    for name, meta in metas.items():
-        for key in ("requests_s", "requests_cpu_s"):
-            if base.get(key):
-                meta["inference_cost"][f"{key}_vs_foundation"] = round(meta["time"][key] / base[key], 3)
-        write_json(out / name / META, meta)
+    if not (out / "foundation" / META).is_file():
+        return  # no foundation here (yet): ratios stay None until it lands
+    base = read_json(out / "foundation" / META).get("time", {})
+    for name in ran:
+        path = out / name / META
+        meta = read_json(path) if path.is_file() else {}
+        cost, time_ = meta.get("inference_cost"), meta.get("time")
+        if not isinstance(cost, dict) or not isinstance(time_, dict):
+            continue  # not a meta.json written by sopmoe evaluate
+        ratios = {f"{key}_vs_foundation": round(time_[key] / base[key], 3)
+                  for key in ("requests_s", "requests_cpu_s") if base.get(key) and time_.get(key) is not None}
+        if any(cost.get(k) != v for k, v in ratios.items()):
+            meta["inference_cost"] = {**cost, **ratios}
+            write_json(path, meta)
 
 
 class _NoProgress:
@@ -333,10 +379,9 @@ class _NoProgress:
 def _progress(enabled: bool):
     if not enabled:
         return _NoProgress()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(stderr=True))
+    return new_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=new_console(stderr=True))
 
 

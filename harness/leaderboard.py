@@ -50,6 +50,7 @@ import pandas as pd
 from harness.charts import to_pareto_png, to_png
 from harness.runs import COLUMNS, META, RESULTS, ROUTING, Metric, family_of, read_runs, sample_table, table
 from harness.stats import paired_bootstrap, wilson
+from sopmoe_models.console import new_console
 from sopmoe_models.outputs import write_atomic
 
 CORE = ("sop_strict", "reasoning", "mixed")  # the seed's scenario: the summary's mean accuracy and the Pareto chart
@@ -515,11 +516,10 @@ def write_outputs(lb: Leaderboard, out: str | Path, png: str | Path | None = Non
 
 
 def print_rich(lb: Leaderboard, console=None) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    console = console or Console()
+    console = console or new_console()
     for t in [*lb.families, lb.summary, *([lb.routing] if lb.routing else [])]:
         rt = RichTable(title=escape(t.title))
         for c, col in enumerate(t.columns):

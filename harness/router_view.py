@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sopmoe_models.console import new_console
+
 
 def btm_config(cfg, router_checkpoint: str | None):
     """``cfg`` with the expert paths of the router's ``router.json`` where the config has none. The checkpoint is
@@ -57,7 +59,6 @@ class RoutingView:
         return rec["shares"] if rec else None
 
     def print_table(self, labels: list[str] | None = None, limit: int = 50) -> None:
-        from rich.console import Console
         from rich.table import Table
 
         from harness.cli import escape
@@ -77,7 +78,7 @@ class RoutingView:
             cells = [label, str(s["n_tokens"]), _fmt(s["foundation"]), _fmt(s["sft"])]
             cells += [_fmt(s.get("per_layer", {}).get(nm, {}).get("sft")) for nm in layer_cols]
             table.add_row(*cells)
-        console = Console()
+        console = new_console()
         console.print(table)
         done = [r for r in self.records if r is not None and r["shares"]["n_tokens"]]
         if names and not layer_cols and done:

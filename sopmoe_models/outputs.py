@@ -14,12 +14,17 @@
   one is in place. No fixed name (``X.tmp``, ``X.old``) is used, so nothing the user owns is ever deleted by accident,
   and a kill at any moment leaves either the old folder or the new one under the final name (plus, at worst, a hidden
   leftover that :func:`remove_leftovers` clears inside folders sopmoe owns).
+- :func:`folder_lock`: separate processes that read, change and write a file shared in one folder (``sopmoe evaluate
+  --append`` jobs into one run folder) take turns, so no job's change is lost whatever the interleaving.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
 import shutil
 import time
 import uuid
@@ -32,6 +37,8 @@ from sopmoe_models.errors import UserError
 
 MARKER = ".sopmoe.json"
 MARKER_FORMAT = "sopmoe-output/1"
+LOCK = ".sopmoe.lock"
+log = logging.getLogger(__name__)
 
 
 # --- markers ---------------------------------------------------------------------------------------------------
@@ -62,10 +69,10 @@ def written_by(folder: str | Path, command: str) -> bool:
 
 # --- guards ----------------------------------------------------------------------------------------------------
 def has_content(path: str | Path) -> bool:
-    """A file, a link, or a folder with anything in it."""
+    """A file, a link, or a folder with anything in it but the lock file of :func:`folder_lock`."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
-        return any(path.iterdir())
+        return any(p.name != LOCK for p in path.iterdir())
     return path.exists() or path.is_symlink()
 
 
@@ -176,6 +183,67 @@ def remove_leftovers(parent: str | Path, name: str) -> None:
     """Delete unfinished temporary folders of ``name`` under ``parent`` (only inside folders sopmoe owns)."""
     for p in leftovers(parent, name, "tmp"):
         shutil.rmtree(p, ignore_errors=True)
+
+
+# --- one writer at a time --------------------------------------------------------------------------------------
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``folder`` (its empty hidden file :data:`LOCK`) while the block runs.
+
+    Linux and macOS: ``fcntl.flock``; Linux's NFS client maps it to NFS locks, so jobs on several nodes sharing a
+    run folder take turns too. Windows: ``msvcrt.locking`` of the file's first byte. The operating system drops the
+    lock with its process, so a killed job never leaves a stale lock behind. Not re-entrant: a block must not take
+    the same folder's lock again. On a file system without locks (some parallel file systems mounted without
+    ``flock``) the block runs unlocked after a warning: one job at a time is then the user's to ensure."""
+    path = Path(folder) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            _lock(fd)
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            log.warning("%s: this file system refuses file locks (%s); jobs writing into %s at the same time may "
+                        "lose each other's results: run them one after another", path, e.strerror, folder)
+            yield
+            return
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        while True:  # LK_LOCK gives up after 10 s; a job may hold the lock longer (moving a model folder)
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EACCES, errno.EDEADLOCK):  # held by another process: wait
+                    raise
+                time.sleep(0.05)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _unlock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 # --- identities --------------------------------------------------------------------------------------------------

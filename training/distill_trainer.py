@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sopmoe_models.cards import DistillCard
+from sopmoe_models.console import new_progress
 from sopmoe_models.data import IGNORE_INDEX, collate, encode_example, load_training_examples
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import check_same_tokenizer, load_tokenizer, output_rows, same_tokenizer_files
@@ -291,9 +292,8 @@ def train(cfg: SopmoeConfig, *, resume: bool = False, overwrite: bool = False, a
     run.loss_kw = _loss_kwargs(cfg)
 
     wall_base, cpu_base = state["wall_s"], state["cpu_s"]
-    from rich.progress import Progress
 
-    with Progress(disable=not run.main, transient=False) as progress:
+    with new_progress(disable=not run.main, transient=False) as progress:
         while state["epoch"] < d.num_epochs and not state["done"]:
             epoch = state["epoch"]
             batches = epoch_batches(len(run.train_feats), d.batch_size, d.seed, epoch)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sopmoe_models.cards import RouterCard
+from sopmoe_models.console import new_progress
 from sopmoe_models.data import Example, collate, encode_example, load_training_examples
 from sopmoe_models.errors import UserError
 from sopmoe_models.experts import load_experts_from_config
@@ -165,10 +166,10 @@ def _tensorboard(run_dir: Path):
 
 
 def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("{task.fields[info]}"), disable=not enabled)
+    return new_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), disable=not enabled)
 
 
 def train_router(

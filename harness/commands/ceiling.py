@@ -14,6 +14,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from sopmoe_models.console import new_console
+
 NAME = "ceiling"
 HELP = "how much of each family any per-token mixture of the experts could solve (router vs expert limits)"
 EXAMPLES = [
@@ -76,7 +78,6 @@ def config_paths(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
     from transformers.utils import logging as hf_logging
 
     from harness.ceiling import build, table, write_outputs
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         if args.compare:
             parts += ["--compare", str(args.compare)]
         hf_logging.disable_progress_bar()
-        err = Console(stderr=True)
+        err = new_console(stderr=True)
         data = build(paths, args.split, command=shlex.join(parts), compare=args.compare, batch_size=args.batch_size,
                      on_family=lambda p, f, c: err.print(escape(f"{p} {f}: ceiling {c['mixture']}/{c['n']}")))
     write_outputs(data, args.out, args.json, args.readme, args.readme_section)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sopmoe_models.console import new_console
 from sopmoe_models.data import FAMILIES
 
 NAME = "check"
@@ -122,7 +123,6 @@ def _checks(cfg, load_weights: bool) -> list[tuple[str, Callable[[], str]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from harness.cli import config_from_args, escape
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             detail, ok = str(e).splitlines()[0] if str(e) else type(e).__name__, False
             first_error = first_error or f"{label}: {detail}"
         table.add_row(escape(label), "[green]ok[/]" if ok else "[red]FAIL[/]", escape(detail))
-    console = Console()
+    console = new_console()
     console.print(table)
     if first_error:
         print(f"sopmoe check: error: {first_error}", file=sys.stderr)

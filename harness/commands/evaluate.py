@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from sopmoe_models.console import new_console
+
 NAME = "evaluate"
 HELP = "run lm-eval on the sopmoe tasks for each model and keep its results, config, timings and costs"
 EXAMPLES = [
@@ -45,7 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from rich.console import Console
     from rich.table import Table
 
     from harness.cli import config_from_args, escape
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         colour = {"ran": "green", "skipped": "yellow", "failed": "red"}[m["status"]]
         detail = f"{m['wall_s']:.1f}" if m["status"] == "ran" else m.get("reason", "")
         table.add_row(escape(m["name"]), escape(m["lm_eval_model"]), f"[{colour}]{m['status']}[/]", escape(detail))
-    Console().print(table)
+    new_console().print(table)
     print(f"ran: {' '.join(summary['ran']) or '-'}; skipped: {' '.join(summary['skipped']) or '-'}; "
           f"failed: {' '.join(summary['failed']) or '-'}")
     return 1 if set(summary["failed"]) & set(summary["evaluated"]) else 0

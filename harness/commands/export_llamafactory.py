@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 
 from harness.cli import finite_float
+from sopmoe_models.console import new_progress
 from sopmoe_models.outputs import write_atomic
 
 NAME = "export-llamafactory"
@@ -56,7 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def teacher_responses(teacher, examples, cfg, batch_size: int) -> list[str]:
     """Greedy outputs of the fused teacher for each example's prompt (left-padded, KV-cached batches)."""
-    from rich.progress import Progress
 
     from sopmoe_models.prompt import format_prompt
 
@@ -66,7 +66,7 @@ def teacher_responses(teacher, examples, cfg, batch_size: int) -> list[str]:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     g = cfg.generation
-    with Progress() as progress:
+    with new_progress() as progress:
         task = progress.add_task("teacher outputs", total=len(prompts))
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]

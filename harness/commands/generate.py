@@ -28,6 +28,7 @@ from typing import Any
 from harness.cli import finite_float
 from harness.models import model_names
 from harness.router_view import RoutingView, btm_config
+from sopmoe_models.console import new_console, new_progress
 
 NAME = "generate"
 HELP = "generate with foundation, sft or a fused model: one prompt, or a JSONL file with each expert's answer beside it"
@@ -159,7 +160,6 @@ def summarize(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
 
 def print_summary(summary: list[dict[str, Any]], names: list[str]) -> None:
     """Two narrow tables: exact match per category, then who is right where the experts disagree."""
-    from rich.console import Console
     from rich.table import Table
 
     from harness.cli import escape
@@ -183,7 +183,7 @@ def print_summary(summary: list[dict[str, Any]], names: list[str]) -> None:
         for n in fused:
             cells += [str(e[f"{n}_rescues"]), str(e[f"{n}_misses"])]
         wins.add_row(escape(e["category"]), *cells)
-    console = Console()
+    console = new_console()
     console.print(em)
     console.print(wins)
     if fused:
@@ -200,7 +200,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def run_file(args: argparse.Namespace, cfg) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from harness.cli import setup_logging
     from harness.models import build_drafter, build_fused_model
@@ -223,7 +223,7 @@ def run_file(args: argparse.Namespace, cfg) -> int:
     outputs: dict[str, list[str]] = {}
     view = None  # RoutingView of --model btm
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as progress:
+    with new_progress(*columns) as progress:
         for name in names:
             task = progress.add_task(f"{name:>10}", total=len(prompts))
             model = build_fused_model(name, cfg, pair, router_checkpoint=args.router_checkpoint,

@@ -15,6 +15,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from sopmoe_models.console import new_console
+
 NAME = "leaderboard"
 HELP = ("write results/LEADERBOARD.md (per-family, summary, interval tables), charts, JSON and the tidy table "
         "(leaderboard.csv) from run folders")
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     write_outputs(lb, args.out, args.png, pareto=args.pareto, json_path=args.json, readme=args.readme,
                   readme_section=args.readme_section, csv=args.csv)
     if not args.quiet:
-        print_rich(lb)
+        print_rich(lb, new_console())
     written = [str(x) for x in (args.out, args.png, args.pareto, args.json, args.csv, args.readme) if x]
     print("wrote " + ", ".join(written))
     return 0

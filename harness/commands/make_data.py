@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sopmoe_models.console import new_console
+
 NAME = "make-data"
 HELP = "generate the four families' train/dev/test JSONL (and the experts' corpora) from a seed"
 EXAMPLES = ["sopmoe make-data --out data --seed 0", "sopmoe make-data --out data --seed 1 --overwrite"]
@@ -50,7 +52,6 @@ def guard(out: Path, overwrite: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from harness.cli import escape
@@ -66,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
     for _, path in sorted(paths.items()):
         with path.open(encoding="utf-8") as f:
             table.add_row(escape(path), str(sum(1 for _ in f)))
-    Console().print(table)
+    new_console().print(table)
     return 0

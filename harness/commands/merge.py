@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import finite_float
+from sopmoe_models.console import new_console, new_progress
 
 NAME = "merge"
 HELP = "merge foundation and sft in weight space (linear, task_arithmetic, ties, dare) into a plain HF folder"
@@ -97,7 +98,6 @@ def dev_examples(path: str | Path | None, n: int, seed: int) -> tuple[list, list
 
 
 def _print_search(result, method: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     best, names = result.best, list(result.rows[0].params.used())
@@ -114,7 +114,7 @@ def _print_search(result, method: str) -> None:
         table.add_row(row.source, *(f"{used[k]:.4g}" for k in names), f"{row.score.loss:.4f}",
                       f"{row.score.perplexity:.4g}", f"{row.score.acc:.3f}",
                       "[bold green]chosen[/]" if row is best else "")
-    Console(width=max(Console().width, 100)).print(table)
+    new_console(width=max(new_console().width, 100)).print(table)
 
 
 def is_merge_output(folder: Path) -> bool:
@@ -202,12 +202,10 @@ def run(args: argparse.Namespace) -> int:
         fingerprints = pair.fingerprints()
         search, t0 = None, time.perf_counter()
         if args.auto:
-            from rich.progress import Progress
-
             from sopmoe_models.merges.auto import auto_merge
 
             n = math.prod(len(v) for v in grid.values()) + 1
-            with Progress(transient=True) as progress:
+            with new_progress(transient=True) as progress:
                 task = progress.add_task(f"--auto: {params.method} on {len(examples)} dev examples", total=n)
                 model, search = auto_merge(pair, params, examples, grid=grid, temperature=args.temperature,
                                            style=cfg.data.prompt_format, batch_size=args.batch_size,

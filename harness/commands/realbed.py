@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from sopmoe_models.console import new_console
+
 NAME = "realbed"
 HELP = "build the real bed: SmolLM2-135M-Instruct + its own SOP fine-tune, English data, dev sweep and checks"
 EXAMPLES = ["sopmoe realbed --out runs/real/testbed", "sopmoe realbed --out /tmp/rb --size ci"]
@@ -24,7 +26,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from harness.beds import build_bed, claim_bed_folder, print_bed_summary
@@ -37,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     card, ok = build_bed("realbed", args.out, lambda progress: build_realbed(
         args.out, args.seed, args.size, threads=args.threads, progress=progress), RealPropertyError, columns)
-    print_bed_summary(Console(), card, args.out, kind="real bed")
+    print_bed_summary(new_console(), card, args.out, kind="real bed")
     return 0 if ok else 1

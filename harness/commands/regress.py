@@ -7,6 +7,8 @@ import argparse
 import shlex
 from pathlib import Path
 
+from sopmoe_models.console import new_console
+
 NAME = "regress"
 HELP = ("compare a run with the committed baseline per (model, task, metric), both ways; exit 1 and name each cell "
         "that moved beyond its tolerance")
@@ -33,7 +35,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from harness.cli import escape
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             allowed = "–" if f.low is None else f"{f.low:.4f}..{f.high:.4f}"
             table.add_row(escape(f.model), escape(f.task), escape(f.metric), _num(f.baseline), _num(f.current),
                           allowed, f"[{colours[f.status]}]{f.status}[/]")
-        Console(stderr=True).print(table)
+        new_console(stderr=True).print(table)
     for f in result.findings:
         if f.status != "ok" and (f.status != "new" or args.all):
             print(f.line())

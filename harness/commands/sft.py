@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from harness.cli import finite_float
+from sopmoe_models.console import new_console, new_progress
 
 NAME = "sft"
 HELP = "fine-tune a foundation on SOP data into an SFT expert folder (full or LoRA merged)"
@@ -45,8 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from harness.cli import setup_logging
     from sopmoe_models.errors import UserError
@@ -79,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, max_length=args.max_length, prompt_format=args.prompt_format,
                    lora=args.lora, lora_r=args.lora_r, lora_alpha=args.lora_alpha, seed=args.seed,
                    save_dtype=args.save_dtype)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True)) as progress:
+    with new_progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=new_console(stderr=True)) as progress:
         card = train_sft(args.foundation, args.data, args.out, spec, kinds=args.kinds, progress=progress)
-    Console().print(f"sft: {card['rows']} rows, {spec.steps} steps, final loss {card['training']['final_loss']}, "
-                    f"{card['wall_s']:.0f} s -> {args.out}")
+    new_console().print(f"sft: {card['rows']} rows, {spec.steps} steps, final loss {card['training']['final_loss']}, "
+                        f"{card['wall_s']:.0f} s -> {args.out}")
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cli import finite_float
+from sopmoe_models.console import new_console, new_progress
 from sopmoe_models.outputs import atomic_path, write_atomic
 
 NAME = "sweep"
@@ -133,7 +134,6 @@ def _score_points(pair, weights, mixes, tasks, metadata, batch_size, limit, cach
 
 
 def print_table(points: list[dict[str, Any]], tasks: list[str]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="ensemble accuracy (per-token perplexity) vs foundation weight")
@@ -154,7 +154,7 @@ def print_table(points: list[dict[str, Any]], tasks: list[str]) -> None:
             table.add_row(mix, f"{p['foundation_weight']:.2f}", *cells)
         if mix != mixes[-1]:
             table.add_section()
-    Console().print(table)
+    new_console().print(table)
     print("w_f = foundation weight (sft weight 1 - w_f); bold = best accuracy of that mix; 0 = sft alone, 1 = foundation alone")
 
 
@@ -185,7 +185,7 @@ def plot(points: list[dict[str, Any]], tasks: list[str], path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from transformers.utils import logging as hf_logging
 
     from harness.cli import config_from_args, setup_logging
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     n_points = len(weights) * len(mixes) - sum(w in (0.0, 1.0) for w in weights) * (len(mixes) - 1)
     t0 = time.perf_counter()
     columns = (TextColumn("sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as progress:
+    with new_progress(*columns) as progress:
         bar = progress.add_task("sweep", total=n_points)
         points = sweep(pair, weights, mixes, tasks, metadata=metadata, batch_size=cfg.evaluation.batch_size,
                        limit=cfg.evaluation.limit, cache_bytes=int(args.cache_gb * 2**30),

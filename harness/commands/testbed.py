@@ -10,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from sopmoe_models.console import new_console
+
 NAME = "testbed"
 HELP = "build the test bed (data, tokenizer, foundation, sft, config.yaml) and check its properties"
 EXAMPLES = ["sopmoe testbed --out tb --seed 0", "sopmoe testbed --out /tmp/tb --size ci"]
@@ -27,7 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -54,5 +55,5 @@ def run(args: argparse.Namespace) -> int:
     finally:
         logging.getLogger().removeHandler(fh)
         fh.close()
-    print_bed_summary(Console(), card, args.out)
+    print_bed_summary(new_console(), card, args.out)
     return 0 if ok else 1

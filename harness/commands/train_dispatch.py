@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sopmoe_models.console import new_console
+
 NAME = "train-dispatch"
 HELP = "fit the per-request dispatch baseline (a prompt classifier that sends each request to one expert)"
 EXAMPLES = ["sopmoe train-dispatch --config configs/config.yaml --output_dir models/checkpoints/dispatch"]
@@ -43,8 +45,6 @@ def guard(out: Path, overwrite: bool, cfg) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from harness.cli import config_from_args, setup_logging
     from sopmoe_models.factory import load_pair
     from training.dispatch_trainer import train_dispatch
@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     write_marker(args.output_dir, "train-dispatch")
     m, t = card["metrics"], card["training"]
-    Console().print(f"dispatch classifier -> {args.output_dir}: L2 {t['chosen_l2']:g} (dev), dev agreement with the "
-                    f"better expert {m['dev_agreement']:.3f}, dev routed NLL {m['dev_routed_nll']:.4f} "
-                    f"(oracle {m['dev_oracle_nll']:.4f}), sft share in training {t['sft_share_train']:.2f}, "
-                    f"{card['train_seconds']:.1f} s")
+    new_console().print(f"dispatch classifier -> {args.output_dir}: L2 {t['chosen_l2']:g} (dev), dev agreement with the "
+                        f"better expert {m['dev_agreement']:.3f}, dev routed NLL {m['dev_routed_nll']:.4f} "
+                        f"(oracle {m['dev_oracle_nll']:.4f}), sft share in training {t['sft_share_train']:.2f}, "
+                        f"{card['train_seconds']:.1f} s")
     return 0

@@ -16,6 +16,7 @@ import argparse
 import json
 
 from harness.cli import finite_float
+from sopmoe_models.console import new_console
 
 NAME = "train-router"
 HELP = "train a BTM router (posterior | token_level | layer_level) over the frozen foundation and sft experts"
@@ -62,7 +63,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from harness.cli import config_from_args, escape, setup_logging
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                               save_steps=args.save_steps,
                               run_name=args.run_name, progress=not args.no_progress)
     except TrainingDiverged as e:
-        Console(stderr=True).print(f"[red]sopmoe train-router: {escape(e)}[/red]")
+        new_console(stderr=True).print(f"[red]sopmoe train-router: {escape(e)}[/red]")
         return 1
     table = Table(title=f"router {result['router_type']} ({result['status']})")
     table.add_column("epoch")
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     for h in result["history"]:
         table.add_row(str(h.get("epoch", "-")), str(h.get("step", "-")), f"{h['nll']:.4f}",
                       f"{h['gate_foundation']:.3f} / {h['gate_sft']:.3f}")
-    console = Console()
+    console = new_console()
     console.print(table)
     console.print(escape(f"best: {result['best']} (epoch {result['best_epoch']}), {result['train_seconds']:.1f}s"))
     console.print_json(json.dumps({k: v for k, v in result.items() if k != "history"}))

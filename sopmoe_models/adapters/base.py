@@ -34,8 +34,10 @@ from typing import Any, ClassVar
 import torch
 from lm_eval.models.huggingface import HFLM
 
+from sopmoe_models.adapters.parallel import DataParallel, process_device
 from sopmoe_models.experts import ExpertPair, fingerprint
 from sopmoe_models.fused import FusedLM
+from sopmoe_models.speculative import SpeculationStats
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,8 @@ def placement_args(config: str | None, model_args: dict[str, Any]) -> dict[str, 
     lm-eval always passes ``device`` (its CLI default is ``cuda:0``). A device this machine lacks is dropped with
     a warning (the config's, default ``auto``, applies), as HFLM falls back to CPU. ``device`` places the sft too,
     unless ``sft_device`` is given or the config puts the sft on another device than the foundation on purpose.
+    Under a multi-process launch each process puts both experts on its own device (``cuda:LOCAL_RANK`` or ``cpu``,
+    :mod:`sopmoe_models.adapters.parallel`), as HFLM does with a model it loads.
     """
     from sopmoe_models.config import load_config
 
@@ -153,11 +157,18 @@ def placement_args(config: str | None, model_args: dict[str, Any]) -> dict[str, 
         m = load_config(config, use_default=False).models
         if m.sft.device not in ("auto", m.foundation.device):
             model_args["sft_device"] = m.sft.device  # keep the config's one-expert-per-device layout
+    own = process_device()
+    if own is not None:  # one of several launched processes (data parallel): both experts on this process's device
+        asked = {model_args.get(k) for k in ("device", "sft_device")} - {None, own}
+        if asked:
+            log.info("data parallel: both experts on this process's device %s, not %s", own, ", ".join(map(str, asked)))
+        model_args["device"] = model_args["sft_device"] = own
     return model_args
 
 
-class FusedHFLM(HFLM):
-    """Base lm-eval adapter for any fused model; subclasses set :attr:`MODEL_ARGS` and :meth:`build_fused`."""
+class FusedHFLM(DataParallel, HFLM):
+    """Base lm-eval adapter for any fused model; subclasses set :attr:`MODEL_ARGS` and :meth:`build_fused`.
+    Data parallel under ``accelerate launch`` (:class:`~sopmoe_models.adapters.parallel.DataParallel`)."""
 
     #: extra model_args of this adapter: name -> dotted config key, or None (passed to build_fused in ``options``)
     MODEL_ARGS: ClassVar[dict[str, str | None]] = {}
@@ -193,6 +204,8 @@ class FusedHFLM(HFLM):
                 max_batch_size=max_batch_size,
                 **hf_kwargs,
             )
+        self._speculation_all: SpeculationStats | None = None  # every process's, under data parallelism
+        self.join_launched_processes()
 
     # -- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -226,7 +239,20 @@ class FusedHFLM(HFLM):
 
     def describe_speculation(self) -> dict[str, Any]:
         """``{"speculation": drafter, k, counts, acceptance rate}`` when generation is speculative, else {}."""
-        return {"speculation": self.drafter.describe()} if getattr(self, "drafter", None) is not None else {}
+        if getattr(self, "drafter", None) is None:
+            return {}
+        every = getattr(self, "_speculation_all", None)
+        return {"speculation": {**self.drafter.describe(), **(every.as_dict() if every is not None else {})}}
+
+    def rank_statistics(self) -> dict[str, Any]:
+        return {"speculation": self.drafter.stats if self.drafter is not None else None}
+
+    def use_all_statistics(self, states: list[dict[str, Any]]) -> None:
+        if self.drafter is not None:
+            total = SpeculationStats()
+            for state in states:
+                total.add(state["speculation"])
+            self._speculation_all = total
 
     # -- the two seams -----------------------------------------------------------------------------------------
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:

@@ -21,6 +21,8 @@ Routing statistics: for every loglikelihood request the gates over its continuat
 the gates over its generated tokens (up to EOS), accumulated per lm-eval task (token-weighted mean share of
 foundation vs sft, per layer for ``layer_level``). They are written into lm-eval's own results JSON under
 ``config.sopmoe.routing`` (lm-eval records :meth:`get_model_info` after evaluating) and to ``stats_path`` if given.
+Under ``accelerate launch`` every process's statistics are gathered after each request batch (the totals are over
+all requests; :mod:`sopmoe_models.adapters.parallel`).
 Gates of a scored request are matched to it through its token ids; the model is causal, so the gates of a row's
 first n positions are those of any request whose input is that row's first n tokens.
 """
@@ -66,7 +68,8 @@ class BTMLMEval(FusedHFLM):
         self._ll_store: dict[tuple[int, ...], torch.Tensor] | None = None
         self._gen_store: dict[tuple[int, ...], torch.Tensor] | None = None
         super().__init__(*args, **kwargs)
-        self.stats = RoutingStats(self.fused.gate_names())
+        self._rank_stats = RoutingStats(self.fused.gate_names())  # this process's requests
+        self.stats = self._rank_stats  # every process's (one process: the same object)
         self.stats_path = self.options.get("stats_path")
 
     # -- construction ------------------------------------------------------------------------------------------
@@ -133,14 +136,33 @@ class BTMLMEval(FusedHFLM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         self._ll_store = {}
-        try:
+        try:  # the statistics are recorded in requests_done, before processes gather them
             results = super().loglikelihood(requests, disable_tqdm=disable_tqdm)
-            for req in requests:
-                self._record_request(req)
         finally:
             self._ll_store = None
         self._write_stats()
         return results
+
+    def requests_done(self, kind: str, requests: list) -> None:
+        """Record the batch's gates per request (padding repeats removed), matched through the stores."""
+        if kind == "loglikelihood" and self._ll_store is not None:
+            for req in requests:
+                self._record_request(req)
+        elif kind == "generate_until" and self._gen_store is not None:
+            for req in requests:
+                enc = tuple(self.tok_encode(req.args[0]))
+                gates = self._gen_store.get(enc)
+                if gates is None:  # left-truncated context: the stored key is a suffix of the full encoding
+                    gates = next((g for k, g in self._gen_store.items() if k and enc[-len(k):] == k), None)
+                if gates is not None:
+                    self._rank_stats.add(req.task_name or "unknown", gates)
+
+    def rank_statistics(self) -> dict[str, Any]:
+        return {**super().rank_statistics(), "routing": self._rank_stats}
+
+    def use_all_statistics(self, states: list[dict[str, Any]]) -> None:
+        super().use_all_statistics(states)
+        self.stats = RoutingStats.merged([state["routing"] for state in states])
 
     def _record_request(self, req) -> None:
         context, continuation = req.args
@@ -153,7 +175,7 @@ class BTMLMEval(FusedHFLM):
             log.debug("no gates recorded for a %s request", req.task_name)
             return
         n = min(len(cont), len(inp))
-        self.stats.add(req.task_name or "unknown", gates[len(inp) - n : len(inp)])
+        self._rank_stats.add(req.task_name or "unknown", gates[len(inp) - n : len(inp)])
 
     # -- generation with statistics ----------------------------------------------------------------------------
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **generation_kwargs):
@@ -171,22 +193,15 @@ class BTMLMEval(FusedHFLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False):
         self._gen_store = {}
-        try:
+        try:  # the statistics are recorded in requests_done, before processes gather them
             results = super().generate_until(requests, disable_tqdm=disable_tqdm)
-            for req in requests:
-                enc = tuple(self.tok_encode(req.args[0]))
-                gates = self._gen_store.get(enc)
-                if gates is None:  # left-truncated context: the stored key is a suffix of the full encoding
-                    gates = next((g for k, g in self._gen_store.items() if k and enc[-len(k):] == k), None)
-                if gates is not None:
-                    self.stats.add(req.task_name or "unknown", gates)
         finally:
             self._gen_store = None
         self._write_stats()
         return results
 
     def _write_stats(self) -> None:
-        if not self.stats_path:
+        if not self.stats_path or self.rank != 0:  # rank 0 holds every process's statistics
             return
         path = Path(self.stats_path)
         path.parent.mkdir(parents=True, exist_ok=True)

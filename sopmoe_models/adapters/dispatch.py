@@ -5,7 +5,8 @@
 
 The classifier reads the foundation's hidden states of the request's context (one prefill), then HFLM's own
 ``_loglikelihood_tokens`` / ``generate_until`` run on each group with the chosen expert as the model. Requests keep
-their order; the share sent to each expert is recorded in the results (``config.sopmoe``).
+their order; the share sent to each expert is recorded in the results (``config.sopmoe``), over every process's
+requests under ``accelerate launch`` (:mod:`sopmoe_models.adapters.parallel`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from sopmoe_models.adapters.base import TASK_ARGS, quiet_preloaded_warnings, resolve_model_args
+from sopmoe_models.adapters.parallel import DataParallel, first_seen
 from sopmoe_models.dispatch import prompt_features
 from sopmoe_models.experts import fingerprint
 from sopmoe_models.factory import build_dispatch
@@ -24,7 +26,7 @@ from sopmoe_models.factory import build_dispatch
 log = logging.getLogger(__name__)
 
 
-class DispatchLMEval(HFLM):
+class DispatchLMEval(DataParallel, HFLM):
     def __init__(self, classifier: str | None = None, foundation: str | None = None, sft: str | None = None,
                  device: str | None = None, dtype: str | None = None, sft_device: str | None = None,
                  sft_dtype: str | None = None, batch_size: int | str = 1, max_batch_size: int = 64,
@@ -46,12 +48,16 @@ class DispatchLMEval(HFLM):
         self.dispatcher, pair = build_dispatch(cfg, classifier, pinned={r for r in ("foundation", "sft") if r in given})
         self.classifier_path = str(classifier)
         self.pair = pair
-        self.sent = [0, 0]  # requests sent to (foundation, sft)
-        self.per_task: dict[str, list[int]] = {}  # task -> requests sent to (foundation, sft)
-        self._tasks: list[str] | None = None  # task of each request of the call in flight
+        # this process's counts; self.sent / self.per_task are every process's (one process: the same objects)
+        self._rank_counts: dict[str, Any] = {"sent": [0, 0], "per_task": {}}
+        self.sent: list[int] = self._rank_counts["sent"]  # requests sent to (foundation, sft)
+        self.per_task: dict[str, list[int]] = self._rank_counts["per_task"]  # task -> requests sent to (f, s)
+        self._tasks: list[str | None] | None = None  # task of each request of the call in flight
+        self._counted: list[bool] | None = None  # False for a repeat lm-eval pads a shorter shard with
         with quiet_preloaded_warnings():
             super().__init__(pretrained=pair.foundation, tokenizer=pair.tokenizer, backend="causal",
                              batch_size=batch_size, max_batch_size=max_batch_size)
+        self.join_launched_processes()
 
     # -- routing -----------------------------------------------------------------------------------------------
     def _choose(self, contexts: list[list[int]]) -> list[int]:
@@ -59,10 +65,14 @@ class DispatchLMEval(HFLM):
         cut = [c[-self.max_length:] or [pad] for c in contexts]
         choice = self.dispatcher.choose(prompt_features(self.pair.foundation, cut, pad))
         tasks = self._tasks if self._tasks is not None and len(self._tasks) == len(choice) else [None] * len(choice)
-        for c, task in zip(choice, tasks, strict=True):
-            self.sent[c] += 1
+        counted = self._counted if self._counted is not None and len(self._counted) == len(choice) else [True] * len(choice)
+        sent, per_task = self._rank_counts["sent"], self._rank_counts["per_task"]
+        for c, task, count in zip(choice, tasks, counted, strict=True):
+            if not count:
+                continue
+            sent[c] += 1
             if task is not None:
-                self.per_task.setdefault(task, [0, 0])[c] += 1
+                per_task.setdefault(task, [0, 0])[c] += 1
         return choice
 
     @contextmanager
@@ -91,10 +101,22 @@ class DispatchLMEval(HFLM):
     @contextmanager
     def _tasks_of(self, requests):
         self._tasks = [getattr(r, "task_name", None) for r in requests]
+        self._counted = first_seen(requests)
         try:
             yield
         finally:
-            self._tasks = None
+            self._tasks = self._counted = None
+
+    def rank_statistics(self) -> dict[str, Any]:
+        return self._rank_counts
+
+    def use_all_statistics(self, states: list[dict[str, Any]]) -> None:
+        self.sent = [sum(s["sent"][i] for s in states) for i in (0, 1)]
+        self.per_task = {}
+        for state in states:
+            for task, n in state["per_task"].items():
+                total = self.per_task.setdefault(task, [0, 0])
+                total[0], total[1] = total[0] + n[0], total[1] + n[1]
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         with self._tasks_of(requests):  # HFLM keeps the order into _loglikelihood_tokens, which routes

@@ -16,6 +16,7 @@ from typing import Any
 
 from lm_eval.models.huggingface import HFLM
 
+from sopmoe_models.adapters.parallel import DataParallel
 from sopmoe_models.cards import DistillCard
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,10 @@ def read_card(folder: str | Path) -> DistillCard | None:
     return DistillCard.in_folder(folder)
 
 
-class DistillLMEval(HFLM):
-    """``HFLM`` on a student folder, with its distillation provenance logged."""
+class DistillLMEval(DataParallel, HFLM):
+    """``HFLM`` on a student folder, with its distillation provenance logged. HFLM loads it by name, so under
+    ``accelerate launch`` it shards the requests itself on GPUs; :class:`DataParallel` adds the CPU (gloo) case,
+    where HFLM sets up the processes but leaves each scoring every request."""
 
     def __init__(self, pretrained: str | None = None, student: str | None = None, **kwargs: Any) -> None:
         remote = kwargs.pop("trust_remote_code", False)
@@ -57,3 +60,4 @@ class DistillLMEval(HFLM):
         else:
             self.distill_card = None
         super().__init__(pretrained=path, **kwargs)
+        self.join_launched_processes()

@@ -22,6 +22,7 @@ from typing import Any
 from lm_eval.models.huggingface import HFLM
 
 from sopmoe_models.adapters.base import HFLM_ARGS, quiet_preloaded_warnings, resolve_model_args
+from sopmoe_models.adapters.parallel import DataParallel
 from sopmoe_models.factory import build_merge
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ def resolve_config(config: str | None, model_args: dict[str, Any]):
     return resolve_model_args("sopmoe_merge", config, model_args, MODEL_ARGS)[0]
 
 
-class MergeLMEval(HFLM):
-    """``HFLM`` over the weight-space merge of foundation and sft."""
+class MergeLMEval(DataParallel, HFLM):
+    """``HFLM`` over the weight-space merge of foundation and sft; data parallel under ``accelerate launch``
+    (:mod:`sopmoe_models.adapters.parallel`: HFLM would not split the requests of a model handed to it)."""
 
     def __init__(self, config: str | None = None, batch_size: int | str = 1, max_batch_size: int = 64,
                  **model_args: Any) -> None:
@@ -53,6 +55,7 @@ class MergeLMEval(HFLM):
         with quiet_preloaded_warnings():
             super().__init__(pretrained=merged, tokenizer=tokenizer, backend="causal", batch_size=batch_size,
                              max_batch_size=max_batch_size, **hf_kwargs)
+        self.join_launched_processes()
 
     def get_model_info(self) -> dict:
         return {**super().get_model_info(), "merge": {"method": self.merge_params.method,

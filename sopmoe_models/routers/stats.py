@@ -75,6 +75,19 @@ class RoutingStats:
             self._tokens[task] += int(g.shape[0])
         return gate_shares(g, self.names)
 
+    @classmethod
+    def merged(cls, parts: list[RoutingStats]) -> RoutingStats:
+        """The statistics of several processes' requests together (the sums add; the shares stay token-weighted)."""
+        out = cls(parts[0].names if parts else None)
+        for part in parts:
+            for task, n in part._queries.items():
+                out._queries[task] += n
+            for task, n in part._tokens.items():
+                out._tokens[task] += n
+            for task, s in part._sums.items():
+                out._sums[task] = out._sums[task] + s if task in out._sums else s.clone()
+        return out
+
     def summary(self) -> dict[str, Any]:
         tasks = {}
         for task in sorted(self._queries):
