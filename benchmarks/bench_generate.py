@@ -39,7 +39,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATA, SHAPES, best_seconds, random_pair, task_tokenizer  # sets the HF offline variables
+from common import (  # sets the HF offline variables
+    DATA,
+    SHAPES,
+    bed_dtype,
+    bed_prompt_format,
+    best_seconds,
+    random_pair,
+    task_tokenizer,
+)
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's per-request bars; the table is the output
 
@@ -184,25 +192,6 @@ def random_drafter(pair, seed: int = 7) -> torch.nn.Module:
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(pair.foundation.config).eval().requires_grad_(False)
-
-
-def bed_config(tb: Path):
-    """The bed's own ``config.yaml`` through sopmoe's config loader (the defaults when the bed has none): its prompt
-    format (the real bed's is ``chat``; the test bed's ``raw``) and its experts' dtype (the real bed's is
-    ``bfloat16``), so the bed is timed as it is run, HF generate and the fused models alike."""
-    from sopmoe_models.config import load_config
-
-    cfg = tb / "config.yaml"
-    return load_config(cfg if cfg.is_file() else None, use_default=False)
-
-
-def bed_prompt_format(tb: Path) -> str:
-    return bed_config(tb).data.prompt_format
-
-
-def bed_dtype(tb: Path) -> str:
-    """The experts' dtype of the bed's config; float32 for a bed without one (what its experts were trained in)."""
-    return bed_config(tb).models.foundation.dtype if (tb / "config.yaml").is_file() else "float32"
 
 
 def beds(args, tmp: Path, tok):

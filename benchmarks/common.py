@@ -75,3 +75,22 @@ def best_seconds(fns: dict[str, Callable[[], object]], repeats: int,
             fn()
             best[name] = min(best[name], clock() - t0)
     return best
+
+
+def bed_config(tb: Path):
+    """The bed's own ``config.yaml`` through sopmoe's config loader (the defaults when the bed has none): its prompt
+    format (the real bed's is ``chat``; the test bed's ``raw``) and its experts' dtype (the real bed's is
+    ``bfloat16``), so the bed is timed as it is run, HF generate and the fused models alike."""
+    from sopmoe_models.config import load_config
+
+    cfg = tb / "config.yaml"
+    return load_config(cfg if cfg.is_file() else None, use_default=False)
+
+
+def bed_prompt_format(tb: Path) -> str:
+    return bed_config(tb).data.prompt_format
+
+
+def bed_dtype(tb: Path) -> str:
+    """The experts' dtype of the bed's config; float32 for a bed without one (what its experts were trained in)."""
+    return bed_config(tb).models.foundation.dtype if (tb / "config.yaml").is_file() else "float32"

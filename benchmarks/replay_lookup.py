@@ -24,10 +24,8 @@ import itertools
 from pathlib import Path
 
 import torch
-from bench_generate import (  # (its `common` import sets the offline variables first)
-    LL_TASKS,
-    bed_prompt_format,
-)
+from bench_generate import LL_TASKS  # (its `common` import sets the offline variables first)
+from common import bed_prompt_format
 
 from sopmoe_models.data import load_jsonl
 from sopmoe_models.ensemble import EnsembleLM
