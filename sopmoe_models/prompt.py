@@ -15,6 +15,9 @@ from typing import Any, Literal
 PromptFormat = Literal["raw", "chat"]
 SEPARATOR = "\n答:"
 PROMPT_FORMATS: tuple[str, ...] = ("raw", "chat")
+# Multiple-choice knowledge (the ``reasoning_mc`` task): a plain question-answer frame, never a chat template, each
+# choice the bare value after one space. Format-free, so it measures the fact, not the answer's shape.
+MC_FRAME = "Question: {question}\nAnswer:"
 
 
 def format_prompt(text: str, style: PromptFormat = "raw", tokenizer: Any = None) -> str:

@@ -128,15 +128,13 @@ def load_eval(**meta):
     return load("eval", **meta)
 
 
-MC_FRAME = "Question: {question}\nAnswer:"  # reasoning_mc's context: no chat template, no answer sentence
-
-
 def load_reasoning_mc(**meta):
     """``reasoning_mc``: ``reasoning_mc.jsonl`` of the data folder (rows with ``choices``), as a ``DatasetDict`` whose
     docs have ``context`` (:data:`MC_FRAME`), ``choices`` and ``gold`` (the answer's index)."""
     import datasets
 
     from sopmoe_models.data import load_jsonl
+    from sopmoe_models.prompt import MC_FRAME
 
     path = data_dir(meta) / "reasoning_mc.jsonl"
     if not path.is_file():

@@ -14,24 +14,48 @@ from tests import tiny
 
 def test_real_data_splits_by_problem_and_trains_on_no_composition():
     from training.datagen import TRAIN_KINDS
-    from training.real_data import RealDataSpec, generate
+    from training.real_data import RealDataSpec, _fact_keys, generate
+    from training.real_facts import TABLES
 
-    files = generate(0, RealDataSpec())
+    files = generate(0, RealDataSpec(min_test=100))
     orders = {split: set() for split in ("train", "dev", "test")}
-    countries = {split: set() for split in ("train", "dev", "test")}
+    facts = {split: set() for split in ("train", "dev", "test")}
     for name, rows in files.items():
         split = "train" if name.startswith(("train/", "experts/")) else name.split("/")[0]
         for r in rows:
             orders[split] |= set(re.findall(r"order ([A-Z]\d{4})", r.input))
-            countries[split] |= set(re.findall(r"capital of ((?:the )?[A-Z][A-Za-z ]+?)[?.]", r.input))
+            knowledge = [r] if r.category in ("reasoning", "general") and not r.choices else []
+            if r.category == "mixed":
+                knowledge = [type(r)(r.input, r.output.split("\n")[0])]
+            facts[split] |= set(_fact_keys(knowledge))
     for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
         assert not orders[a] & orders[b], (a, b)
-        assert not countries[a] & countries[b], (a, b)
+        assert not facts[a] & facts[b], (a, b)
     assert {r.category for r in files["train/train.jsonl"]} == set(TRAIN_KINDS)
     assert {r.category for r in files["experts/sft.jsonl"]} == {"sop_strict"}  # the SFT sees SOP rows only
     assert {r.category for r in files["dev/dev.jsonl"]} <= set(TRAIN_KINDS)  # choices are made without composition
+    for fam in ("sop_strict", "reasoning", "reasoning_mc", "mixed", "eval"):  # issue 22: >= 100 test problems each
+        assert len(files[f"test/{fam}.jsonl"]) >= 100, fam
+    assert len({r.input for r in files["test/reasoning.jsonl"]}) == len(files["test/reasoning.jsonl"])
     mixed = files["test/mixed.jsonl"][0]
-    assert mixed.output.count("Step ") == 4 and mixed.output.splitlines()[0].startswith("The capital of ")
+    first = mixed.output.splitlines()[0]
+    assert mixed.output.count("Step ") == 4 and _fact_keys([type(mixed)("", first)])
+    for mc, plain in zip(files["test/reasoning_mc.jsonl"], files["test/reasoning.jsonl"]):
+        (table, key), = _fact_keys([plain])
+        assert mc.input == plain.input and mc.output == TABLES[table].facts[key] and len(mc.choices) == 4
+        assert mc.output in mc.choices and set(mc.choices) <= set(TABLES[table].facts.values())
+
+
+def test_real_data_keeps_only_known_facts_and_refuses_a_small_test_split():
+    from training.real_data import RealDataSpec, _fact_keys, generate
+    from training.real_facts import TABLES
+
+    known = {(name, k) for name, t in TABLES.items() for k in list(t.facts)[:40]}
+    files = generate(1, RealDataSpec(), known)
+    used = set(_fact_keys(files["test/reasoning.jsonl"] + files["dev/general.jsonl"]))
+    assert used and used <= known
+    with pytest.raises(ValueError, match="at least 100 problems per family"):
+        generate(1, RealDataSpec(min_test=100), known)
 
 
 def test_answer_segments_give_the_sentence_to_the_foundation():
@@ -123,3 +147,41 @@ def test_real_bed_pipeline_smoke(tmp_path):
     board = (out / "results" / "LEADERBOARD.md").read_text()
     for name in ("foundation", "sft", "ensemble", "token_level", "dispatch", "replay_sft", "distill", "merge_ties"):
         assert f"| {name}" in board, name
+
+
+def test_dev_multiple_choice_equals_lm_evals_reasoning_mc(tiny_pair_dirs, tmp_path):
+    """The bed's own dev record of ``reasoning_mc`` (facts without format) is lm-eval's multiple_choice, exactly."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sopmoe_models.data import Example, write_jsonl
+    from sopmoe_models.lm_eval_plugin import register_all, tasks_dir
+    from training.realbed import mc_accuracy
+
+    rows = [Example(f"What is the capital of {c}?", v, category="reasoning", choices=tuple(ch))
+            for c, v, ch in [("Kenya", "Nairobi", ["Lima", "Nairobi", "Oslo", "Rome"]),
+                             ("Peru", "Lima", ["Lima", "Cairo", "Oslo", "Rome"]),
+                             ("Egypt", "Cairo", ["Paris", "Bern", "Cairo", "Rome"]),
+                             ("Italy", "Rome", ["Lima", "Nairobi", "Oslo", "Rome"])]]
+    write_jsonl(tmp_path / "reasoning_mc.jsonl", rows)
+    register_all()
+    tm = TaskManager(include_path=tasks_dir(), include_defaults=False, metadata={"data_dir": str(tmp_path)})
+    res = lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(tiny_pair_dirs[0]), "device": "cpu"},
+                                  tasks=["reasoning_mc"], task_manager=tm, batch_size=2)["results"]["reasoning_mc"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair_dirs[0]).eval()
+    mine = mc_accuracy(model, AutoTokenizer.from_pretrained(tiny_pair_dirs[0]), rows, batch_size=3)
+    assert mine == {"acc": res["acc,none"], "acc_norm": res["acc_norm,none"]}
+
+
+def test_known_facts_counts_each_table(tiny_pair_dirs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.real_facts import TABLES
+    from training.realbed import known_facts
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_pair_dirs[0]).eval()
+    known, record = known_facts(model, AutoTokenizer.from_pretrained(tiny_pair_dirs[0]), style="raw", batch_size=64)
+    assert set(record) == set(TABLES) and all(r["facts"] == len(TABLES[n].facts) for n, r in record.items())
+    assert sum(r["known"] for r in record.values()) == len(known)
+    assert all(r["exact"] <= r["known"] for r in record.values())

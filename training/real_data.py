@@ -2,21 +2,25 @@
 
 Families (the lm-eval task names are shared with the test bed):
 
-- ``sop_strict``: a customer request (refund, exchange, complaint, reshipment; several phrasings) answered in the
-  company's strict four-step format, ``Step 1: ...`` to ``Step 4: ...``, one per line, naming the order id, item and
-  customer. The SFT expert learns it; the foundation has never seen it.
-- ``reasoning``: general knowledge the foundation has, asked in several phrasings and answered in one sentence
-  (``The capital of Kenya is Nairobi.``). Capitals, measured on the foundation first: it answers them reliably.
-- ``general``: more of the foundation's knowledge (chemical symbols, plurals, opposites): a training kind, the
-  "general requests" of the seed's mix; scored inside ``eval``.
-- ``mixed`` (composition, never trained on): a question and an SOP request in one message; the reference answers the
-  question in the foundation's sentence, then the four steps. Each expert supplies a piece the other lacks: the SFT
-  writes the steps (and forgot the sentence), the foundation the sentence (and never learned the steps). Which order
-  (question first or request first) is a data-design choice made on dev (``MIXED_ORDER``; issue 12's note).
-- ``eval``: an equal mix of the three training kinds' test rows (the general-mix score).
+- ``sop_strict``: a customer request (refund, exchange, complaint, reshipment; three phrasings each) answered in the
+  company's strict format: a one-sentence reply line, then ``Step 1: ...`` to ``Step 4: ...``, one per line, naming the
+  order id, item and customer. The SFT expert learns it; the foundation has never seen it.
+- ``reasoning``: general knowledge the foundation has (:mod:`training.real_facts`: capitals, chemical symbols,
+  plurals, opposites), asked in several phrasings and answered in the table's one canonical sentence ("The capital of
+  Kenya is Nairobi."). Only facts the foundation knows are used (``known``, measured by :mod:`training.realbed`).
+- ``reasoning_mc``: the same test problems as 4-way multiple choice, the right value against 3 other values of the
+  same table, format-free (``tasks/reasoning_mc.yaml``): with ``reasoning`` it tells lost facts from lost format.
+- ``general`` (a training kind, scored inside ``eval``): the tables the foundation knows but phrases its own way
+  (continents, currencies, languages, authors).
+- ``mixed`` (composition, never trained on): a knowledge question and an SOP request in one message; the reference
+  answers the question in the reply line, in the table's sentence, then the four steps: the foundation supplies the
+  sentence, the SFT the steps.
+- ``eval``: an equal mix of the ``sop_strict``, ``reasoning`` and ``general`` test rows (the general-mix score).
 
-Splits are by problem (issue 11): every order id, country, element and word belongs to one of train / dev / test by
-a keyed hash of (seed, problem), so no test question, country or order id appears in training or dev data.
+Splits are by problem (issue 11): every order id and every fact belongs to one of train / dev / test. Facts are
+split per table in exact proportions by a keyed hash of (seed, table, key) (:func:`fact_split`), so each seed has
+its own split and as many test problems as the known facts allow (issue 22: at least 100 per family at the full
+size, checked by :func:`check_sizes`); order ids by a keyed hash too.
 """
 
 from __future__ import annotations
@@ -28,65 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sopmoe_models.data import Example, write_jsonl
+from training.real_facts import TABLES
 
-MIXED_ORDER = "question_first"  # chosen on dev (see the module docstring and the real bed's record)
-
-CAPITALS = {
-    "France": "Paris", "Japan": "Tokyo", "Malaysia": "Kuala Lumpur", "Kenya": "Nairobi", "Germany": "Berlin",
-    "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon", "Russia": "Moscow", "China": "Beijing",
-    "India": "New Delhi", "Egypt": "Cairo", "Greece": "Athens", "Norway": "Oslo", "Sweden": "Stockholm",
-    "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw", "Austria": "Vienna", "Hungary": "Budapest",
-    "Ireland": "Dublin", "Belgium": "Brussels", "the Netherlands": "Amsterdam", "Thailand": "Bangkok",
-    "Vietnam": "Hanoi", "Indonesia": "Jakarta", "the Philippines": "Manila", "South Korea": "Seoul",
-    "Argentina": "Buenos Aires", "Peru": "Lima", "Chile": "Santiago", "Colombia": "Bogota", "Mexico": "Mexico City",
-    "Cuba": "Havana", "Canada": "Ottawa", "Australia": "Canberra", "Turkey": "Ankara", "Iran": "Tehran",
-    "Iraq": "Baghdad", "Saudi Arabia": "Riyadh", "Israel": "Jerusalem", "Ukraine": "Kyiv", "the Czech Republic": "Prague",
-    "Romania": "Bucharest", "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb", "Switzerland": "Bern",
-    "Nigeria": "Abuja", "Ethiopia": "Addis Ababa", "Ghana": "Accra", "Morocco": "Rabat", "Algeria": "Algiers",
-    "Tunisia": "Tunis", "Pakistan": "Islamabad", "Bangladesh": "Dhaka", "Nepal": "Kathmandu", "Afghanistan": "Kabul",
-    "Syria": "Damascus", "Lebanon": "Beirut", "Jordan": "Amman", "Qatar": "Doha", "Venezuela": "Caracas",
-    "Uruguay": "Montevideo", "Paraguay": "Asuncion", "Bolivia": "La Paz", "Ecuador": "Quito", "Iceland": "Reykjavik",
-    "Estonia": "Tallinn", "Latvia": "Riga", "Lithuania": "Vilnius", "Belarus": "Minsk", "Georgia": "Tbilisi",
-    "Armenia": "Yerevan", "Mongolia": "Ulaanbaatar", "Singapore": "Singapore", "Cambodia": "Phnom Penh",
-    "Sri Lanka": "Colombo", "Zimbabwe": "Harare", "Uganda": "Kampala", "Tanzania": "Dodoma", "Senegal": "Dakar",
-    "Sudan": "Khartoum", "Libya": "Tripoli", "Jamaica": "Kingston", "New Zealand": "Wellington",
-    "the United Kingdom": "London", "Brazil": "Brasilia", "Kazakhstan": "Astana", "Slovakia": "Bratislava",
-    "Slovenia": "Ljubljana", "Luxembourg": "Luxembourg", "Angola": "Luanda", "Panama": "Panama City",
-}
-SYMBOLS = {
-    "gold": "Au", "silver": "Ag", "iron": "Fe", "copper": "Cu", "oxygen": "O", "hydrogen": "H", "carbon": "C",
-    "nitrogen": "N", "sodium": "Na", "potassium": "K", "calcium": "Ca", "helium": "He", "neon": "Ne", "lead": "Pb",
-    "tin": "Sn", "zinc": "Zn", "mercury": "Hg", "sulfur": "S", "chlorine": "Cl", "magnesium": "Mg",
-    "aluminum": "Al", "uranium": "U", "platinum": "Pt", "nickel": "Ni", "lithium": "Li", "iodine": "I",
-    "fluorine": "F", "silicon": "Si", "phosphorus": "P", "argon": "Ar",
-}
-PLURALS = {
-    "mouse": "mice", "child": "children", "man": "men", "woman": "women", "tooth": "teeth", "foot": "feet",
-    "goose": "geese", "person": "people", "ox": "oxen", "cactus": "cacti", "leaf": "leaves", "knife": "knives",
-    "wolf": "wolves", "half": "halves", "city": "cities", "baby": "babies", "box": "boxes", "bus": "buses",
-    "church": "churches", "potato": "potatoes", "tomato": "tomatoes", "hero": "heroes", "fish": "fish",
-    "sheep": "sheep", "deer": "deer", "life": "lives", "wife": "wives", "thief": "thieves", "loaf": "loaves",
-    "shelf": "shelves",
-}
-OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "happy": "sad", "light": "dark", "up": "down", "old": "young",
-    "rich": "poor", "strong": "weak", "early": "late", "open": "closed", "hard": "soft", "high": "low",
-    "long": "short", "wet": "dry", "full": "empty", "loud": "quiet", "thick": "thin", "heavy": "light",
-    "clean": "dirty", "good": "bad", "true": "false", "win": "lose", "love": "hate", "begin": "end",
-    "push": "pull", "buy": "sell", "day": "night", "black": "white", "north": "south",
-}
-QUESTIONS = {
-    "capital": (["What is the capital of {k}?", "Which city is the capital of {k}?", "Name the capital of {k}."],
-                "The capital of {k} is {v}."),
-    "symbol": (["What is the chemical symbol for {k}?", "Which chemical symbol stands for {k}?"],
-               "The chemical symbol for {k} is {v}."),
-    "plural": (["What is the plural of {k}?", "What is the plural form of the word {k}?"],
-               "The plural of {k} is {v}."),
-    "opposite": (["What is the opposite of {k}?", "What is the opposite of the word {k}?"],
-                 "The opposite of {k} is {v}."),
-}
-TABLES = {"capital": CAPITALS, "symbol": SYMBOLS, "plural": PLURALS, "opposite": OPPOSITES}
-KIND_OF_FACT = {"capital": "reasoning", "symbol": "general", "plural": "general", "opposite": "general"}
+MIXED_ORDER = "question_first"  # the knowledge question first, then the request (issue 12's note: chosen on dev)
+FAMILY_TABLES = {fam: tuple(t.name for t in TABLES.values() if t.family == fam) for fam in ("reasoning", "general")}
 
 NAMES = ["Ms. Lee", "Mr. Smith", "Ms. Garcia", "Mr. Brown", "Ms. Chen", "Mr. Patel", "Ms. Novak", "Mr. Okafor",
          "Ms. Rossi", "Mr. Kim", "Ms. Silva", "Mr. Dubois"]
@@ -121,31 +70,53 @@ REQUESTS = {
                    "Reshipment request, order {oid} ({item}), customer {name}. Follow the standard procedure."],
 }
 MIXED_JOIN = {"question_first": "{question} Also: {request}", "request_first": "{request} Also: {question}"}
+MC_CHOICES = 4
 
 
 @dataclass(frozen=True)
 class RealDataSpec:
-    """How many rows each file gets. Facts are finite: a family takes what its split holds, up to the cap."""
+    """How many rows each file gets. Facts are finite: a knowledge family takes the split's facts, up to the cap."""
 
     sft_rows: int = 240          # SOP-only corpus of the SFT expert (train part)
     train_sop: int = 160         # trainers' mix (router, student, replay, dispatch): SOP rows
-    train_facts: int = 160       # ... and knowledge rows (capitals + general kinds)
-    dev_per_family: int = 40
-    test_per_family: int = 60
-    dev_fraction: float = 0.25
-    test_fraction: float = 0.35
+    train_facts: int = 160       # ... and knowledge rows (reasoning and general tables)
+    dev_per_family: int = 60
+    test_per_family: int = 120
+    dev_fraction: float = 0.25   # of each table's (known) facts; order ids are split with the same fractions
+    test_fraction: float = 0.5
+    min_test: int = 0            # fewest test problems per family (check_sizes; 100 at the full size)
     mixed_order: str = MIXED_ORDER
 
 
+def _unit(seed: int, key: str) -> float:
+    return int.from_bytes(hashlib.sha256(f"{seed}|{key}".encode()).digest()[:8], "big") / 2**64
+
+
 def part(seed: int, key: str, spec: RealDataSpec) -> str:
-    u = int.from_bytes(hashlib.sha256(f"{seed}|{key}".encode()).digest()[:8], "big") / 2**64
+    """The split of an order id: a keyed hash against the spec's fractions."""
+    u = _unit(seed, key)
     return "test" if u < spec.test_fraction else "dev" if u < spec.test_fraction + spec.dev_fraction else "train"
 
 
+def fact_split(seed: int, spec: RealDataSpec, known: set[tuple[str, str]] | None = None
+               ) -> dict[str, dict[str, list[str]]]:
+    """``{split: {table: [keys]}}``: each table's facts (the ``known`` ones, when given) ordered by a keyed hash of
+    (seed, table, key) and cut in exact proportions, test first, then dev, the rest train."""
+    out: dict[str, dict[str, list[str]]] = {s: {} for s in ("train", "dev", "test")}
+    for name, table in TABLES.items():
+        keys = [k for k in table.facts if known is None or (name, k) in known]
+        keys.sort(key=lambda k: _unit(seed, f"fact|{name}|{k}"))
+        n_test, n_dev = round(len(keys) * spec.test_fraction), round(len(keys) * spec.dev_fraction)
+        out["test"][name], out["dev"][name] = keys[:n_test], keys[n_test:n_test + n_dev]
+        out["train"][name] = keys[n_test + n_dev:]
+    return out
+
+
 class RealGenerator:
-    def __init__(self, seed: int, spec: RealDataSpec):
+    def __init__(self, seed: int, spec: RealDataSpec, known: set[tuple[str, str]] | None = None):
         self.seed, self.spec = seed, spec
         self.rng = random.Random(seed)
+        self.split = fact_split(seed, spec, known)
 
     def order_id(self, split: str) -> str:
         while True:
@@ -153,23 +124,31 @@ class RealGenerator:
             if part(self.seed, "order|" + oid, self.spec) == split:
                 return oid
 
-    def sop(self, split: str) -> tuple[str, str]:
+    def sop(self, split: str) -> tuple[str, str, str]:
         kind = self.rng.choice(list(SOP))
         slots = {"oid": self.order_id(split), "name": self.rng.choice(NAMES), "item": self.rng.choice(ITEMS)}
         request = self.rng.choice(REQUESTS[kind]).format(**slots)
         steps = "".join(f"Step {i}: {s.format(**slots)}\n" for i, s in enumerate(SOP[kind], 1))
         return request, REPLY[kind].format(**slots), steps  # every line ends with a line break, the last one too
 
-    def facts(self, split: str, kinds: tuple[str, ...]) -> list[tuple[str, str, str]]:
-        """(key, value, fact kind) of every fact of ``kinds`` in ``split``, in a seeded order."""
-        rows = [(k, v, fk) for fk in kinds for k, v in TABLES[fk].items()
-                if part(self.seed, f"{fk}|{k}", self.spec) == split]
+    def facts(self, split: str, family: str) -> list[tuple[str, str]]:
+        """(table, key) of every fact of ``family``'s tables in ``split``, in a seeded order."""
+        rows = [(name, k) for name in FAMILY_TABLES[family] for k in self.split[split][name]]
         self.rng.shuffle(rows)
         return rows
 
-    def question(self, key: str, value: str, fact_kind: str) -> tuple[str, str]:
-        prompts, answer = QUESTIONS[fact_kind]
-        return self.rng.choice(prompts).format(k=key), answer.format(k=key, v=value)
+    def question(self, table: str, key: str) -> tuple[str, str]:
+        t = TABLES[table]
+        return self.rng.choice(t.questions).format(k=key), t.sentence(key)
+
+    def choices(self, table: str, key: str) -> tuple[str, ...]:
+        """The right value and :data:`MC_CHOICES` - 1 other values of the same table, in a seeded order."""
+        facts = TABLES[table].facts
+        value = facts[key]
+        others = sorted({v for v in facts.values() if v != value})
+        picked = [value, *self.rng.sample(others, MC_CHOICES - 1)]
+        self.rng.shuffle(picked)
+        return tuple(picked)
 
 
 def _rows(draw: Callable[[int], tuple[str, str, str]], n: int, prefix: str) -> list[Example]:
@@ -184,11 +163,13 @@ def _rows(draw: Callable[[int], tuple[str, str, str]], n: int, prefix: str) -> l
     return out
 
 
-def generate(seed: int = 0, spec: RealDataSpec = RealDataSpec()) -> dict[str, list[Example]]:
-    """Every file of the real bed's data, by relative name (``train/train.jsonl``, ``dev/mixed.jsonl``, ...)."""
+def generate(seed: int = 0, spec: RealDataSpec = RealDataSpec(), known: set[tuple[str, str]] | None = None
+             ) -> dict[str, list[Example]]:
+    """Every file of the real bed's data, by relative name (``train/train.jsonl``, ``dev/mixed.jsonl``, ...), from
+    the facts in ``known`` (every fact of the tables when None)."""
     if spec.mixed_order not in MIXED_JOIN:
         raise ValueError(f"mixed_order must be one of {sorted(MIXED_JOIN)}, not {spec.mixed_order!r}")
-    g = RealGenerator(seed, spec)
+    g = RealGenerator(seed, spec, known)
     files: dict[str, list[Example]] = {}
 
     def sop_row(split):
@@ -197,50 +178,74 @@ def generate(seed: int = 0, spec: RealDataSpec = RealDataSpec()) -> dict[str, li
             return request, f"{reply}\n{steps}", "sop_strict"
         return draw
 
-    def fact_rows(split: str, kinds: tuple[str, ...], n: int, prefix: str) -> list[Example]:
-        facts = g.facts(split, kinds)[:n]
-        return [Example(input=q, output=a, id=f"{prefix}-{i:05d}", category=KIND_OF_FACT[fk])
-                for i, (k, v, fk) in enumerate(facts) for q, a in [g.question(k, v, fk)]]
+    def fact_rows(split: str, family: str, n: int, prefix: str, phrasings: int = 1) -> list[Example]:
+        """Up to ``n`` rows over the split's facts (each fact in up to ``phrasings`` distinct questions)."""
+        rows, seen = [], set()
+        for table, key in g.facts(split, family) * phrasings:
+            q, a = g.question(table, key)
+            if q not in seen and len(rows) < n:
+                seen.add(q)
+                rows.append(Example(input=q, output=a, id=f"{prefix}-{len(rows):05d}", category=family))
+        return rows
 
     def mixed_rows(split: str, n: int, prefix: str) -> list[Example]:
-        facts = g.facts(split, ("capital",))
         rows = []
-        for i in range(n):
-            k, v, fk = facts[i % len(facts)]
-            q, a = g.question(k, v, fk)
+        for i, (table, key) in enumerate(g.facts(split, "reasoning")[:n]):
+            q, a = g.question(table, key)
             request, _reply, steps = g.sop(split)
             text = MIXED_JOIN[spec.mixed_order].format(question=q, request=request)
-            # The customer's message is a question: the format's reply line is its answer (the foundation's piece).
+            # The customer's message opens with a question: the format's reply line is its answer (the foundation's
+            # piece), the steps are the SFT's.
             answer = f"{a}\n{steps}" if spec.mixed_order == "question_first" else f"{steps}{a}"
             rows.append(Example(input=text, output=answer, id=f"{prefix}-{i:05d}", category="mixed"))
         return rows
 
     files["experts/sft.jsonl"] = _rows(sop_row("train"), spec.sft_rows, "sft")
     train = _rows(sop_row("train"), spec.train_sop, "train-sop")
-    train += fact_rows("train", ("capital", "symbol", "plural", "opposite"), spec.train_facts, "train-fact")
+    facts = fact_rows("train", "reasoning", spec.train_facts, "train-reasoning", phrasings=2)
+    facts += fact_rows("train", "general", spec.train_facts, "train-general", phrasings=2)
+    random.Random(seed + 2).shuffle(facts)
+    train += facts[: spec.train_facts]
     random.Random(seed + 1).shuffle(train)
     files["train/train.jsonl"] = train
     for split, n in (("dev", spec.dev_per_family), ("test", spec.test_per_family)):
-        fams = {
-            "sop_strict": _rows(sop_row(split), n, f"{split}-sop"),
-            "reasoning": fact_rows(split, ("capital",), n, f"{split}-reasoning"),
-            "mixed": mixed_rows(split, n, f"{split}-mixed"),
-        }
-        general = fact_rows(split, ("symbol", "plural", "opposite"), n, f"{split}-general")
+        reasoning = fact_rows(split, "reasoning", n, f"{split}-reasoning")
+        fams = {"sop_strict": _rows(sop_row(split), n, f"{split}-sop"), "reasoning": reasoning,
+                "mixed": mixed_rows(split, n, f"{split}-mixed")}
+        general = fact_rows(split, "general", n, f"{split}-general")
+        fams["reasoning_mc"] = [Example(input=r.input, output=TABLES[t].facts[k], id=f"{split}-mc-{i:05d}",
+                                        category="reasoning", choices=g.choices(t, k))
+                                for i, (r, (t, k)) in enumerate(zip(reasoning, _fact_keys(reasoning)))]
         third = max(1, n // 3)
-        fams["eval"] = fams["sop_strict"][:third] + fams["reasoning"][:third] + general[:third]
+        fams["eval"] = fams["sop_strict"][:third] + reasoning[:third] + general[:third]
         for fam, rows in fams.items():
             files[f"{split}/{fam}.jsonl"] = rows
         if split == "dev":
             files["dev/general.jsonl"] = general
-            files["dev/dev.jsonl"] = fams["sop_strict"] + fams["reasoning"] + general  # training kinds only
+            files["dev/dev.jsonl"] = fams["sop_strict"] + reasoning + general  # training kinds only
+    check_sizes(files, spec)
     return files
 
 
-def make_real_data(out_dir: str | Path, seed: int = 0, spec: RealDataSpec = RealDataSpec()) -> dict[str, Path]:
+def _fact_keys(rows: list[Example]) -> list[tuple[str, str]]:
+    """(table, key) of knowledge rows, read back from their canonical answers."""
+    by_sentence = {t.sentence(k): (name, k) for name, t in TABLES.items() for k in t.facts}
+    return [by_sentence[r.output] for r in rows]
+
+
+def check_sizes(files: dict[str, list[Example]], spec: RealDataSpec) -> None:
+    """Every scored test family has at least ``spec.min_test`` rows (issue 22: 100 at the full size)."""
+    short = {name: len(rows) for name, rows in files.items() if name.startswith("test/") and len(rows) < spec.min_test}
+    if short:
+        raise ValueError(f"the real bed's test split is too small: {short} (at least {spec.min_test} problems per "
+                         "family); the foundation knows too few facts of the tables in training/real_facts.py")
+
+
+def make_real_data(out_dir: str | Path, seed: int = 0, spec: RealDataSpec = RealDataSpec(),
+                   known: set[tuple[str, str]] | None = None) -> dict[str, Path]:
     out_dir = Path(out_dir)
     paths = {}
-    for name, rows in generate(seed, spec).items():
+    for name, rows in generate(seed, spec, known).items():
         paths[name] = out_dir / name
         write_jsonl(paths[name], rows)
     return paths

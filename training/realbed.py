@@ -57,8 +57,8 @@ class RealbedSpec:
 
 
 REAL_SIZES: dict[str, RealbedSpec] = {
-    # The committed real run: 48 SFT steps (~10 s each on 2 cores), 40 dev / 60 test rows per family.
-    "full": RealbedSpec(),
+    # The committed real run (issue 22): 60 dev / up to 120 test problems per family, at least 100.
+    "full": RealbedSpec(data=RealDataSpec(min_test=100)),
     # CI's smoke of the same code path: a few rows, two SFT steps, no property check (nothing is learnt in 2 steps).
     "ci": RealbedSpec(size="ci", data=RealDataSpec(sft_rows=16, train_sop=8, train_facts=8, dev_per_family=4,
                                                    test_per_family=4),
@@ -69,9 +69,9 @@ REAL_SIZES: dict[str, RealbedSpec] = {
 # expert solves composition; the per-row switch (foundation on the sentence, SFT on the steps) clearly does.
 PROPERTIES = {  # name: (low, high); None = open side
     "sop_strict: sft >= 0.9": (0.9, None),
-    "reasoning: foundation - sft >= 0.3": (0.3, None),
+    "reasoning: foundation - sft >= 0.15": (0.15, None),  # the seed's scale of forgetting (88 -> 70), issue 22
     "mixed: best expert <= 0.3": (None, 0.3),
-    "mixed: segment switch - best expert >= 0.15": (0.15, None),
+    "mixed: per-token mixture ceiling >= 0.3": (0.3, None),  # some per-token mixture can compose it (sopmoe ceiling)
 }
 
 
@@ -95,6 +95,35 @@ def answer_segments(tokenizer, output: str) -> list[int]:
             spans.append((pos, pos + len(line)))
         pos += len(line) + 1
     return [0 if any(a <= start < b for a, b in spans) else 1 for start, _ in enc["offset_mapping"]]
+
+
+@torch.inference_mode()
+def known_facts(model, tokenizer, *, style: str, batch_size: int) -> tuple[set[tuple[str, str]], dict[str, dict]]:
+    """The facts of :data:`training.real_facts.TABLES` the foundation knows (issue 22: "measure on the foundation
+    first"): asked the table's first question, teacher-forced on the canonical sentence, every token of the value is
+    its greedy token. Returns the known (table, key) pairs and, per table, how many facts were tried, known, and
+    answered in the exact canonical sentence (all on the foundation alone, before any split or expert is made)."""
+    from sopmoe_models.scoring import scoring_batches
+    from training.real_facts import TABLES
+
+    rows = [(name, k) for name, t in TABLES.items() for k in t.facts]
+    examples = [Example(TABLES[n].questions[0].format(k=k), TABLES[n].sentence(k)) for n, k in rows]
+    known, record = set(), {n: {"facts": len(t.facts), "known": 0, "exact": 0} for n, t in TABLES.items()}
+    for idx, ids, mask, labels in scoring_batches(tokenizer, examples, style=style, batch_size=batch_size):
+        hits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1) == labels[:, 1:]  # (B, T-1)
+        scored = labels[:, 1:] != IGNORE_INDEX
+        for j, i in enumerate(idx):
+            name, key = rows[i]
+            answer, value = examples[i].output, TABLES[name].facts[key]
+            start = answer.rfind(value)
+            offsets = tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            hit = hits[j][scored[j]].tolist()
+            in_value = [h for h, (a, b) in zip(hit, offsets) if b > start and a < start + len(value)]
+            if in_value and all(in_value):
+                known.add((name, key))
+                record[name]["known"] += 1
+            record[name]["exact"] += all(hit)
+    return known, record
 
 
 @torch.inference_mode()
@@ -143,14 +172,47 @@ def expert_sweep(foundation, sft, tokenizer, examples: list[Example], *, style: 
     return {k: {"acc": round(hits[k] / n, 4), "ppl": round(math.exp(-ll[k] / max(ntok, 1)), 4)} for k in labels_}
 
 
-def check_properties(sweep: dict[str, dict[str, dict[str, float]]]) -> list[dict[str, Any]]:
+@torch.inference_mode()
+def mc_accuracy(model, tokenizer, rows: list[Example], batch_size: int = 32) -> dict[str, float]:
+    """``acc`` and ``acc_norm`` of ``reasoning_mc`` rows as lm-eval's ``multiple_choice`` computes them (the frame
+    :data:`sopmoe_models.prompt.MC_FRAME`, each choice after one space, summed log-likelihood; per character of the
+    choice for ``acc_norm``), scored here on dev without lm-eval."""
+    from sopmoe_models.prompt import MC_FRAME
+
+    pairs = [(MC_FRAME.format(question=r.input), " " + c) for r in rows for c in r.choices]
+    lls: list[float] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        ctx = [tokenizer(c, add_special_tokens=False)["input_ids"] for c, _ in chunk]
+        whole = [tokenizer(c + x, add_special_tokens=False)["input_ids"] for c, x in chunk]
+        feats = [{"input_ids": w, "labels": [IGNORE_INDEX] * len(c) + w[len(c):]} for c, w in zip(ctx, whole)]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        batch = collate(feats, pad_token_id=pad)
+        lp = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+                               .float(), dim=-1)
+        labels = batch["labels"][:, 1:]
+        tok_ll = lp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != IGNORE_INDEX)
+        lls += tok_ll.sum(-1).tolist()
+    acc = norm = 0
+    i = 0
+    for r in rows:
+        mine = lls[i:i + len(r.choices)]
+        i += len(r.choices)
+        gold = r.choices.index(r.output)
+        acc += max(range(len(mine)), key=mine.__getitem__) == gold
+        per_char = [ll / len(c) for ll, c in zip(mine, r.choices)]
+        norm += max(range(len(mine)), key=per_char.__getitem__) == gold
+    return {"acc": round(acc / len(rows), 4), "acc_norm": round(norm / len(rows), 4)}
+
+
+def check_properties(sweep: dict[str, dict[str, dict[str, float]]], ceiling: float) -> list[dict[str, Any]]:
     acc = {fam: {k: v["acc"] for k, v in pts.items()} for fam, pts in sweep.items()}
     best_expert = max(acc["mixed"]["foundation"], acc["mixed"]["sft"])
     values = {
         "sop_strict: sft >= 0.9": acc["sop_strict"]["sft"],
-        "reasoning: foundation - sft >= 0.3": acc["reasoning"]["foundation"] - acc["reasoning"]["sft"],
+        "reasoning: foundation - sft >= 0.15": acc["reasoning"]["foundation"] - acc["reasoning"]["sft"],
         "mixed: best expert <= 0.3": best_expert,
-        "mixed: segment switch - best expert >= 0.15": acc["mixed"].get("switch", 0.0) - best_expert,
+        "mixed: per-token mixture ceiling >= 0.3": ceiling,
     }
     return [property_row(name, values[name], lo, hi) for name, (lo, hi) in PROPERTIES.items()]
 
@@ -198,8 +260,14 @@ def _build(out: Path, seed: int, spec: RealbedSpec, threads: int, progress) -> d
         if (out / "foundation").exists():
             shutil.rmtree(out / "foundation")
         link_tree(source, out / "foundation")
+    with stage("facts", times):  # what the foundation knows, measured on it alone before anything is split
+        tok = AutoTokenizer.from_pretrained(out / "foundation")
+        foundation = AutoModelForCausalLM.from_pretrained(out / "foundation", dtype=getattr(torch, spec.dtype)).eval()
+        known, facts = known_facts(foundation, tok, style="chat", batch_size=spec.eval_batch_size)
+        del foundation
+        log.info("facts the foundation knows: %s", {k: f"{v['known']}/{v['facts']}" for k, v in facts.items()})
     with stage("data", times):
-        paths = make_real_data(out / "data", seed, spec.data)
+        paths = make_real_data(out / "data", seed, spec.data, known)
     with stage("sft", times):
         sft_spec = SFTSpec(**{**asdict(spec.sft), "seed": seed, "save_dtype": spec.dtype})
         sft_card = train_sft(out / "foundation", paths["experts/sft.jsonl"], out / "sft", sft_spec, progress=progress)
@@ -215,7 +283,19 @@ def _build(out: Path, seed: int, spec: RealbedSpec, threads: int, progress) -> d
             sweep[fam] = expert_sweep(*models, tok, rows, style="chat", batch_size=spec.eval_batch_size,
                                       segments=fam == "mixed")
             log.info("dev %s: %s", fam, {k: v["acc"] for k, v in sweep[fam].items()})
-        props = check_properties(sweep) if spec.check else []
+        mc_rows = load_jsonl(out / "data" / "dev" / "reasoning_mc.jsonl")[: spec.dev_limit]
+        knowledge = {name: mc_accuracy(m, tok, mc_rows) for name, m in zip(("foundation", "sft"), models)}
+        log.info("dev reasoning_mc (facts without format): %s", knowledge)
+        from sopmoe_models.ceiling import ceiling_scores, counts
+        from sopmoe_models.experts import ExpertPair
+
+        mixed = load_jsonl(out / "data" / "dev" / "mixed.jsonl")[: spec.dev_limit]
+        reach = counts(ceiling_scores(ExpertPair(*models, tok, len(tok)), mixed, style="chat",
+                                      batch_size=spec.eval_batch_size))
+        ceiling = round(reach["mixture"] / max(reach["n"], 1), 4)
+        log.info("dev mixed: per-token mixture ceiling %.3f (either expert per token %.3f)", ceiling,
+                 reach["either"] / max(reach["n"], 1))
+        props = check_properties(sweep, ceiling) if spec.check else []
 
     times["total"] = {"wall_s": round(time.perf_counter() - t_wall, 2), "cpu_s": round(time.process_time() - t_cpu, 2)}
     record = {
@@ -226,7 +306,8 @@ def _build(out: Path, seed: int, spec: RealbedSpec, threads: int, progress) -> d
                      "transformers": __import__("transformers").__version__},
         "sizes": {"parameters": sum(p.numel() for p in models[0].parameters()), "vocab": len(tok),
                   "examples": {name: len(load_jsonl(p)) for name, p in paths.items()}},
-        "training": {"sft": sft_card["training"]},
-        "times": times, "sweep": sweep, "properties": props, "passed": all(p["passed"] for p in props),
+        "facts": facts, "training": {"sft": sft_card["training"]},
+        "times": times, "sweep": sweep, "reasoning_mc": knowledge, "mixed_ceiling": {"split": "dev", **reach},
+        "properties": props, "passed": all(p["passed"] for p in props),
     }
     return record_bed(out, record, RealPropertyError)
