@@ -50,6 +50,9 @@ class BedPlan:
     moe_lora_flags: list[str] | None = None
 
 
+# What each bed scores: the real bed also has the reasoning family as format-free multiple choice (issue 22).
+BED_TASKS = {"test": ["sop_strict", "reasoning", "mixed", "eval"],
+             "real": ["sop_strict", "reasoning", "reasoning_mc", "mixed", "eval"]}
 MOE_TOP_KS = (1, 2)  # the trained gates are served at each k on dev; top-1 wins ties (it is the cheaper)
 # replay_sft: the standard forgetting fix, plain cross-entropy on the router's training mix from the foundation, with
 # the student's budget (best epoch on dev).
@@ -103,7 +106,7 @@ class Demo:
     seeds: list[int]
     size: str = "ci"
     preset: str = "partial"
-    tasks: list[str] = field(default_factory=lambda: ["sop_strict", "reasoning", "mixed", "eval"])
+    tasks: list[str] | None = None  # default: the bed's (BED_TASKS)
     limit: int | None = None
     readme: Path | None = None
     reuse_testbed: bool = False
@@ -184,7 +187,8 @@ class Demo:
             *([f"moe_lora=moe:pretrained={moe_lora}"] if moe_lora else []),
         ]
         run_dir = root / "eval"
-        argv = ["evaluate", *cfg, "--models", *models, "--tasks", *self.tasks, "--output_dir", run_dir,
+        tasks = self.tasks or BED_TASKS[self.bed]
+        argv = ["evaluate", *cfg, "--models", *models, "--tasks", *tasks, "--output_dir", run_dir,
                 "--log_samples", "--overwrite"]
         if self.limit:
             argv += ["--limit", self.limit]
