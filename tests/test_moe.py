@@ -225,3 +225,25 @@ def test_reserve_at_top_1_keeps_the_weights(moes, tmp_path):
     assert (tmp_path / "top1" / "model.safetensors").read_bytes() == (src / "model.safetensors").read_bytes()
     assert json.loads((tmp_path / "top1" / "moe.json").read_text())["inference_cost"] < \
         json.loads((src / "moe.json").read_text())["inference_cost"]
+
+
+def test_qwen2_pair_becomes_qwen2_moe_with_a_zero_shared_expert(tmp_path):
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from sopmoe_models.moe import build_moe
+
+    tok = tiny.make_tokenizer()
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok) + 3, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      tie_word_embeddings=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    dense = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in dense.model.layers:  # Qwen2's q/k/v biases must come through as the MoE's attention biases
+            layer.self_attn.q_proj.bias.normal_()
+    f = _save(dense, tok, tmp_path / "qwen2")
+    build_moe(f, f, tmp_path / "moe", attention="foundation", top_k=1)
+    moe = AutoModelForCausalLM.from_pretrained(tmp_path / "moe").eval()
+    assert type(moe).__name__ == "Qwen2MoeForCausalLM"
+    ids = torch.randint(3, 60, (2, 9))
+    assert torch.allclose(dense(ids).logits, moe(ids).logits, atol=1e-5)
