@@ -140,8 +140,11 @@ def hf_reference(model, ids: list[list[int]], new_tokens: int, pad_id: int) -> t
     outs, gaps = [], []
     with torch.inference_mode():
         for p in ids:
-            g = model.generate(input_ids=torch.tensor([p]), max_new_tokens=new_tokens, do_sample=False,
-                               pad_token_id=pad_id, return_dict_in_generate=True, output_logits=True)
+            # the mask given, never inferred: HF infers it from pad tokens, and chat prompts hold the pad token
+            # (SmolLM2's pad is <|im_end|>), which an inferred mask would hide from the model
+            g = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                               max_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id,
+                               return_dict_in_generate=True, output_logits=True)
             outs.append(g.sequences[0, len(p):].tolist())
             top2 = torch.stack(g.logits).float()[:, 0].topk(2, dim=-1).values  # (steps, 2)
             gaps.append([round(float(x), 7) for x in top2[:, 0] - top2[:, 1]])
@@ -287,14 +290,14 @@ def print_table(res: dict) -> None:
                          f"({res['prompt_format']}), {res['new_tokens']} new tokens, float32, {res['threads']} "
                          f"thread(s), wall, best of {res['repeats']}; vLLM {res['versions']['vllm']['vllm']}"
                          + (" (eager)" if res["enforce_eager"] else " (compiled)")))
-    for col in ("model", "engine", "batch", "tok/s", "÷ hf foundation", "identical to hf", "first divergence"):
+    for col in ("model", "engine", "batch", "tok/s", "÷ hf foundation", "same tokens as hf", "first divergence"):
         table.add_column(col, justify="left" if col in ("model", "engine") else "right")
     for r in res["rows"]:
         div = r.get("first_divergence")
         table.add_row(r["model"], r["engine"], str(r["batch"]), f"{r['tok_s']:.0f}", f"{r['vs_hf_foundation']:.2f}x",
                       f"{r['identical']}/{r['of']}" if "identical" in r else "",
                       "" if not div else f"prompt {div['prompt']} step {div['step']} (hf gap {div['hf_top2_gap']})")
-    Console().print(table)
+    Console(width=120).print(table)  # not folded to 80 columns when piped
     loads = ", ".join(f"{m} {s:.0f} s" for m, s in res["vllm_load_s"].items())
     print(f"vLLM load (engine start, weights, warm-up): {loads}; identical: {'yes' if res['identical'] else 'NO'}")
 
