@@ -15,9 +15,7 @@ missing ids probability 0.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from sopmoe_models.compat import cache_kwarg, output_cache  # noqa: F401 (re-exported: the cache seam lives in compat)
 from sopmoe_models.errors import UserError
 
 if TYPE_CHECKING:
@@ -312,19 +311,3 @@ def nonfinite_parameters(model: nn.Module, limit: int = 3) -> list[str]:
             if len(bad) >= limit:
                 break
     return bad
-
-
-def cache_kwarg(model: nn.Module) -> str:
-    """transformers 5 renamed ``past_key_values`` to ``cache``; use whichever this version's forward takes."""
-    return _cache_kwarg(type(model))
-
-
-@functools.cache
-def _cache_kwarg(cls: type) -> str:
-    # per class, not per call: inspect.signature costs ~0.1 ms, paid twice per decoding step otherwise
-    params = inspect.signature(cls.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def output_cache(out: Any) -> Any:
-    return out.cache if getattr(out, "cache", None) is not None else getattr(out, "past_key_values", None)
