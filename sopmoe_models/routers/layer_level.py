@@ -38,7 +38,8 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _decoder(model: nn.Module) -> nn.Module:
-    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return dec if hasattr(dec, "layers") else model.model  # 4.56's get_decoder() is not the decoder stack
 
 
 def check_layer_compatible(pair: ExpertPair) -> None:
