@@ -52,7 +52,8 @@ test-floor: $(FLOOR_VENV)/.installed  ## the fast suite at the lowest supported 
 	$(FLOOR_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 # What benchmarks/gpu_check.sh needs on the GPU machine, which has no network: wheels of the packages its image
-# lacks (lm-eval, pydantic, torchao; it has torch, transformers, accelerate, peft, numpy, ...) for its Python, and
+# lacks (lm-eval, pydantic with the typing_extensions it needs, torchao; it has torch, transformers, accelerate,
+# peft, numpy, ...) for its Python, and
 # Qwen3's tokenizer. Carry both: run(carry=[".whl", ".cache/sopmoe"]).
 GPU_PYTHON ?= 3.12
 GPU_PIP = $(BIN)/python -m pip download -q --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
@@ -62,7 +63,6 @@ gpu-check-prep: qwen3-tokenizer
 	rm -rf .whl
 	$(GPU_PIP) pydantic
 	$(GPU_PIP) --no-deps lm-eval==0.4.13 dill chardet torchao==0.18.0
-	rm -f .whl/typing_extensions-*.whl
 	ls .whl
 
 lint: setup
