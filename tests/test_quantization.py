@@ -166,3 +166,43 @@ def test_evaluate_plans_quantized_rows(tiny_pair_dirs, tiny_data_dir, tmp_path):
     assert s.lm_eval_model == "hf" and "quantization" not in s.model_args
     e = plan(parse_model_spec("ensemble@0.3"), cfg)
     assert e.model_args["quantization"] == "int8" and e.forwards_per_token == 2
+
+
+def test_lm_eval_model_args_spell_quantization_as_on_the_command_line():
+    """``--model_args quantization=int8,sft_quantization=none``: lm-eval parses the word none as None."""
+    from lm_eval.utils import simple_parse_args_string
+
+    from sopmoe_models.adapters.base import resolve_model_args
+
+    args = simple_parse_args_string("foundation=f,sft=s,quantization=int8,sft_quantization=none")
+    cfg, _ = resolve_model_args("sopmoe_ensemble", None, args, {})
+    assert (cfg.models.foundation.quantization, cfg.models.sft.quantization) == ("int8", "none")
+    with pytest.raises(UserError, match=r"models\.sft\.quantization \(given as a flag or model argument\)"):
+        resolve_model_args("sopmoe_ensemble", None, simple_parse_args_string("sft_quantization=int3"), {})
+
+
+@pytest.mark.slow
+def test_real_lm_eval_cli_with_quantization(parity_dirs, tiny_data_dir, lm_eval_runs, tmp_path):
+    """``lm_eval --model sopmoe_ensemble --model_args ...,quantization=int8,sft_quantization=none`` as typed: the
+    results record the experts' quantization, and the scores are the quantized foundation's."""
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    args = (f"foundation={parity_dirs['foundation']},sft={parity_dirs['sft']},foundation_weight=1,sft_weight=0,"
+            "quantization=int8,sft_quantization=none")
+    cmd = [str(Path(sys.executable).parent / "lm_eval"), "--model", "sopmoe_ensemble", "--model_args", args,
+           "--tasks", "reasoning", "--batch_size", "2", "--output_path", str(out), "--log_samples",
+           "--metadata", json.dumps({"data_dir": str(tiny_data_dir / "eval")})]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (results_file,) = out.rglob("results_*.json")
+    experts = json.loads(results_file.read_text())["config"]["sopmoe"]["experts"]
+    assert experts["foundation"]["quantization"] == "int8" and experts["sft"]["quantization"] == "none"
+    (samples_file,) = out.rglob("samples_reasoning_*.jsonl")
+    cli = {json.loads(line)["doc_id"]: json.loads(line) for line in samples_file.read_text().splitlines()}
+    for s in lm_eval_runs["hf_int8"]["reasoning"]:
+        assert abs(float(cli[s["doc_id"]]["resps"][0][0][0]) - s["resps"][0][0][0]) < 1e-4

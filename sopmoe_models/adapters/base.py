@@ -125,6 +125,8 @@ def resolve_model_args(name: str, config: str | None, model_args: dict[str, Any]
         if key == "pretrained":
             raise ValueError(f"{name} takes foundation=DIR,sft=DIR (or config=YAML), not pretrained=")
         if key in COMMON_ARGS:
+            if key in ("quantization", "sft_quantization") and value is None:
+                value = "none"  # lm-eval's argument parser reads the word none as None
             for dotted in COMMON_ARGS[key]:
                 overrides[dotted] = str(value) if value is not None else None
         elif key in extra:
