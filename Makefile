@@ -10,13 +10,13 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint clean qwen3-tokenizer vllm-venv
+.PHONY: setup demo test test-fast test-floor lint clean qwen3-tokenizer vllm-venv gpu-check-prep
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,quant]"
 	touch $@
 
 setup: $(BIN)/.installed
@@ -48,6 +48,38 @@ test: setup  ## the whole suite, the end-to-end pipeline test included
 
 test-fast: setup  ## unit tests only (seconds to a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The lowest versions sopmoe supports: the oldest Python it declares, every dependency at its declared floor
+# (.ci/floors.py turns pyproject's name>=X into name==X), the quant extra included. PyPI has no CPU torch for
+# Python 3.10, so this venv takes the floor's CUDA build, which runs on the CPU: 2.6 GB of wheels (torch and the
+# NVIDIA libraries it imports; some lie on this machine's disk), a 5 GB venv.
+FLOOR_PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.10.*/bin/python3.10) python3.10)
+FLOOR_VENV ?= .venv-floor
+$(FLOOR_VENV)/.installed: pyproject.toml .ci/floors.py
+	test -x $(FLOOR_VENV)/bin/python || $(FLOOR_PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PYTHON) .ci/floors.py quant > $(FLOOR_VENV)/floors.txt
+	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/floors.txt -e ".[test,quant]"
+	$(FLOOR_VENV)/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|accelerate|peft|lm.eval|tokenizers|torchao)=' | tr '\n' ' '
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed  ## the fast suite at the lowest supported versions (Python 3.10, the floors)
+	$(FLOOR_VENV)/bin/python --version
+	$(FLOOR_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+# What benchmarks/gpu_check.sh needs on the GPU machine, which has no network: wheels of the packages its image
+# lacks (lm-eval, pydantic with the typing_extensions it needs, torchao; it has torch, transformers, accelerate,
+# peft, numpy, ...) for its Python, and
+# Qwen3's tokenizer. Carry both: run(carry=[".whl", ".cache/sopmoe"]).
+GPU_PYTHON ?= 3.12
+GPU_PIP = $(BIN)/python -m pip download -q --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64 -d .whl
+gpu-check-prep: qwen3-tokenizer
+	rm -rf .whl
+	$(GPU_PIP) pydantic
+	$(GPU_PIP) --no-deps lm-eval==0.4.13 dill chardet torchao==0.18.0
+	ls .whl
 
 lint: setup
 	$(BIN)/ruff check .

@@ -28,7 +28,11 @@ longer-running ensemble, so best-of wall times bias the ratio against it (``--cl
 
     python benchmarks/bench_generate.py [--shapes testbed,large] [--bed DIR] [--threads 1] [--repeats 3]
         [--clock cpu|wall] [--drafters foundation,random,lookup] [--num_draft_tokens 8] [--draft_schedule heuristic]
-        [--draft_corpus FILE] [--lookup_tokens 8] [--eos]
+        [--draft_corpus FILE] [--lookup_tokens 8] [--eos] [--quantization none,int8]
+
+``--quantization none,int8`` times each random shape with float32 and with int8 experts (torchao weight-only,
+``sopmoe[quant]``), HF ``generate`` on the same quantized foundation: the ratios hold within a row, the tokens/s
+across rows show what int8 costs on this CPU.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ import torch
 
 from sopmoe_models.data import collate, load_jsonl
 from sopmoe_models.ensemble import EnsembleLM
-from sopmoe_models.experts import load_experts
+from sopmoe_models.experts import load_experts, quantization_of
 from sopmoe_models.lookup import load_lookup_drafter
 from sopmoe_models.prompt import format_prompt
 from sopmoe_models.routers.stats import generated_lengths
@@ -74,11 +78,12 @@ def bench_generation(pair, fused: dict, drafters: dict, prompts: list[str], batc
     only: transformers' assisted generation refuses batches) also times HF's own prompt lookup decoding of the single
     model, ``generate(prompt_lookup_num_tokens=hf_lookup)``, as a reference row (fused "hf", drafter "hf lookup")."""
     tok = pair.tokenizer
+    device = pair.foundation.get_output_embeddings().weight.device  # HF generate wants its inputs there
     batches = []
     for i in range(0, len(prompts), batch):
         enc = [{"input_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in prompts[i : i + batch]]
         b = collate(enc, tok.pad_token_id, padding_side="left")
-        batches.append((b["input_ids"], b["attention_mask"]))
+        batches.append((b["input_ids"].to(device), b["attention_mask"].to(device)))
     model = pair.foundation
     eos_ids = [tok.eos_token_id] if eos else []
     pad = tok.pad_token_id if eos else None
@@ -159,7 +164,9 @@ def bench_scoring(pair, foundation_dir: Path, batch_size: int, repeats: int, lim
     register_all()
     tm = TaskManager(metadata={"data_dir": str(DATA), "tokenizer": str(foundation_dir)})
     models = {
-        "hf": HFLM(pretrained=str(foundation_dir), device="cpu", batch_size=batch_size),
+        "hf": (HFLM(pretrained=str(foundation_dir), device="cpu", batch_size=batch_size)
+               if quantization_of(pair.foundation) == "none"  # quantized: the same quantized expert object
+               else HFLM(pretrained=pair.foundation, tokenizer=pair.tokenizer, batch_size=batch_size)),
         "ensemble": EnsembleLMEval(pair=pair, foundation_weight=0.5, sft_weight=0.5, mix="prob", batch_size=batch_size),
     }
     spent: dict[str, list[float]] = {name: [] for name in models}
@@ -206,10 +213,11 @@ def beds(args, tmp: Path, tok):
     def lookup(pair, corpus):
         return load_lookup_drafter(pair, pair.width, corpus=corpus, num_draft_tokens=args.lookup_tokens)
 
-    for shape in [s for s in args.shapes.split(",") if s]:
+    for shape, q in [(s, q) for s in args.shapes.split(",") if s for q in args.quantization.split(",") if q]:
         spec = SHAPES[shape]
-        dirs = random_pair(tmp / shape, spec, tok)
-        pair = load_experts(*dirs, dtype="float32", device="cpu")
+        dirs = random_pair(tmp / shape, spec, tok) if not (tmp / shape).is_dir() else (tmp / shape / "foundation",
+                                                                                        tmp / shape / "sft")
+        pair = load_experts(*dirs, dtype="float32", device="cpu", quantization=q)  # hf generate runs it too
         drafters = {}
         if "foundation" in wanted:
             drafters["foundation"] = load_drafter(dirs[0], pair, **kw)
@@ -218,7 +226,9 @@ def beds(args, tmp: Path, tok):
         if "lookup" in wanted:
             drafters["lookup"] = lookup(pair, args.draft_corpus)
         fused = {"ensemble": EnsembleLM(pair, 0.5, 0.5, "prob")}
-        yield f"{shape} (h{spec.hidden_size}, L{spec.num_layers}, V{pair.vocab_size})", pair, fused, drafters, shipped, dirs[0]
+        weights = "" if q == "none" else f", {q} weights"
+        yield (f"{shape} (h{spec.hidden_size}, L{spec.num_layers}, V{pair.vocab_size}{weights})", pair, fused, drafters,
+               shipped, dirs[0])
     if args.bed:
         bed = Path(args.bed)
         tb = bed / "testbed"
@@ -260,6 +270,8 @@ def main() -> None:
                     help="lookup drafter's corpus (default: --bed's testbed/data/train/train.jsonl; shapes: none)")
     ap.add_argument("--lookup_tokens", type=int, default=8,
                     help="lookup drafter's k, and HF's prompt_lookup_num_tokens in the 'hf lookup' reference row")
+    ap.add_argument("--quantization", default="none",
+                    help="random shapes' expert weights, each timed: none,int8 (torchao; hf generate on the same)")
     ap.add_argument("--eos", action="store_true", help="stop rows at EOS (default: exactly --new_tokens tokens)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)

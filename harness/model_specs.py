@@ -133,30 +133,53 @@ def _dtype(setting: str, device: str) -> str:
 FLOAT32_SOFTMAX = {"softmax_dtype": "float32"}
 
 
+PURE = {"foundation": {"foundation_weight": 1.0, "sft_weight": 0.0}, "sft": {"foundation_weight": 0.0, "sft_weight": 1.0}}
+
+
+def quantization_args(m) -> dict[str, str]:
+    """The adapters' ``quantization=``/``sft_quantization=`` of the config's ``models.*.quantization`` ({} if none)."""
+    f, s = m.foundation.quantization, m.sft.quantization
+    args = {"quantization": f} if f != "none" else {}
+    if s != f:
+        args["sft_quantization"] = s
+    return args
+
+
+def lm_eval_model(kind: str, cfg) -> str:
+    """The lm-eval model of a built-in kind: a quantized foundation/sft runs as ``sopmoe_ensemble`` at its pure
+    weight (lm-eval's ``hf`` cannot be handed a ``TorchAoConfig``), which is exactly that quantized expert."""
+    if kind in PURE and getattr(cfg.models, kind).quantization != "none":
+        return "sopmoe_ensemble"
+    return BUILTIN[kind]
+
+
 def builtin_args(kind: str, cfg, *, btm_router: str | None, distill_model: str | None, device: str) -> dict[str, Any]:
     """lm-eval model_args of a built-in kind, from the config."""
     m, e, g = cfg.models, cfg.ensemble, cfg.merge
-    if kind in ("foundation", "sft"):
-        expert = getattr(m, kind)
-        return {"pretrained": expert.path, "dtype": _dtype(expert.dtype, device), **FLOAT32_SOFTMAX}
-    experts = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype}
+    quantized = quantization_args(m)
+    experts = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype, **quantized}
     if m.sft.dtype != m.foundation.dtype:
         experts["sft_dtype"] = m.sft.dtype
+    if kind in ("foundation", "sft"):
+        expert = getattr(m, kind)
+        if expert.quantization != "none":  # lm-eval's hf takes no TorchAoConfig: the ensemble at a pure weight is
+            return {**experts, **PURE[kind]}  # exactly that quantized expert (the parity rule), the other never runs
+        return {"pretrained": expert.path, "dtype": _dtype(expert.dtype, device), **FLOAT32_SOFTMAX}
     if kind == "ensemble":
         return {**experts, "foundation_weight": e.foundation_weight, "sft_weight": e.sft_weight, "mix": e.mix}
     if kind == "btm":
         router = router_checkpoint(cfg, btm_router)  # the one default rule (sopmoe_models.factory)
-        return {"router": router} if router is not None else {**experts, "router_type": "posterior"}
+        return {"router": router, **quantized} if router is not None else {**experts, "router_type": "posterior"}
     if kind == "moe":
         return {"pretrained": cfg.moe.output_dir, "dtype": _dtype(m.foundation.dtype, device), **FLOAT32_SOFTMAX}
     if kind in ("distill", "replay"):
         return {"pretrained": student_path(cfg, distill_model),
                 "dtype": _dtype(m.foundation.dtype, device), **FLOAT32_SOFTMAX}
     if kind == "dispatch":
-        return {"classifier": None, "dtype": m.foundation.dtype}
+        return {"classifier": None, "dtype": m.foundation.dtype, **quantized}
     if kind == "merge":
         args = {"foundation": m.foundation.path, "sft": m.sft.path, "dtype": m.foundation.dtype, "method": g.method,
-                **FLOAT32_SOFTMAX}
+                **quantized, **FLOAT32_SOFTMAX}  # quantized experts: the merge refuses them in one line
         if g.method == "linear":
             args["weight"] = g.weight
         else:
@@ -217,7 +240,7 @@ def _adapter_problem(spec: ModelSpec, lm_eval_model: str) -> str | None:
 def plan(spec: ModelSpec, cfg, *, btm_router=None, distill_model=None, device="cpu", allow_remote_code: bool = False,
          allow_missing_fingerprint: bool = False) -> Planned:
     if spec.kind in BUILTIN:
-        lm_model = BUILTIN[spec.kind]
+        lm_model = lm_eval_model(spec.kind, cfg)
         args = builtin_args(spec.kind, cfg, btm_router=btm_router, distill_model=distill_model, device=device)
         args.update(spec.args)
     else:
@@ -231,7 +254,8 @@ def plan(spec: ModelSpec, cfg, *, btm_router=None, distill_model=None, device="c
                             "model; pass --trust_remote_code to allow it for this run")
     if allow_missing_fingerprint and lm_model == "sopmoe_btm":
         args.setdefault("allow_missing_fingerprint", True)
-    p = Planned(spec, lm_model, args, _forwards_per_token(lm_model, args))
+    forwards = 1 if spec.kind in PURE else _forwards_per_token(lm_model, args)  # a pure weight runs one expert
+    p = Planned(spec, lm_model, args, forwards)
     p.problem = _adapter_problem(spec, lm_model) or _input_problem(args, spec.kind)
     return p
 
@@ -267,8 +291,9 @@ def _data_of(card) -> str | None:
 def training_data(p: Planned) -> str:
     """What data made this model (the leaderboard's "Trained on"), from the records beside its artefact."""
     a, kind = p.model_args, p.spec.kind
-    if kind in ("foundation", "sft") and a.get("pretrained"):
-        bed = BedCard.in_folder(Path(a["pretrained"]).parent)
+    path = a.get("pretrained") or a.get(kind)  # a quantized expert's row names it foundation=/sft= (lm_eval_model)
+    if kind in ("foundation", "sft") and path:
+        bed = BedCard.in_folder(Path(path).parent)
         if bed is not None:
             if bed.is_real():  # the real bed (issue 12)
                 return ("SmolLM2-135M-Instruct as published (not trained here)" if kind == "foundation"

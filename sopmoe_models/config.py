@@ -36,6 +36,9 @@ class ExpertConfig(_Section):
     path: str | None = Field(None, description="local folder of a transformers causal LM (never downloaded)")
     dtype: Dtype = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
     device: str = Field("auto", description="'auto' (cuda:0 if present, else cpu), 'cpu', 'cuda:1', 'mps', ...")
+    quantization: Literal["none", "int8", "int4"] = Field(
+        "none", description="weight-only quantization at load (torchao: pip install 'sopmoe[quant]'): int8 halves "
+        "bf16 weights on CPU or GPU, int4 quarters them (CUDA, bfloat16); for running, never for merges")
 
     @field_validator("device")
     @classmethod

@@ -15,9 +15,7 @@ missing ids probability 0.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
 import json
 import logging
 from dataclasses import dataclass
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from sopmoe_models.compat import cache_kwarg, output_cache  # noqa: F401 (re-exported: the cache seam lives in compat)
 from sopmoe_models.errors import UserError
 
 if TYPE_CHECKING:
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+QUANTIZATIONS = ("none", "int8", "int4")  # models.*.quantization (config.py spells the same three)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # A folder holds a tokenizer when it has one of these (the vocabulary itself; tokenizer_config.json alone is not one).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
@@ -193,15 +193,86 @@ def output_width(*models: nn.Module) -> int:
     return max(output_rows(m) for m in models)
 
 
-def load_model(path: str | Path, *, dtype: str | torch.dtype | None = "auto", device: str | None = "auto", role="model"):
-    """Load one causal LM from a local folder, frozen and in eval mode."""
+def load_model(path: str | Path, *, dtype: str | torch.dtype | None = "auto", device: str | None = "auto", role="model",
+               quantization: str | None = "none"):
+    """Load one causal LM from a local folder, frozen and in eval mode; ``quantization`` int8/int4 quantizes its
+    linear weights as they load (:func:`quantization_config`), on the device it runs on."""
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(path, role)
     dev = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype, dev), trust_remote_code=False)
-    model.to(dev).eval().requires_grad_(False)
+    torch_dtype = resolve_dtype(dtype, dev)
+    qcfg = quantization_config(quantization, dev, torch_dtype, role)
+    if qcfg is None:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=False)
+        model.to(dev)
+    else:  # quantized while loading, straight onto the device (int4's packing is CUDA's)
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=False,
+                                                     quantization_config=qcfg, device_map={"": dev})
+        model.sopmoe_quantization = quantization
+    model.eval().requires_grad_(False)
     return model
+
+
+def quantization_key(role: str) -> str:
+    """The setting that names a role's quantization, for messages (config key and lm-eval model argument)."""
+    if role in ("foundation", "sft"):
+        arg = "quantization" if role == "foundation" else "sft_quantization"
+        return f"models.{role}.quantization (lm-eval model argument {arg}=)"
+    return "quantization"
+
+
+def quantization_config(quantization: str | None, device: torch.device, dtype: torch.dtype, role: str = "model"):
+    """transformers' ``TorchAoConfig`` for ``quantization`` (None for ``none``): weight-only, the activations stay
+    in ``dtype``, and the embeddings and output layer stay unquantized (transformers' default), so the output rows
+    and the parity rule are those of the expert.
+
+    torchao, because it is the one backend whose int8 runs on the CPU and on CUDA alike (bitsandbytes' 8-bit is
+    CUDA's; a CPU-tested path is the one CI checks). ``int8``: ``Int8WeightOnlyConfig`` (per-channel int8 weights,
+    half of bf16), on any device. ``int4``: ``Int4WeightOnlyConfig`` (group size 128, the ``tile_packed_to_4d``
+    layout of torch's tinygemm int4 kernel, a quarter of bf16), CUDA and bfloat16 only: torchao 0.18's int4 layouts
+    have no CPU kernel (its CPU int4 stores the weights unpacked in int8, no smaller than ``int8``)."""
+    if quantization in (None, "none"):
+        return None
+    key = quantization_key(role)
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"{key}: {quantization!r} is not one of {', '.join(QUANTIZATIONS)}")
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig
+    except ImportError:
+        raise UserError(f"{key}={quantization} needs torchao: pip install 'sopmoe[quant]' (or set it to none)") from None
+    from transformers import TorchAoConfig
+
+    if quantization == "int8":
+        return TorchAoConfig(quant_type=Int8WeightOnlyConfig())
+    if device.type != "cuda":
+        raise UserError(f"{key}=int4 needs a CUDA device (torchao's int4 weight kernels are CUDA's); on {device.type} "
+                        "use int8")
+    if dtype != torch.bfloat16:
+        raise UserError(f"{key}=int4 runs in bfloat16 (torch's int4 kernel); set the dtype to bfloat16 or auto")
+    return TorchAoConfig(quant_type=Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d"))
+
+
+def quantization_of(model: nn.Module) -> str:
+    """``none``, sopmoe's ``int8``/``int4``, or the method a pre-quantized checkpoint's config names (e.g. ``gptq``)."""
+    label = getattr(model, "sopmoe_quantization", None)
+    if label:
+        return label
+    q = getattr(getattr(model, "config", None), "quantization_config", None)
+    if q is None:
+        return "none"
+    method = q.get("quant_method") if isinstance(q, dict) else getattr(q, "quant_method", None)
+    return str(getattr(method, "value", method) or "quantized")
+
+
+def check_full_precision(model: nn.Module, role: str, what: str) -> None:
+    """Refuse to write a checkpoint (``what``: a merge, an MoE) from quantized weights: a :class:`UserError`
+    naming the role's setting. Quantized experts are for running (fused models, evaluation), never for writing."""
+    q = quantization_of(model)
+    if q != "none":
+        raise UserError(f"{what} needs the {role}'s full-precision weights, but it is loaded quantized ({q}): set "
+                        f"{quantization_key(role)} to none (quantized experts run the fused models; they are never "
+                        "written into a checkpoint)")
 
 
 def load_experts(
@@ -212,18 +283,22 @@ def load_experts(
     device: str | None = "auto",
     sft_dtype: str | torch.dtype | None = None,
     sft_device: str | None = None,
+    quantization: str = "none",
+    sft_quantization: str | None = None,
 ) -> ExpertPair:
     """Load foundation and sft (frozen, eval) with one shared, checked tokenizer.
 
     ``device`` places the foundation; ``sft_device`` (default: same as ``device``) places the sft, so two GPUs can
-    hold one expert each. Fused models move tensors between the two devices as needed.
+    hold one expert each. Fused models move tensors between the two devices as needed. ``quantization`` (and
+    ``sft_quantization``, default the same): ``none``, ``int8`` or ``int4`` weights (:func:`quantization_config`).
     """
     foundation, sft = check_model_dir(foundation, "foundation"), check_model_dir(sft, "sft")
     tok_f = load_tokenizer(foundation)
     if not same_tokenizer_files(foundation, sft):  # identical files load to the identical tokenizer
         check_same_tokenizer(tok_f, load_tokenizer(sft))
-    f_model = load_model(foundation, dtype=dtype, device=device, role="foundation")
-    s_model = load_model(sft, dtype=sft_dtype or dtype, device=sft_device or device, role="sft")
+    f_model = load_model(foundation, dtype=dtype, device=device, role="foundation", quantization=quantization)
+    s_model = load_model(sft, dtype=sft_dtype or dtype, device=sft_device or device, role="sft",
+                         quantization=sft_quantization or quantization)
     check_same_architecture(f_model, s_model, strict_shapes=False)
     return ExpertPair(f_model, s_model, tok_f, usable_vocab_size(tok_f, f_model, s_model), str(foundation), str(sft))
 
@@ -236,6 +311,7 @@ def load_experts_from_config(cfg: SopmoeConfig) -> ExpertPair:
     return load_experts(
         m.foundation.path, m.sft.path, dtype=m.foundation.dtype, device=m.foundation.device,
         sft_dtype=m.sft.dtype, sft_device=m.sft.device,
+        quantization=m.foundation.quantization, sft_quantization=m.sft.quantization,
     )
 
 
@@ -312,19 +388,3 @@ def nonfinite_parameters(model: nn.Module, limit: int = 3) -> list[str]:
             if len(bad) >= limit:
                 break
     return bad
-
-
-def cache_kwarg(model: nn.Module) -> str:
-    """transformers 5 renamed ``past_key_values`` to ``cache``; use whichever this version's forward takes."""
-    return _cache_kwarg(type(model))
-
-
-@functools.cache
-def _cache_kwarg(cls: type) -> str:
-    # per class, not per call: inspect.signature costs ~0.1 ms, paid twice per decoding step otherwise
-    params = inspect.signature(cls.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def output_cache(out: Any) -> Any:
-    return out.cache if getattr(out, "cache", None) is not None else getattr(out, "past_key_values", None)

@@ -235,6 +235,10 @@ def build_moe(foundation: str | Path, sft: str | Path, out: str | Path, *, atten
         raise UserError("--gate_init hidden needs prompts of each expert's kind (data.train_file)")
     guard_out(out, overwrite, [foundation, sft])
     f_cfg, s_cfg = read_config(foundation), read_config(sft)
+    for role, cfg in (("foundation", f_cfg), ("sft", s_cfg)):
+        if cfg.get("quantization_config"):  # an MoE is written from full-precision weights, never dequantized silently
+            raise UserError(f"--{role}: the checkpoint is quantized ({cfg['quantization_config'].get('quant_method')}); "
+                            "build the MoE from the full-precision checkpoint and quantize the MoE when you load it")
     form = form_for(f_cfg["model_type"])
     f_w, s_w = Weights(foundation), Weights(sft)
     check_pair(f_cfg, s_cfg, f_w, s_w)

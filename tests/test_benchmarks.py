@@ -52,6 +52,13 @@ def test_bench_generate():
     assert "ensemble" in out and "random" in out
 
 
+def test_bench_generate_quantized():
+    """--quantization none,int8: both weight kinds timed in one table, scoring included (hf on the same int8 expert)."""
+    out = run_bench("bench_generate.py", "--shapes", "testbed", "--drafters", "", "--repeats", "1", "--new_tokens",
+                    "2", "--batches", "1", "--score_limit", "2", "--threads", "1", "--quantization", "none,int8")
+    assert "int8 weights" in out and out.count("lm-eval scoring") == 2
+
+
 def test_bench_generate_lookup():
     """The lookup drafter over a shipped task file, and HF's own prompt lookup as the single-model reference row."""
     out = run_bench("bench_generate.py", "--shapes", "testbed", "--drafters", "lookup", "--repeats", "1",
@@ -78,9 +85,30 @@ def test_replay_lookup(tiny_pair_dirs, tmp_path):
 
 def test_bench_memory(qwen3_tokenizer_dir):
     out = run_bench("bench_memory.py", "--batch", "1", "--length", "8", "--cont", "2", "--threads", "1",
-                    "--modes", "hf,token_level", env={"SOPMOE_CACHE_DIR": str(Path(qwen3_tokenizer_dir).parent)})
+                    "--modes", "hf,token_level", "--quantization", "none,int8",
+                    env={"SOPMOE_CACHE_DIR": str(Path(qwen3_tokenizer_dir).parent)})
     assert "failed" not in out
-    assert "hf" in out and "token_level" in out
+    assert "hf" in out and "token_level" in out and out.count(" int8 ") == 2
+
+
+def test_gpu_check_dry_run(qwen3_tokenizer_dir, tmp_path):
+    """benchmarks/gpu_check.sh --size tiny: the GPU check's every code path on the CPU, as the GPU machine runs it
+    (through the shell script), int8 rows included and int4 refused in the table's notes (no CPU kernel)."""
+    report = tmp_path / "gpu_check.json"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "SOPMOE_CACHE_DIR": str(Path(qwen3_tokenizer_dir).parent)}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--size", "tiny", "--quantization",
+                           "int8,int4", "--json", str(report)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert proc.returncode == 0, f"gpu_check.sh exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    import json
+
+    record = json.loads(report.read_text())
+    rows = {(r["model"], r["quantization"]) for r in record["rows"]}
+    assert rows == {("hf", "bf16"), ("ensemble", "bf16"), ("token_level", "bf16"), ("hf", "int8"), ("ensemble", "int8")}
+    assert all(r["score_s"] > 0 and r["tok_s_b1"] > 0 and r["tok_s_b8"] > 0 for r in record["rows"])
+    assert any("int4: not measured" in n and "CUDA" in n for n in record["notes"])
+    assert "sopmoe GPU check: tiny pair on cpu" in proc.stdout
 
 
 def test_router_features(tiny_pair_dirs, tiny_data_dir, tmp_path):

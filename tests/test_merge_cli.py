@@ -61,7 +61,8 @@ def loglikelihoods(model: str, model_args: str, data_dir: Path) -> dict[str, lis
 def test_folder_is_plain_hf_with_provenance(dare_dir, tiny_pair, tiny_pair_dirs):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert sorted(p.name for p in dare_dir.iterdir()) == [
+    # transformers 4.x also writes special_tokens_map.json beside the tokenizer (5.x folds it into tokenizer_config)
+    assert sorted(p.name for p in dare_dir.iterdir() if p.name != "special_tokens_map.json") == [
         ".sopmoe.json", "config.json", "generation_config.json", "merge.json", "model.safetensors",
         "sopmoe_config.yaml", "tokenizer.json", "tokenizer_config.json"]
     assert not dare_dir.with_name("dare.tmp").exists()

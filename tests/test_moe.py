@@ -145,15 +145,23 @@ def test_gates_forced_to_the_sft_with_its_weights_give_the_sft(pairs, moes, arch
     moe = AutoModelForCausalLM.from_pretrained(moes[arch]["fs_sft"]).eval()
     assert moe.config.num_experts_per_tok == 1
     for layer in moe.model.layers:  # a router that sends every token to expert 1 (sft), whatever the hidden state
-        moe_block(layer).gate.forward = _to_sft
+        gate = moe_block(layer).gate
+        gate.forward = _forced_to_sft(gate.forward)
     ids = torch.randint(3, 60, (2, 13))
     assert torch.allclose(sft(ids).logits, moe(ids).logits, atol=1e-5)
 
 
-def _to_sft(hidden):
-    n = hidden.reshape(-1, hidden.shape[-1]).shape[0]
-    logits = torch.tensor([[-1e4, 1e4]]).expand(n, 2)
-    return logits, torch.ones(n, 1), torch.ones(n, 1, dtype=torch.long)
+def _forced_to_sft(original):
+    """A router forward with every token on expert 1: transformers 5's routers return (logits, weights, indices),
+    4.x's gate is a linear layer whose logits the block turns into top-k weights itself."""
+    def forward(hidden):
+        out = original(hidden)
+        n = hidden.reshape(-1, hidden.shape[-1]).shape[0]
+        logits = torch.tensor([[-1e4, 1e4]], dtype=hidden.dtype).expand(n, 2)
+        if isinstance(out, tuple):
+            return logits, torch.ones(n, 1, dtype=hidden.dtype), torch.ones(n, 1, dtype=torch.long)
+        return logits
+    return forward
 
 
 def test_refusals_are_one_line(pairs, tmp_path, capsys):

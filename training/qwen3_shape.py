@@ -27,19 +27,27 @@ from training.qwen3_tokenizer import PADDED_ROWS
 
 
 def make_model(tokenizer, seed: int, *, rows: int = PADDED_ROWS, hidden: int = 32, layers: int = 2,
-               head_scale: float = 1.0, padded_scale: float = 1.0):
-    """A random ``Qwen3ForCausalLM`` (float32 in memory) over ``tokenizer`` with ``rows`` output rows."""
+               head_scale: float = 1.0, padded_scale: float = 1.0, shape: dict | None = None,
+               device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
+    """A random ``Qwen3ForCausalLM`` over ``tokenizer`` with ``rows`` output rows, built directly on ``device`` in
+    ``dtype`` (default: the CPU, float32). ``shape`` overrides the tiny body's config keys, e.g. Qwen3-8B's
+    (``benchmarks/gpu_check.py``)."""
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = tokenizer.pad_token_id
     torch.manual_seed(seed)
-    cfg = Qwen3Config(
-        vocab_size=rows, hidden_size=hidden, intermediate_size=37, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=1024, tie_word_embeddings=False,
-        bos_token_id=pad, eos_token_id=eos, pad_token_id=pad,
-    )
-    model = Qwen3ForCausalLM(cfg).eval()
+    body = {"hidden_size": hidden, "intermediate_size": 37, "num_hidden_layers": layers, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 1024, **(shape or {})}
+    cfg = Qwen3Config(vocab_size=rows, tie_word_embeddings=False, bos_token_id=pad, eos_token_id=eos, pad_token_id=pad,
+                      **body)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # parameters are made in dtype where they live: no float32 copy of an 8B model
+    try:
+        with torch.device(device or "cpu"):
+            model = Qwen3ForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
     model.generation_config.eos_token_id = [eos, pad]  # Qwen3's: <|im_end|> and <|endoftext|>
     model.generation_config.pad_token_id = pad
     with torch.no_grad():
@@ -49,13 +57,14 @@ def make_model(tokenizer, seed: int, *, rows: int = PADDED_ROWS, hidden: int = 3
 
 
 def build_pair(out: str | Path, tokenizer_dir: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
-               hidden: int = 32, head_scale: float = 1.0, padded_scale: float = 1.0) -> tuple[Path, Path]:
+               hidden: int = 32, head_scale: float = 1.0, padded_scale: float = 1.0,
+               shape: dict | None = None) -> tuple[Path, Path]:
     """Save ``out/foundation`` and ``out/sft`` (weights in ``dtype``, Qwen3's tokenizer beside each)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    foundation = make_model(tok, seed, hidden=hidden, head_scale=head_scale, padded_scale=padded_scale)
-    sft = make_model(tok, seed, hidden=hidden, head_scale=head_scale, padded_scale=padded_scale)
+    kw = {"hidden": hidden, "head_scale": head_scale, "padded_scale": padded_scale, "shape": shape}
+    foundation, sft = make_model(tok, seed, **kw), make_model(tok, seed, **kw)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in sft.parameters():

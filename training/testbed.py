@@ -120,6 +120,7 @@ def build_tokenizer(texts: Iterator[str], max_length: int):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
         model_max_length=max_length, padding_side="right",
+        model_input_names=["input_ids", "attention_mask"],  # transformers 4.x adds token_type_ids, which generate() refuses
     )
 
 

@@ -9,7 +9,8 @@ ever loaded; the foundation's config gives HFLM its max length and device.
 
 Model arguments come from ``config=PATH`` (a sopmoe YAML), overridden by explicit arguments::
 
-    foundation=DIR, sft=DIR, device=cpu|cuda:0|auto, dtype=auto|float32|bfloat16|float16, sft_device=, sft_dtype=
+    foundation=DIR, sft=DIR, device=cpu|cuda:0|auto, dtype=auto|float32|bfloat16|float16, sft_device=, sft_dtype=,
+    quantization=none|int8|int4, sft_quantization=
 
 plus each subclass's own (:attr:`FusedHFLM.MODEL_ARGS`, e.g. ``foundation_weight`` -> ``ensemble.foundation_weight``),
 plus speculative decoding of generation requests (:mod:`sopmoe_models.speculative`; the same greedy output)::
@@ -35,7 +36,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from sopmoe_models.adapters.parallel import DataParallel, process_device
-from sopmoe_models.experts import ExpertPair, fingerprint
+from sopmoe_models.experts import ExpertPair, fingerprint, quantization_of
 from sopmoe_models.fused import FusedLM
 from sopmoe_models.speculative import SpeculationStats
 
@@ -49,6 +50,8 @@ COMMON_ARGS: dict[str, tuple[str, ...]] = {
     "dtype": ("models.foundation.dtype", "models.sft.dtype"),
     "sft_device": ("models.sft.device",),
     "sft_dtype": ("models.sft.dtype",),
+    "quantization": ("models.foundation.quantization", "models.sft.quantization"),
+    "sft_quantization": ("models.sft.quantization",),
     "draft": ("generation.draft",),
     "num_draft_tokens": ("generation.num_draft_tokens",),
     "draft_schedule": ("generation.draft_schedule",),
@@ -124,6 +127,8 @@ def resolve_model_args(name: str, config: str | None, model_args: dict[str, Any]
         if key == "pretrained":
             raise ValueError(f"{name} takes foundation=DIR,sft=DIR (or config=YAML), not pretrained=")
         if key in COMMON_ARGS:
+            if key in ("quantization", "sft_quantization") and value is None:
+                value = "none"  # lm-eval's argument parser reads the word none as None
             for dotted in COMMON_ARGS[key]:
                 overrides[dotted] = str(value) if value is not None else None
         elif key in extra:
@@ -315,7 +320,8 @@ class FusedHFLM(DataParallel, HFLM):
         n_params += sum(p.numel() for p in self.fused.parameters())
         experts = {}
         for name, path in (("foundation", pair.foundation_path), ("sft", pair.sft_path)):
-            experts[name] = {"path": path, "fingerprint": fingerprint(path) if path else None}
+            experts[name] = {"path": path, "fingerprint": fingerprint(path) if path else None,
+                             "quantization": quantization_of(getattr(pair, name))}
         return {
             "model_num_parameters": n_params,
             "model_dtype": str(pair.foundation.dtype),

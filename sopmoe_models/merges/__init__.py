@@ -35,6 +35,7 @@ from torch import nn
 from sopmoe_models.experts import (
     ExpertMismatchError,
     ExpertPair,
+    check_full_precision,
     check_same_architecture,
     check_same_tokenizer,
 )
@@ -208,6 +209,8 @@ def merge_models(
     """
     params = MergeParams(method, weight, scale, density, seed)
     foundation, sft = _experts(pair_or_models)
+    for role, model in (("foundation", foundation), ("sft", sft)):
+        check_full_precision(model, role, "a weight merge")  # never merge (nor write) quantized weights
     if tokenizers is not None:
         check_same_tokenizer(*tokenizers)
     target = foundation if inplace else copy.deepcopy(foundation)

@@ -13,7 +13,7 @@ with e(t) = (Embed^f(x_t) + Embed^s(x_t)) / 2 and c(t) = the causal mean of rms(
 and no context, so they cannot tell an SOP request from an arithmetic one; c(t) is a bag of the tokens so far,
 costs O(H) per token and is carried in the decoding state as a running sum and count (per position of the last
 forward, so that speculative decoding can roll back to any of them: :meth:`LayerLevelRouter.commit_state`). ``gates`` are (B, T, L + 2, 2) named ``embed, layer_0 .. layer_{L-1}, head``. Each expert keeps its own rotary
-embedding, causal mask (``transformers.masking_utils``) and DynamicCache, so cached decoding is incremental per
+embedding, causal mask (``transformers.masking_utils``, through :mod:`sopmoe_models.compat`) and DynamicCache, so cached decoding is incremental per
 expert. The last layer of every gate MLP starts at zero (all gates 0.5). A gate forced to (1, 0) never runs the sft
 expert at all, which makes the router exactly the foundation (and vice versa).
 
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sopmoe_models.compat import causal_masks, layer_kwargs
 from sopmoe_models.experts import ExpertMismatchError, ExpertPair, check_same_architecture
 from sopmoe_models.fused import FusedOutput, crop_caches, position_ids_from_mask, time_chunks
 from sopmoe_models.routers.base import Router, register_router
@@ -37,7 +38,8 @@ SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
 def _decoder(model: nn.Module) -> nn.Module:
-    return model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return dec if hasattr(dec, "layers") else model.model  # 4.56's get_decoder() is not the decoder stack
 
 
 def check_layer_compatible(pair: ExpertPair) -> None:
@@ -133,15 +135,6 @@ class LayerLevelRouter(Router):
             return (True, True)
         return tuple(w > 0 for w in self.forced_gate)
 
-    def _masks(self, model, h, attention_mask, cache, pos) -> dict:
-        from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
-
-        kw = {"config": model.config, "inputs_embeds": h, "attention_mask": attention_mask, "cache": cache, "position_ids": pos}
-        masks = {"full_attention": create_causal_mask(**kw)}
-        if "sliding_attention" in self.layer_types:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**kw)
-        return masks
-
     def forward(self, input_ids, attention_mask=None, state=None, use_cache=False, last_only=False) -> FusedOutput:
         from transformers import DynamicCache
 
@@ -167,18 +160,19 @@ class LayerLevelRouter(Router):
         ctx, ctx_state = self._context(e_mean, masks2d[0].to(home), ctx_state)
         gates.append(self._gate(0, e_mean, ctx))
         h = self._mix(gates[-1], embs)  # (B, T, H)
-        rot, masks = [None, None], [None, None]
-        for e in run:
+        rot, masks, cache_kw = [None, None], [None, None], [None, None]
+        for e in run:  # before any layer runs: the cache positions are those of the cache before this forward
             he = h.to(devs[e])
             rot[e] = decs[e].rotary_emb(he, pos[e])
-            masks[e] = self._masks(experts[e], he, masks2d[e], caches[e], pos[e])
+            masks[e] = causal_masks(experts[e].config, self.layer_types, he, masks2d[e], caches[e], pos[e])
+            cache_kw[e] = layer_kwargs(decs[e].layers[0], caches[e], he.shape[1], devs[e])
         for i in range(self.n_layers):
             gates.append(self._gate(i + 1, h, ctx))
             outs = [None, None]
             for e in run:
                 outs[e] = decs[e].layers[i](
                     h.to(devs[e]), attention_mask=masks[e][self.layer_types[i]], position_embeddings=rot[e],
-                    position_ids=pos[e], cache=caches[e], use_cache=use_cache,
+                    position_ids=pos[e], use_cache=use_cache, **cache_kw[e],
                 ).to(home)
             h = self._mix(gates[-1], outs)
         if last_only:
