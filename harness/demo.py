@@ -70,7 +70,7 @@ PLANS = {
         # all 1,200). moe_lora continues from the chosen gates with LoRA on attention.
         moe_grid=(("foundation", "zero", 0.01), ("sft", "zero", 0.01), ("mean", "zero", 0.01), ("mean", "hidden", 0.01)),
         moe_flags=["--num_epochs", "1", "--max_train_examples", "400", "--batch_size", "16"],
-        moe_lora_flags=["--num_epochs", "2", "--max_train_examples", "600", "--batch_size", "16", "--learning_rate",
+        moe_lora_flags=["--num_epochs", "1", "--max_train_examples", "600", "--batch_size", "16", "--learning_rate",
                         "0.001"]),
     # The real bed (135M parameters in bfloat16; issue 12's budget: the whole run <= 45 min on 2 cores, where one
     # expert forward costs ~0.04 s per example): the routers one epoch on 128 training rows; LoRA students (the student
