@@ -9,9 +9,12 @@ the pipeline (routers, baselines, distillation, merges, evaluate, leaderboard, r
   (:mod:`training.real_data`);
 - ``sft/``: the foundation fine-tuned on SOP rows only (:mod:`training.sft`, the same code as ``sopmoe sft``), past
   the point of forgetting: it writes the steps and loses the foundation's answer sentence;
-- ``config.yaml`` (chat prompts, bfloat16: the foundation's own dtype, as users run 8B pairs; on CPUs with bf16 matrix
-  units it scores ~2.4x faster than float32) and ``testbed.json``: sizes, times, the dev sweep of the
-  probability mixture at fixed foundation weights, the composition check and the property check, all on dev.
+- ``config.yaml`` (chat prompts; the experts stored in bfloat16, the foundation's own dtype, as a real SFT is stored,
+  and run in sopmoe's ``auto`` dtype: float32 on a CPU, bfloat16 on a GPU. On a CPU without bf16 matrix units, as
+  these AVX2 machines are, a bfloat16 forward of the 135M model is ~7x *slower* than float32; with them it was ~2.4x
+  faster) and ``testbed.json``: sizes, times, the facts the foundation knows, the dev sweep of the probability
+  mixture at fixed foundation weights, facts without format (``reasoning_mc``), the per-token ceiling of ``mixed`` and
+  the property check, all on dev.
 
 The composition check (issue 12: "check on dev that some mixture can solve your composition family before building
 on it"): ``segment_oracle`` scores each ``mixed`` dev row with the foundation on the answer sentence and the SFT on the
@@ -51,7 +54,8 @@ class RealbedSpec:
     data: RealDataSpec = field(default_factory=RealDataSpec)
     sft: SFTSpec = field(default_factory=SFTSpec)
     eval_batch_size: int = 8
-    dtype: str = "bfloat16"  # the experts' dtype in config.yaml, the SFT's saved dtype and the dev sweep's
+    save_dtype: str = "bfloat16"  # the SFT's stored dtype: the foundation's own, as a real SFT checkpoint is stored
+    dtype: str = "auto"  # the compute dtype of config.yaml and of the build's dev checks (auto: sopmoe's rule)
     dev_limit: int | None = None  # rows per dev family in the sweep (None: all)
     check: bool = True
 
@@ -251,9 +255,12 @@ def build_realbed(out: str | Path, seed: int = 0, spec: RealbedSpec | str = "ful
 def _build(out: Path, seed: int, spec: RealbedSpec, threads: int, progress) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sopmoe_models.experts import resolve_dtype
     from training.real_foundation import ensure_foundation
+
     t_wall, t_cpu = time.perf_counter(), time.process_time()
     times: dict[str, dict[str, float]] = {}
+    compute = resolve_dtype(spec.dtype, torch.device("cpu"))  # the build runs on the CPU
 
     with stage("foundation", times):
         source = ensure_foundation()
@@ -262,20 +269,20 @@ def _build(out: Path, seed: int, spec: RealbedSpec, threads: int, progress) -> d
         link_tree(source, out / "foundation")
     with stage("facts", times):  # what the foundation knows, measured on it alone before anything is split
         tok = AutoTokenizer.from_pretrained(out / "foundation")
-        foundation = AutoModelForCausalLM.from_pretrained(out / "foundation", dtype=getattr(torch, spec.dtype)).eval()
+        foundation = AutoModelForCausalLM.from_pretrained(out / "foundation", dtype=compute).eval()
         known, facts = known_facts(foundation, tok, style="chat", batch_size=spec.eval_batch_size)
         del foundation
         log.info("facts the foundation knows: %s", {k: f"{v['known']}/{v['facts']}" for k, v in facts.items()})
     with stage("data", times):
         paths = make_real_data(out / "data", seed, spec.data, known)
     with stage("sft", times):
-        sft_spec = SFTSpec(**{**asdict(spec.sft), "seed": seed, "save_dtype": spec.dtype})
+        sft_spec = SFTSpec(**{**asdict(spec.sft), "seed": seed, "save_dtype": spec.save_dtype})
         sft_card = train_sft(out / "foundation", paths["experts/sft.jsonl"], out / "sft", sft_spec, progress=progress)
     write_config(out, spec)
 
     with stage("evaluate", times):  # dev only: test is never read here
         tok = AutoTokenizer.from_pretrained(out / "foundation")
-        models = [AutoModelForCausalLM.from_pretrained(out / name, dtype=getattr(torch, spec.dtype)).eval()
+        models = [AutoModelForCausalLM.from_pretrained(out / name, dtype=compute).eval()
                   for name in ("foundation", "sft")]
         sweep = {}
         for fam in FAMILIES:
