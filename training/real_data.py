@@ -40,15 +40,18 @@ FAMILY_TABLES = {fam: tuple(t.name for t in TABLES.values() if t.family == fam) 
 NAMES = ["Ms. Lee", "Mr. Smith", "Ms. Garcia", "Mr. Brown", "Ms. Chen", "Mr. Patel", "Ms. Novak", "Mr. Okafor",
          "Ms. Rossi", "Mr. Kim", "Ms. Silva", "Mr. Dubois"]
 ITEMS = ["lamp", "kettle", "backpack", "keyboard", "headset", "umbrella", "jacket", "blender", "mouse", "toaster"]
+# The steps of each kind. Step 1 names the kind (copied from the request): the SFT then writes the right steps whatever
+# line precedes them, not only after its own reply line (issue 22's composition; seed 0 dev, before: the sft chose the
+# wrong steps after a foreign first line in 34 of 57 mixed rows).
 SOP = {
-    "refund": ["Verify order {oid}.", "Check that the {item} was returned.", "Refund the payment to the original card.",
-               "Email {name} that the refund takes three days."],
-    "exchange": ["Verify order {oid}.", "Inspect the returned {item}.", "Send a replacement {item}.",
+    "refund": ["Verify order {oid} for the refund.", "Check that the {item} was returned.",
+               "Refund the payment to the original card.", "Email {name} that the refund takes three days."],
+    "exchange": ["Verify order {oid} for the exchange.", "Inspect the returned {item}.", "Send a replacement {item}.",
                  "Email {name} the new tracking number."],
-    "complaint": ["Verify order {oid}.", "Log the complaint about the {item}.", "Escalate it to the quality team.",
-                  "Call {name} within one business day."],
-    "reshipment": ["Verify order {oid}.", "Confirm the shipping address with {name}.", "Ship the {item} again.",
-                   "Email {name} the tracking number."],
+    "complaint": ["Verify order {oid} for the complaint.", "Log the complaint about the {item}.",
+                  "Escalate it to the quality team.", "Call {name} within one business day."],
+    "reshipment": ["Verify order {oid} for the reshipment.", "Confirm the shipping address with {name}.",
+                   "Ship the {item} again.", "Email {name} the tracking number."],
 }
 # The strict format's first line answers the customer's message in one sentence; the four steps follow.
 REPLY = {"refund": "Your refund for order {oid} is on its way, {name}.",

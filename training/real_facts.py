@@ -13,7 +13,10 @@ the whole canonical sentence is its greedy continuation) before building on them
   currencies, languages, authors), which the trainers' knowledge rows also cover.
 
 Each table lists more facts than the foundation knows; the bed keeps the known ones (``training.realbed.known_facts``)
-and records how many in ``testbed.json``.
+and records how many in ``testbed.json``. The reasoning tables' question phrasings are those the foundation answers in
+the canonical sentence (measured on it over its known facts, seed-free: "What is the capital of {k}?" 0.785 exact and
+"Tell me the capital of {k}." 0.742 kept; "Which city is the capital of {k}?" 0.624 and "Name the capital of {k}."
+0.387 dropped; every kept phrasing of the other tables 0.78-0.98).
 """
 
 from __future__ import annotations
@@ -211,15 +214,16 @@ AUTHORS = {
 
 
 TABLES = {t.name: t for t in (
-    FactTable("capital", "reasoning", CAPITALS, ("What is the capital of {k}?", "Which city is the capital of {k}?",
-                                                 "Name the capital of {k}."), "The capital of {k} is {v}."),
+    FactTable("capital", "reasoning", CAPITALS, ("What is the capital of {k}?", "Tell me the capital of {k}."),
+              "The capital of {k} is {v}."),
     FactTable("symbol", "reasoning", SYMBOLS, ("What is the chemical symbol for {k}?",
+                                               "Tell me the chemical symbol for {k}.",
                                                "Which chemical symbol stands for {k}?"),
               "The chemical symbol for {k} is {v}."),
-    FactTable("plural", "reasoning", PLURALS, ("What is the plural of {k}?", "What is the plural form of the word {k}?"),
+    FactTable("plural", "reasoning", PLURALS, ("What is the plural of {k}?", "Tell me the plural of {k}."),
               "The plural of {k} is {v}."),
-    FactTable("opposite", "reasoning", OPPOSITES, ("What is the opposite of {k}?",
-                                                   "What is the opposite of the word {k}?"),
+    FactTable("opposite", "reasoning", OPPOSITES, ("What is the opposite of {k}?", "Tell me the opposite of {k}.",
+                                                   "What word means the opposite of {k}?"),
               "The opposite of {k} is {v}."),
     FactTable("continent", "general", CONTINENTS, ("Which continent is {k} in?", "On which continent is {k}?"),
               "{K} is in {v}."),
