@@ -517,6 +517,17 @@ def moe_block(layer: torch.nn.Module) -> torch.nn.Module:
     raise ValueError(f"{type(layer).__name__} has no MoE block")
 
 
+def set_top_k(model: torch.nn.Module, top_k: int) -> None:
+    """Serve a loaded MoE with ``top_k`` experts per token from now on (its config and every router: transformers 5
+    keeps the k in each router, 4.x in each block)."""
+    model.config.num_experts_per_tok = top_k
+    for layer in model.model.layers:
+        block = moe_block(layer)
+        for module in (block, block.gate):
+            if hasattr(module, "top_k"):
+                module.top_k = top_k
+
+
 def gate_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """The router (gate) weights of a loaded MoE model: ``<layer>.<block>.gate.weight`` of every MoE block."""
     return [(n, p) for n, p in model.named_parameters() if n.endswith((".mlp.gate.weight", ".block_sparse_moe.gate.weight"))]
