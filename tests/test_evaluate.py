@@ -147,3 +147,24 @@ def test_expert_cost_and_data_come_from_the_beds_card(tiny_config, tmp_path, ver
         assert training_data(f).startswith(story) and training_data(s).startswith("SOP-only")
     lone = plan(parse_model_spec(f"g=foundation:pretrained={tmp_path / 'elsewhere' / 'm'}"), cfg)
     assert training_cost(lone, 0.0)["wall_s"] is None and training_data(lone) == "given checkpoint"
+
+
+def test_a_request_two_tasks_share_is_computed_once(tiny_config, tiny_data_dir, tmp_path):
+    """The eval family re-asks rows of the others word for word: one forward answers both, with the same numbers."""
+    import shutil
+
+    from harness.evaluate import evaluate_models
+
+    data = tmp_path / "data"
+    shutil.copytree(Path(tiny_data_dir) / "eval", data)
+    shutil.copy(data / "sop_strict.jsonl", data / "eval.jsonl")
+    cfg = load_config(tiny_config, {"data.task_data_dir": str(data)})
+    evaluate_models(cfg, ["foundation"], tmp_path / "run", tasks=["sop_strict", "eval"], progress=False,
+                    log_samples=True)
+    meta = json.loads((tmp_path / "run" / "foundation" / "meta.json").read_text())
+    n = len((data / "eval.jsonl").read_text().splitlines())
+    assert meta["time"]["requests"]["loglikelihood"] == {**meta["time"]["requests"]["loglikelihood"], "n": 2 * n,
+                                                         "repeats": n}
+    rows = {t: [json.loads(x)["resps"] for x in (tmp_path / "run" / "foundation" / "samples" / f"{t}.jsonl")
+                .read_text().splitlines()] for t in ("sop_strict", "eval")}
+    assert rows["sop_strict"] == rows["eval"]
