@@ -255,3 +255,27 @@ def test_qwen2_pair_becomes_qwen2_moe_with_a_zero_shared_expert(tmp_path):
     assert type(moe).__name__ == "Qwen2MoeForCausalLM"
     ids = torch.randint(3, 60, (2, 9))
     assert torch.allclose(dense(ids).logits, moe(ids).logits, atol=1e-5)
+
+
+def test_router_training_refuses_a_dense_student_and_reserving_refuses_a_dense_folder(pairs, tiny_data_dir, tmp_path,
+                                                                                     capsys):
+    from harness.cli import main
+
+    q = pairs["qwen3"]
+    assert main(["train-moe", "--foundation", q["foundation"], "--sft", q["sft"], "--moe", q["foundation"],
+                 "--output_dir", str(tmp_path / "t"), "--train_file", str(tiny_data_dir / "train" / "train.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a Mixture-of-Experts checkpoint" in err and len(err.splitlines()) == 1
+    assert main(["moe", "--from", q["foundation"], "--top_k", "1", "--out", str(tmp_path / "m")]) == 2
+    assert "not an MoE written by sopmoe moe" in capsys.readouterr().err
+
+
+def test_the_dev_choice_prefers_the_better_mean_then_the_cheaper_top_k(monkeypatch, tmp_path):
+    from training import moe_choice
+
+    scores = {("a", 1): 0.6, ("a", 2): 0.7, ("b", 1): 0.7, ("b", 2): 0.7}
+    monkeypatch.setattr(moe_choice, "dev_accuracy", lambda path, dev, fams, top_k, **kw: {
+        "sop_strict": scores[(Path(path).name, top_k)], "mean": scores[(Path(path).name, top_k)]})
+    cands = [moe_choice.Candidate(tmp_path / n, {"attention": n}) for n in ("a", "b")]
+    best, k, table = moe_choice.choose(cands, (1, 2), tmp_path, ("sop_strict",), style="raw", dtype="float32")
+    assert (best.settings["attention"], k) == ("b", 1) and len(table) == 4  # a@2 ties b@1: the cheaper k wins
