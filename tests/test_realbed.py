@@ -144,9 +144,14 @@ def test_real_bed_pipeline_smoke(tmp_path):
     bed = json.loads((out / "testbed" / "testbed.json").read_text())
     assert bed["preset"] == "real" and bed["sizes"]["vocab"] == 49152
     assert bed["sizes"]["parameters"] > 100_000_000
+    assert set(bed["facts"]) >= {"capital", "symbol", "plural", "opposite"} and "mixed_ceiling" in bed
     board = (out / "results" / "LEADERBOARD.md").read_text()
-    for name in ("foundation", "sft", "ensemble", "token_level", "dispatch", "replay_sft", "distill", "merge_ties"):
+    for name in ("foundation", "sft", "ensemble", "token_level", "dispatch", "replay_sft", "distill", "merge_ties",
+                 "moe", "moe_lora"):
         assert f"| {name}" in board, name
+    assert "reasoning_mc" in board  # knowledge without format, beside the other families
+    moe = json.loads((out / "moe" / "choice.json").read_text())
+    assert moe["split"] == "dev" and {r["top_k"] for r in moe["grid"]} == {1, 2}
 
 
 def test_dev_multiple_choice_equals_lm_evals_reasoning_mc(tiny_pair_dirs, tmp_path):
