@@ -105,7 +105,8 @@ def test_gpu_check_dry_run(qwen3_tokenizer_dir, tmp_path):
 
     record = json.loads(report.read_text())
     rows = {(r["model"], r["quantization"]) for r in record["rows"]}
-    assert rows == {("hf", "bf16"), ("ensemble", "bf16"), ("token_level", "bf16"), ("hf", "int8"), ("ensemble", "int8")}
+    assert rows == {("hf", "bf16"), ("ensemble", "bf16"), ("token_level", "bf16"), ("moe top-1", "bf16"),
+                    ("moe top-2", "bf16"), ("hf", "int8"), ("ensemble", "int8")}
     assert all(r["score_s"] > 0 and r["tok_s_b1"] > 0 and r["tok_s_b8"] > 0 for r in record["rows"])
     assert any("int4: not measured" in n and "CUDA" in n for n in record["notes"])
     assert "sopmoe GPU check: tiny pair on cpu" in proc.stdout

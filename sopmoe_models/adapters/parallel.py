@@ -21,6 +21,7 @@ process 1 of 2 scored 5 loglikelihood requests (1 padding)``.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -46,7 +47,16 @@ def launched_accelerator():
 
     acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))],
                       cpu=not torch.cuda.is_available())
+    atexit.register(_close_process_group)
     return acc if acc.num_processes > 1 else None
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter does: a gloo group left to the interpreter's exit can
+    abort the process ("terminate called without an active exception", exit -6 after every result was written),
+    which ``accelerate launch`` reports as a failed run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def process_device() -> str | None:
