@@ -146,8 +146,7 @@ def moe_rows(pair: ExpertPair, args, device: torch.device) -> list[dict]:
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval().requires_grad_(False)
     reqs = loglikelihood_requests(pair.tokenizer, args.requests, args.length, args.cont)
-    examples = [ex for f in ("sop_strict", "reasoning", "mixed", "eval") for ex in load_jsonl(DATA / f"{f}.jsonl")]
-    prompts = [format_prompt(ex.input) for ex in examples[::97]][:8]
+    prompts = generation_prompts()
     pad = pair.tokenizer.pad_token_id
     rows = []
     with quiet_preloaded_warnings():
@@ -178,8 +177,7 @@ def moe_rows(pair: ExpertPair, args, device: torch.device) -> list[dict]:
             row[f"tok_s_b{batch}"] = len(ps) * args.new_tokens / secs
             if batch == 8:
                 row["gen_extra_gib"] = peak_extra(gen, device)
-        extras = [x for x in (row["score_extra_gib"], row.get("gen_extra_gib")) if x is not None]
-        row["needs_gib"] = row["weights_gib"] + max(extras) if extras else None
+        row["needs_gib"] = needs_gib(row)
         rows.append(row)
     return rows
 
@@ -206,8 +204,7 @@ def measure(pair: ExpertPair, names: list[str], args, device: torch.device, labe
             for n, lm in lms.items()}
     for n, lm in lms.items():
         rows[n]["score_extra_gib"] = peak_extra(scorer(lm), device)
-    examples = [ex for f in ("sop_strict", "reasoning", "mixed", "eval") for ex in load_jsonl(DATA / f"{f}.jsonl")]
-    prompts = [format_prompt(ex.input) for ex in examples[::97]][:8]
+    prompts = generation_prompts()
     bench_generate.CLOCK = time.perf_counter  # wall time: the GPU works while the CPU waits
     fused = fused_models(lms)
     for batch, ps in ((1, prompts[: args.prompts_b1]), (8, prompts)):
@@ -222,9 +219,20 @@ def measure(pair: ExpertPair, names: list[str], args, device: torch.device, labe
         go = _generate_once(m, ids, args.new_tokens, pair.tokenizer.pad_token_id, hf=n == "hf")
         with torch.inference_mode():
             rows[n]["gen_extra_gib"] = peak_extra(go, device)
-        extras = [x for x in (rows[n]["score_extra_gib"], rows[n]["gen_extra_gib"]) if x is not None]
-        rows[n]["needs_gib"] = rows[n]["weights_gib"] + max(extras) if extras else None
+        rows[n]["needs_gib"] = needs_gib(rows[n])
     return list(rows.values())
+
+
+def generation_prompts() -> list[str]:
+    """The 8 generation prompts every row uses: spread over the four families' default data."""
+    examples = [ex for f in ("sop_strict", "reasoning", "mixed", "eval") for ex in load_jsonl(DATA / f"{f}.jsonl")]
+    return [format_prompt(ex.input) for ex in examples[::97]][:8]
+
+
+def needs_gib(row: dict) -> float | None:
+    """GPU memory the row's model needs: its weights plus the larger peak above them (scoring or generation)."""
+    extras = [x for x in (row["score_extra_gib"], row.get("gen_extra_gib")) if x is not None]
+    return row["weights_gib"] + max(extras) if extras else None
 
 
 def _generate_once(model, ids: dict, new_tokens: int, pad: int, hf: bool):
