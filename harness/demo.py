@@ -73,10 +73,10 @@ PLANS = {
         moe_flags=["--num_epochs", "1", "--max_train_examples", "400", "--batch_size", "16"],
         moe_lora_flags=["--num_epochs", "1", "--max_train_examples", "600", "--batch_size", "16", "--learning_rate",
                         "0.001"]),
-    # The real bed (135M parameters; issue 22's budget: one seed's whole run <= 60 min on 2 cores): the routers one
-    # epoch on 128 training rows; LoRA students (the student
-    # and replay_sft alike) two epochs on 160 rows of the training mix, best epoch on dev; the merge search on 24 dev
-    # examples, TIES/DARE on a 3 x 2 grid (density 0.2/0.5/0.8 x scale 0.5/1.0) instead of 5 x 4.
+    # The real bed (135M parameters; issue 22's budget: one seed's whole run <= 60 min on 2 cores, not met on AVX2
+    # CPUs computing in float32: ~3.4 core-hours for seed 0): the routers one epoch on 128 training rows; LoRA students
+    # (the student and replay_sft alike) two epochs on 160 rows of the training mix, best epoch on dev; the merge
+    # search on 24 dev examples, TIES/DARE on a 3 x 2 grid (density 0.2/0.5/0.8 x scale 0.5/1.0) instead of 5 x 4.
     "real": BedPlan(
         router_flags={"posterior": [],
                       "token_level": ["--num_epochs", "1", "--max_train_examples", "128", "--learning_rate", "0.003"],
